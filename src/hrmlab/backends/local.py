@@ -1,0 +1,54 @@
+"""Local backends: serial (debugging, tests) and a spawn-based process pool (data, experts, evaluation)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from typing import Callable, Iterable, Iterator
+
+
+def _init_worker() -> None:
+    # one thread per worker: the pool provides the parallelism
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency, but the pool does not need it
+        pass
+
+
+class SerialBackend:
+    """Runs every item in this process, in order."""
+
+    name = "serial"
+    workers = 1
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator:
+        for item in items:
+            yield fn(item)
+
+
+class ProcessPoolBackend:
+    """Runs items on `workers` spawned processes; results come back in item order as they finish."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None):
+        self.workers = max(1, workers or os.cpu_count() or 1)
+
+    def map(self, fn: Callable, items: Iterable) -> Iterator:
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            yield from SerialBackend().map(fn, items)
+            return
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(self.workers, len(items)), initializer=_init_worker) as pool:
+            yield from pool.imap(fn, items)
+
+
+def make_backend(workers: int | None) -> SerialBackend | ProcessPoolBackend:
+    """workers=1 → serial; None → one process per core; n → n processes."""
+    if workers == 1:
+        return SerialBackend()
+    return ProcessPoolBackend(workers)

@@ -1,0 +1,1 @@
+"""Forecasters: map obstacle histories to future positions over the planning horizon."""

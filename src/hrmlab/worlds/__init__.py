@@ -1,0 +1,1 @@
+"""Worlds with moving obstacles: BounceGrid (forecaster + A* family) and BlobWorld (diffusion family)."""

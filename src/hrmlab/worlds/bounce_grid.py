@@ -1,0 +1,288 @@
+"""BounceGrid: the seed's 20×20 grid with static walls and obstacles bouncing off the border (SPEC §2.1).
+
+All episodes of a batch are stepped at once with numpy. Two ways to make episodes:
+
+* `reset_seed_exact(cfg, seeds)` replays the original's legacy NumPy draw order through a private
+  `RandomState(seed)` per episode, so the seed protocols see the original evaluation episodes bit for bit.
+* `reset_split(cfg, split, indices)` draws train / val / test episodes from a counter-based hash keyed
+  by the episode id (see `seeding.py`): vectorised, and disjoint across splits by construction.
+
+Coordinates are (row, col) in cell units; obstacle positions are continuous, the agent's are integers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from hrmlab.worlds import seeding
+
+
+@dataclass
+class BounceGridConfig:
+    """World settings. Defaults are the seed's v2–8gpu world."""
+
+    grid_size: int = 20
+    """Cells per side; start is (0,0), goal (grid_size-1, grid_size-1)."""
+    num_obstacles: int = 6
+    """Moving obstacles per episode."""
+    wall_draws: int = 20
+    """Random wall cells drawn (duplicates allowed, so at most this many walls)."""
+    velocity: Literal["unit_speed", "gaussian"] = "unit_speed"
+    """unit_speed: random direction at speed `speed` (v2+); gaussian: N(0, velocity_std²) per axis (v1)."""
+    speed: float = 0.7
+    """Obstacle speed for `unit_speed` (cells per step); the upper speed with `speed_min` < speed."""
+    speed_min: float = -1.0
+    """Mixed speeds: if ≥ 0, each obstacle's speed is uniform in [speed_min, speed] (split episodes only)."""
+    velocity_std: float = 0.5
+    """Per-axis velocity std for `gaussian` velocities."""
+    clip_max: float = 19.99
+    """Upper clip of a bounced coordinate (the seed's 19.99 for a 20-cell grid); scaled with grid_size."""
+    wall_bounce: bool = False
+    """Obstacles also reflect off wall cells (the seed's obstacles pass through walls)."""
+    turn_prob: float = 0.0
+    """Random turning: per step, each obstacle's heading is redrawn with this probability."""
+    patrol: bool = False
+    """Patrol: each obstacle walks a closed loop of waypoints (a rectangle) at its speed."""
+    patrol_min_side: int = 3
+    """Smallest side (cells) of a patrol rectangle."""
+    seed: int = 0
+    """Base seed of split-based episodes: changing it gives a different, equally disjoint, episode set."""
+
+    @property
+    def clip_hi(self) -> float:
+        return self.clip_max * self.grid_size / 20.0
+
+
+@dataclass
+class WorldState:
+    """A batch of episodes. Arrays are owned (copied on `copy()`), shapes use B episodes, N obstacles."""
+
+    walls: np.ndarray  # (B, G, G) bool
+    pos: np.ndarray  # (B, N, 2) float64
+    vel: np.ndarray  # (B, N, 2) float64
+    start: np.ndarray  # (B, 2) int64
+    goal: np.ndarray  # (B, 2) int64
+    keys: np.ndarray  # (B,) uint64 — per-episode keys for stochastic dynamics
+    t: int = 0  # physics steps taken since reset
+    waypoints: np.ndarray | None = None  # (B, N, 4, 2) patrol rectangle corners
+    next_wp: np.ndarray | None = None  # (B, N) index of the waypoint each obstacle walks to
+    speeds: np.ndarray | None = None  # (B, N) patrol speed
+
+    @property
+    def batch(self) -> int:
+        return self.pos.shape[0]
+
+    def copy(self) -> "WorldState":
+        def c(a):
+            return None if a is None else a.copy()
+
+        return WorldState(self.walls.copy(), self.pos.copy(), self.vel.copy(), self.start.copy(),
+                          self.goal.copy(), self.keys.copy(), self.t, c(self.waypoints), c(self.next_wp),
+                          c(self.speeds))
+
+    def subset(self, idx) -> "WorldState":
+        def s(a):
+            return None if a is None else a[idx].copy()
+
+        return WorldState(self.walls[idx].copy(), self.pos[idx].copy(), self.vel[idx].copy(),
+                          self.start[idx].copy(), self.goal[idx].copy(), self.keys[idx].copy(), self.t,
+                          s(self.waypoints), s(self.next_wp), s(self.speeds))
+
+
+def _corners(cfg: BounceGridConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    g = cfg.grid_size
+    start = np.zeros((batch, 2), dtype=np.int64)
+    goal = np.full((batch, 2), g - 1, dtype=np.int64)
+    return start, goal
+
+
+def reset_seed_exact(cfg: BounceGridConfig, seeds) -> WorldState:
+    """Episodes exactly as the original's `env.reset(seed)` drew them with NumPy's legacy global RNG."""
+    seeds = [int(s) for s in np.atleast_1d(seeds)]
+    g, n = cfg.grid_size, cfg.num_obstacles
+    b = len(seeds)
+    walls = np.zeros((b, g, g), dtype=bool)
+    pos = np.zeros((b, n, 2))
+    vel = np.zeros((b, n, 2))
+    start, goal = _corners(cfg, b)
+    for e, s in enumerate(seeds):
+        rng = np.random.RandomState(s)
+        for _ in range(cfg.wall_draws):
+            cell = rng.randint(0, g, 2)
+            walls[e, cell[0], cell[1]] = True
+        walls[e, 0, 0] = walls[e, g - 1, g - 1] = False  # the original drew, then cleared start and goal
+        for k in range(n):
+            cell = rng.randint(0, g, 2)
+            while walls[e, cell[0], cell[1]]:
+                cell = rng.randint(0, g, 2)
+            if cfg.velocity == "gaussian":
+                v = rng.randn(2) * cfg.velocity_std
+            else:
+                v = rng.randn(2)
+                norm = np.linalg.norm(v)
+                v = v / norm * cfg.speed if norm > 1e-12 else np.array([cfg.speed, 0.0])
+            pos[e, k] = cell
+            vel[e, k] = v
+    ids = seeding.episode_ids("seed", seeds)
+    keys = seeding.episode_keys(ids, cfg.seed, salt=1)
+    state = WorldState(walls, pos, vel, start, goal, keys)
+    if cfg.patrol:
+        _init_patrol(cfg, state)
+    return state
+
+
+def reset_split(cfg: BounceGridConfig, split: str, indices) -> WorldState:
+    """Episodes `indices` of `split`, vectorised; identical whatever batch they are generated in."""
+    ids = seeding.episode_ids(split, indices)
+    return reset_ids(cfg, ids)
+
+
+def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
+    g, n = cfg.grid_size, cfg.num_obstacles
+    keys = seeding.episode_keys(ids, cfg.seed)
+    b = len(keys)
+    rows = np.arange(b)
+    walls = np.zeros((b, g, g), dtype=bool)
+    counter = 0
+
+    def draw_cell():
+        nonlocal counter
+        cell = np.minimum((seeding.uniform(keys, counter) * g * g).astype(np.int64), g * g - 1)
+        counter += 1
+        return cell // g, cell % g
+
+    for _ in range(cfg.wall_draws):
+        r, c = draw_cell()
+        walls[rows, r, c] = True
+    walls[:, 0, 0] = walls[:, g - 1, g - 1] = False  # start and goal stay free, as in the seed
+    pos = np.zeros((b, n, 2))
+    vel = np.zeros((b, n, 2))
+    for k in range(n):
+        r, c = draw_cell()
+        for _attempt in range(64):
+            bad = walls[rows, r, c]
+            if not bad.any():
+                break
+            r2, c2 = draw_cell()
+            r, c = np.where(bad, r2, r), np.where(bad, c2, c)
+        pos[:, k, 0], pos[:, k, 1] = r, c
+        if cfg.velocity == "gaussian":
+            vel[:, k, 0] = seeding.normal(keys, counter) * cfg.velocity_std
+            vel[:, k, 1] = seeding.normal(keys, counter + 1) * cfg.velocity_std
+            counter += 2
+        else:
+            angle = 2 * np.pi * seeding.uniform(keys, counter)
+            counter += 1
+            speed = np.full(b, cfg.speed)
+            if cfg.speed_min >= 0:
+                speed = cfg.speed_min + (cfg.speed - cfg.speed_min) * seeding.uniform(keys, counter)
+                counter += 1
+            vel[:, k, 0] = speed * np.cos(angle)
+            vel[:, k, 1] = speed * np.sin(angle)
+    start, goal = _corners(cfg, b)
+    state = WorldState(walls, pos, vel, start, goal, seeding.splitmix64(keys))
+    if cfg.patrol:
+        _init_patrol(cfg, state)
+    return state
+
+
+def _init_patrol(cfg: BounceGridConfig, state: WorldState) -> None:
+    """Give each obstacle a rectangle loop with one corner at its start cell, walked at its speed."""
+    g = cfg.grid_size
+    b, n, _ = state.pos.shape
+    wps = np.zeros((b, n, 4, 2))
+    side = cfg.patrol_min_side
+    for k in range(n):
+        u = seeding.uniform(state.keys, 10_000 + 4 * k + np.arange(4)[:, None]).T  # (B, 4)
+        height = side + np.floor(u[:, 0] * (g // 2 - side + 1))
+        width = side + np.floor(u[:, 1] * (g // 2 - side + 1))
+        r0, c0 = state.pos[:, k, 0], state.pos[:, k, 1]
+        dr = np.where(r0 + height <= g - 1, height, -height)
+        dc = np.where(c0 + width <= g - 1, width, -width)
+        clockwise = u[:, 2] < 0.5
+        corners = [(r0, c0), (r0 + dr, c0), (r0 + dr, c0 + dc), (r0, c0 + dc)]
+        if True:
+            order = np.array([0, 1, 2, 3])
+            for j, idx in enumerate(order):
+                wps[:, k, j, 0] = np.where(clockwise, corners[idx][0], corners[(4 - idx) % 4][0])
+                wps[:, k, j, 1] = np.where(clockwise, corners[idx][1], corners[(4 - idx) % 4][1])
+    state.waypoints = wps
+    state.next_wp = np.ones((b, n), dtype=np.int64)
+    state.speeds = np.linalg.norm(state.vel, axis=-1)
+    _patrol_velocity(state)
+
+
+def _patrol_velocity(state: WorldState) -> None:
+    b, n = state.next_wp.shape
+    target = np.take_along_axis(state.waypoints, state.next_wp[:, :, None, None].repeat(2, -1), axis=2)[:, :, 0]
+    delta = target - state.pos
+    dist = np.linalg.norm(delta, axis=-1)
+    state.vel = np.where(dist[..., None] > 1e-12, delta / np.maximum(dist, 1e-12)[..., None] * state.speeds[..., None], 0.0)
+
+
+def step(cfg: BounceGridConfig, state: WorldState) -> None:
+    """Advance every episode one physics step, in place."""
+    if cfg.patrol:
+        _patrol_step(state)
+        state.t += 1
+        return
+    if cfg.turn_prob > 0:
+        turn = seeding.uniform(state.keys[:, None], 1_000_000 + state.t * 64 + np.arange(state.pos.shape[1])) < cfg.turn_prob
+        if turn.any():
+            angle = 2 * np.pi * seeding.uniform(state.keys[:, None], 2_000_000 + state.t * 64 + np.arange(state.pos.shape[1]))
+            speed = np.linalg.norm(state.vel, axis=-1)
+            new = np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=-1)
+            state.vel = np.where(turn[..., None], new, state.vel)
+    old = state.pos
+    pos = old + state.vel
+    hi = cfg.grid_size
+    out = (pos < 0) | (pos >= hi)
+    if out.any():
+        state.vel = np.where(out, -state.vel, state.vel)
+        pos = np.where(out, np.clip(pos, 0.0, cfg.clip_hi), pos)
+    if cfg.wall_bounce:
+        pos = _wall_reflect(cfg, state, old, pos)
+    state.pos = pos
+    state.t += 1
+
+
+def _wall_reflect(cfg: BounceGridConfig, state: WorldState, old: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Reflect obstacles whose new cell is a wall: flip the velocity component(s) whose axis crossed
+    into the wall cell and stay at the old position (a cell-level bounce)."""
+    g = cfg.grid_size
+    b = np.arange(state.batch)[:, None]
+    cell = np.clip(np.floor(pos + 0.5).astype(np.int64), 0, g - 1)
+    hit = state.walls[b, cell[..., 0], cell[..., 1]]
+    if not hit.any():
+        return pos
+    ocell = np.clip(np.floor(old + 0.5).astype(np.int64), 0, g - 1)
+    row_only = state.walls[b, cell[..., 0], ocell[..., 1]]
+    col_only = state.walls[b, ocell[..., 0], cell[..., 1]]
+    flip_r = hit & (row_only | ~col_only)
+    flip_c = hit & (col_only | ~row_only)
+    state.vel[..., 0] = np.where(flip_r, -state.vel[..., 0], state.vel[..., 0])
+    state.vel[..., 1] = np.where(flip_c, -state.vel[..., 1], state.vel[..., 1])
+    return np.where(hit[..., None], old, pos)
+
+
+def _patrol_step(state: WorldState) -> None:
+    target = np.take_along_axis(state.waypoints, state.next_wp[:, :, None, None].repeat(2, -1), axis=2)[:, :, 0]
+    delta = target - state.pos
+    dist = np.linalg.norm(delta, axis=-1)
+    arrive = dist <= state.speeds
+    state.pos = np.where(arrive[..., None], target, state.pos + state.vel)
+    state.next_wp = np.where(arrive, (state.next_wp + 1) % 4, state.next_wp)
+    _patrol_velocity(state)
+
+
+def rollout(cfg: BounceGridConfig, state: WorldState, steps: int) -> np.ndarray:
+    """Positions after 1..steps physics steps of a copy of `state`: (B, N, steps, 2). The oracle."""
+    sim = state.copy()
+    out = np.empty((sim.batch, sim.pos.shape[1], steps, 2))
+    for k in range(steps):
+        step(cfg, sim)
+        out[:, :, k] = sim.pos
+    return out
