@@ -1,0 +1,1 @@
+"""Forecasting data: parallel collection, shards with a manifest, merged memory-mapped datasets."""
