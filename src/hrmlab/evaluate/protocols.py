@@ -1,0 +1,61 @@
+"""Evaluation protocols (SPEC §7): which episodes, how long, and what counts as success or a crash.
+
+The `seed-*` protocols replay the original evaluation episodes (episode s = legacy seed s + offset) with
+the original's thresholds and test order; `standard` uses the held-out test split, crash test first,
+and is the default for new results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hrmlab.errors import choose
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    description: str
+    seed_offset: int | None
+    """Episode s uses legacy seed s + seed_offset (seed-exact); None → the test split."""
+    warmup: int = 20
+    """Physics steps before the agent moves (builds the forecasters' history)."""
+    max_steps: int = 80
+    """Agent moves before the episode is a timeout."""
+    goal_radius: float = 0.5
+    crash_radius: float = 0.8
+    goal_first: bool = True
+    """The seed tested the goal before crashes; `standard` tests crashes first (a crash on the goal
+    cell is a crash)."""
+    one_shot: bool = False
+    """seed-v1: a single plan from the start; success = the plan reaches the goal."""
+    horizon: int | None = None
+    """Planner horizon the protocol imposes (None = the planner config's)."""
+    radius: float | None = None
+    """Planner radius the protocol imposes (None = the planner config's)."""
+    world: BounceGridConfig | None = None
+    """World the protocol's seeds belong to (None = the run's world)."""
+
+
+V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian", velocity_std=0.5)
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("seed-v1", "hrm_cloud.py (v1): seeds s+9999, one-shot plan, horizon 15, radius 1.1",
+                 seed_offset=9999, warmup=10, one_shot=True, horizon=15, radius=1.1, world=V1_WORLD),
+        Protocol("seed-v2", "hrm_cloudv2.py: seeds s+5000, 10 warm-up steps, 100 moves, goal test first",
+                 seed_offset=5000, warmup=10, max_steps=100),
+        Protocol("seed-v3", "v3 … 8gpu: seeds s+100, 20 warm-up steps, 80 moves, goal test first",
+                 seed_offset=100),
+        Protocol("seed-v4", "8gpu_v2: seeds s+100, goal within 1.5, crash within 1.0, goal test first",
+                 seed_offset=100, goal_radius=1.5, crash_radius=1.0),
+        Protocol("standard", "held-out test split, 20 warm-up steps, 80 moves, crash test first",
+                 seed_offset=None, goal_first=False),
+    )
+}
+
+
+def get_protocol(name: str) -> Protocol:
+    return PROTOCOLS[choose("protocol", name, PROTOCOLS)]
