@@ -146,12 +146,17 @@ def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
     b = len(keys)
     rows = np.arange(b)
     walls = np.zeros((b, g, g), dtype=bool)
-    counter = 0
+    # one draw counter per episode, advanced only where that episode draws, so an episode's content
+    # never depends on which other episodes share its batch
+    counter = np.zeros(b, dtype=np.uint64)
 
-    def draw_cell():
-        nonlocal counter
-        cell = np.minimum((seeding.uniform(keys, counter) * g * g).astype(np.int64), g * g - 1)
-        counter += 1
+    def draw(mask=None):
+        u = seeding.uniform(keys, counter)
+        counter[:] += np.uint64(1) if mask is None else mask.astype(np.uint64)
+        return u
+
+    def draw_cell(mask=None):
+        cell = np.minimum((draw(mask) * g * g).astype(np.int64), g * g - 1)
         return cell // g, cell % g
 
     for _ in range(cfg.wall_draws):
@@ -162,24 +167,23 @@ def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
     vel = np.zeros((b, n, 2))
     for k in range(n):
         r, c = draw_cell()
-        for _attempt in range(64):
+        for _attempt in range(256):
             bad = walls[rows, r, c]
             if not bad.any():
                 break
-            r2, c2 = draw_cell()
+            r2, c2 = draw_cell(bad)
             r, c = np.where(bad, r2, r), np.where(bad, c2, c)
         pos[:, k, 0], pos[:, k, 1] = r, c
         if cfg.velocity == "gaussian":
-            vel[:, k, 0] = seeding.normal(keys, counter) * cfg.velocity_std
-            vel[:, k, 1] = seeding.normal(keys, counter + 1) * cfg.velocity_std
-            counter += 2
+            u1, u2 = 1.0 - draw(), draw()
+            radius = np.sqrt(-2.0 * np.log(u1)) * cfg.velocity_std
+            vel[:, k, 0] = radius * np.cos(2 * np.pi * u2)
+            vel[:, k, 1] = radius * np.sin(2 * np.pi * u2)
         else:
-            angle = 2 * np.pi * seeding.uniform(keys, counter)
-            counter += 1
+            angle = 2 * np.pi * draw()
             speed = np.full(b, cfg.speed)
             if cfg.speed_min >= 0:
-                speed = cfg.speed_min + (cfg.speed - cfg.speed_min) * seeding.uniform(keys, counter)
-                counter += 1
+                speed = cfg.speed_min + (cfg.speed - cfg.speed_min) * draw()
             vel[:, k, 0] = speed * np.cos(angle)
             vel[:, k, 1] = speed * np.sin(angle)
     start, goal = _corners(cfg, b)

@@ -1,0 +1,177 @@
+"""Paired evaluation of several forecasters on the same episodes, and its summary.
+
+Work is cut into chunks of episodes; each chunk is a picklable `ChunkSpec` run by `evaluate_chunk`, so
+the same code runs serially, on a local process pool, or on Modal containers through `backend.map`.
+Forecasters travel as `ForecasterSpec`s (a name plus, for learned models, a checkpoint path) and are
+built inside the worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, run_closed_loop
+from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
+from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
+from hrmlab.planning.spacetime_astar import PlannerConfig
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how to cut the work."""
+
+    protocol: str = "standard"
+    """seed-v1 | seed-v2 | seed-v3 | seed-v4 | standard (SPEC §7)."""
+    episodes: int = 1000
+    """Episodes per forecaster (the same episodes for all)."""
+    start: int = 0
+    """First episode index (seed protocols: episode s uses the original's seed s + offset)."""
+    chunk_size: int = 250
+    """Episodes per work item (one batched closed loop)."""
+    forecast_error: bool = True
+    """Also measure forecast ADE/FDE against the true future at every planning step."""
+    history: int = 20
+    """Positions of history kept for the forecasters."""
+
+
+@dataclass
+class ChunkSpec:
+    protocol: str
+    world: BounceGridConfig
+    planner: PlannerConfig
+    forecasters: list[ForecasterSpec]
+    indices: list[int]
+    history: int = 20
+    forecast_error: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class ChunkResult:
+    indices: list[int]
+    per_forecaster: dict = field(default_factory=dict)  # name → dict of arrays and timings
+
+
+def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
+    """Run every forecaster of `spec` on the chunk's episodes (top-level: picklable for any backend)."""
+    protocol = get_protocol(spec.protocol)
+    indices = np.asarray(spec.indices)
+    result = ChunkResult(list(spec.indices))
+    for fspec in spec.forecasters:
+        forecaster = build_forecaster(fspec, device=spec.device)
+        rec = run_closed_loop(protocol, spec.world, spec.planner, forecaster, indices,
+                              history_len=spec.history, forecast_error=spec.forecast_error)
+        result.per_forecaster[fspec.name] = {
+            "outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
+            "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
+            "ade_sum": rec.ade_sum, "ade_count": rec.ade_count,
+        }
+    return result
+
+
+def make_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
+                forecasters: list[ForecasterSpec], device: str = "cpu") -> list[ChunkSpec]:
+    indices = list(range(cfg.start, cfg.start + cfg.episodes))
+    return [ChunkSpec(cfg.protocol, world, planner, forecasters, indices[i:i + cfg.chunk_size], cfg.history,
+                      cfg.forecast_error, device)
+            for i in range(0, len(indices), cfg.chunk_size)]
+
+
+def evaluate(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
+             forecasters: list[ForecasterSpec], backend, device: str = "cpu", progress=None) -> dict:
+    """Evaluate all forecasters on the same episodes; returns the results dict (see `summarise`)."""
+    get_protocol(cfg.protocol)  # fail fast on a bad name
+    chunks = make_chunks(cfg, world, planner, forecasters, device)
+    results = []
+    for res in backend.map(evaluate_chunk, chunks):
+        results.append(res)
+        if progress is not None:
+            progress(len(res.indices))
+    return summarise(cfg, world, planner, [f.name for f in forecasters], results)
+
+
+def _merge(results: list[ChunkResult], names: list[str]) -> dict:
+    merged = {}
+    for name in names:
+        parts = [r.per_forecaster[name] for r in results]
+        merged[name] = {
+            "outcome": np.concatenate([p["outcome"] for p in parts]),
+            "steps": np.concatenate([p["steps"] for p in parts]),
+            "plan_seconds": sum(p["plan_seconds"] for p in parts),
+            "forecast_seconds": sum(p["forecast_seconds"] for p in parts),
+            "plan_calls": sum(p["plan_calls"] for p in parts),
+            "ade_sum": np.sum([p["ade_sum"] for p in parts], axis=0),
+            "ade_count": sum(p["ade_count"] for p in parts),
+        }
+    return merged
+
+
+def summarise(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig, names: list[str],
+              results: list[ChunkResult]) -> dict:
+    """Per-forecaster counts, Wilson CIs, outcomes, path length vs oracle, timing, forecast error,
+    and exact McNemar tests for every pair."""
+    merged = _merge(results, names)
+    indices = [i for r in results for i in r.indices]
+    oracle = merged.get("oracle")
+    out = {"protocol": cfg.protocol, "planner": {"time_index": planner.time_index, "horizon": planner.horizon,
+                                                 "radius": planner.radius},
+           "episodes": {"start": cfg.start, "count": len(indices)}, "results": {}, "pairwise": []}
+    for name in names:
+        m = merged[name]
+        outcome = m["outcome"]
+        n = int(outcome.size)
+        succ = int(np.sum(outcome == SUCCESS))
+        lo, hi = wilson_interval(succ, n)
+        row = {
+            "successes": succ, "episodes": n, "success_rate": succ / n if n else 0.0, "ci95": [lo, hi],
+            "outcomes": {"success": succ, "crash": int(np.sum(outcome == CRASH)),
+                         "timeout": int(np.sum(outcome == TIMEOUT))},
+            "plan_ms_per_step": 1000 * m["plan_seconds"] / max(1, m["plan_calls"]),
+            "forecast_ms_per_step": 1000 * m["forecast_seconds"] / max(1, m["plan_calls"]),
+            "mean_steps_success": float(np.mean(m["steps"][outcome == SUCCESS])) if succ else None,
+        }
+        if oracle is not None:
+            both = (outcome == SUCCESS) & (oracle["outcome"] == SUCCESS)
+            row["path_length_vs_oracle"] = (float(np.mean(m["steps"][both] / np.maximum(1, oracle["steps"][both])))
+                                            if both.any() else None)
+        if m["ade_count"]:
+            per_step = m["ade_sum"] / m["ade_count"]
+            row["forecast_ade"] = float(per_step.mean())
+            row["forecast_fde"] = float(per_step[-1])
+            row["forecast_error_by_step"] = [float(v) for v in per_step]
+        out["results"][name] = row
+    for a, b in itertools.combinations(names, 2):
+        test = mcnemar_exact(merged[a]["outcome"] == SUCCESS, merged[b]["outcome"] == SUCCESS)
+        out["pairwise"].append({"a": a, "b": b, **test})
+    out["per_episode"] = {"indices": indices,
+                          **{name: [OUTCOMES[o] for o in merged[name]["outcome"]] for name in names}}
+    return out
+
+
+def format_table(results: dict) -> str:
+    """A plain-text table of a results dict (console and report)."""
+    lines = [f"protocol {results['protocol']} · planner time_index={results['planner']['time_index']} · "
+             f"{results['episodes']['count']} episodes"]
+    header = f"{'forecaster':<22}{'success':>14}{'rate':>8}{'95% CI':>16}{'crash':>7}{'timeout':>8}{'len/oracle':>11}{'ADE':>7}{'plan ms':>9}"
+    lines.append(header)
+    lines.append("-" * len(header))
+    for name, r in results["results"].items():
+        ratio = r.get("path_length_vs_oracle")
+        ade = r.get("forecast_ade")
+        lines.append(
+            f"{name:<22}{r['successes']:>7}/{r['episodes']:<6}{100 * r['success_rate']:>7.1f}%"
+            f"{'[' + format(100 * r['ci95'][0], '.1f') + ', ' + format(100 * r['ci95'][1], '.1f') + ']':>16}"
+            f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}"
+            f"{(format(ratio, '.3f') if ratio is not None else '—'):>11}{(format(ade, '.2f') if ade is not None else '—'):>7}"
+            f"{r['plan_ms_per_step']:>9.3f}")
+    if results["pairwise"]:
+        lines.append("")
+        lines.append("paired exact McNemar tests (a-only / b-only successes, two-sided p):")
+        for p in results["pairwise"]:
+            lines.append(f"  {p['a']:>20} vs {p['b']:<20} {p['a_only']:>5} / {p['b_only']:<5} p={p['p_value']:.3g}")
+    return "\n".join(lines)

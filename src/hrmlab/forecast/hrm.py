@@ -1,0 +1,348 @@
+"""HRM-style forecasters (SPEC §4): norms, FFNs, attention, plain and gated blocks, and three models.
+
+* `SapientHRM` (v1–v3, Boosted): one L block and one H block run recurrently over the history.
+* `DeepSapientHRM` (Mid, FullScale, RobustFix, 8gpu): the same schedule with stacks of n L and n H blocks.
+* `EncoderHRM` (8gpu_v2): not recurrent; gated blocks with full attention over all history tokens.
+
+The recurrent blocks attend over a length-1 sequence, where softmax over a single key is 1 and
+attention reduces to out_proj(v_proj(x)). `LengthOneAttention` keeps nn.MultiheadAttention's
+parameters (same names and shapes, so the parameter counts and state dicts match the seed's) but only
+computes the value/output path: identical results, a quarter of the attention matmuls skipped.
+The embedding of all T history steps is one batched matmul. `reference.py` holds the seed's original
+formulation (real nn.MultiheadAttention, per-step embedding) for equivalence tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrmlab.errors import UserError
+from hrmlab.forecast.lstm import POSITION_DIMS, LSTMConfig, LSTMPredictor
+
+
+@dataclass
+class HRMConfig:
+    """Every architectural knob of the HRM family; presets set the seed's values (SPEC §4 table)."""
+
+    variant: Literal["sapient", "deep", "encoder"] = "deep"
+    """sapient: 1 L + 1 H block (v1–v3); deep: stacks of `n_layers` blocks (Mid, FullScale, 8gpu);
+    encoder: the 8gpu_v2 non-recurrent encoder."""
+    d_model: int = 256
+    """Hidden width d."""
+    n_layers: int = 1
+    """Blocks in the L stack and, separately, in the H stack (encoder: blocks run once / repeated)."""
+    heads: int = 4
+    """Attention heads (they only matter for the encoder's full attention; length-1 attention ignores them)."""
+    h_period: int = 2
+    """k: the H module updates every k time steps (at t = 0, k, 2k, ... before the L update)."""
+    block: Literal["plain", "gated"] = "plain"
+    """plain: pre-norm residual block; gated: GTrXL-style sigmoid gate between new and old state."""
+    rmsnorm: Literal["original", "standard"] = "standard"
+    """original: the seed's g·x/‖x‖·d^-½ (output RMS 1/d, a bug kept for presets); standard: RMS 1."""
+    norm_eps: float = 1e-6
+    """Added to the mean square inside RMSNorm (keeps an all-zero initial state finite)."""
+    detach_h_input: bool = True
+    """The H module reads a detached L state (v3 and later); False lets gradients flow through it (v1, v2)."""
+    init_std: float = 0.0
+    """0: PyTorch default init. > 0: Linear weights N(0, init_std²) (encoder: truncated at ±2σ), zero biases."""
+    initial_state: Literal["zero", "random"] = "zero"
+    """Recurrent states start at zero, or at randn·initial_state_std on every call (RobustFix; also at test time)."""
+    initial_state_std: float = 0.01
+    """Std of random initial states."""
+    ffn: Literal["swiglu", "gelu"] = "swiglu"
+    """swiglu: w3(silu(w1 x)·w2 x), no bias, hidden ⌊swiglu_mult·d⌋; gelu: Linear–GELU–Linear (8gpu_v2)."""
+    swiglu_mult: float = 2.6
+    """SwiGLU hidden width as a multiple of d (floored)."""
+    gelu_mult: int = 4
+    """GELU FFN hidden width as a multiple of d."""
+    gate_residual_scale: float = 0.7071
+    """Gated blocks scale x + s by this (the seed's rounded 1/√2) before attention."""
+    encoder_repeats: int = 2
+    """Encoder only: how many times the second group of `n_layers` blocks is applied."""
+    encoder_readout: Literal["mean", "last"] = "mean"
+    """Encoder only: head on the mean over history tokens (the seed; order-invariant) or on the last token."""
+    dropout: float = 0.0
+    """Dropout on block outputs during training (the seed used none)."""
+
+
+# ---------------------------------------------------------------------------------------- components
+
+
+class RMSNorm(nn.Module):
+    """g ⊙ x / rms(x), times 1/d for the seed's `original` scaling (whose output RMS is 1/d)."""
+
+    def __init__(self, d: int, scaling: str = "standard", eps: float = 1e-6):
+        super().__init__()
+        if scaling not in ("original", "standard"):
+            raise UserError(f"unknown rmsnorm {scaling!r}; valid choices: original, standard")
+        self.weight = nn.Parameter(torch.ones(d))
+        self.scale = 1.0 / d if scaling == "original" else 1.0
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight if self.scale == 1.0 else self.weight * self.scale
+        return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), self.eps)
+
+
+class SwiGLU(nn.Module):
+    """w3(silu(w1 x) ⊙ w2 x), no biases."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(d, hidden, bias=False)
+        self.w3 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class GeluFFN(nn.Module):
+    """Linear–GELU–Linear with biases (the 8gpu_v2 encoder)."""
+
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(d, hidden)
+        self.fc2 = nn.Linear(hidden, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class _MHAParameters(nn.Module):
+    """nn.MultiheadAttention's parameters under the same names, shapes and default init, so state dicts
+    load into a real nn.MultiheadAttention (batch_first=True) and back."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        if d % heads:
+            raise UserError(f"d_model {d} is not divisible by heads {heads}")
+        self.embed_dim, self.num_heads = d, heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d))
+        self.out_proj = nn.Linear(d, d)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+
+class LengthOneAttention(_MHAParameters):
+    """Self-attention over a length-1 sequence: softmax of one score is 1, so the output is
+    out_proj(v_proj(x)); q and k exist (they count) but cannot affect it. (B, d) → (B, d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.embed_dim
+        v = F.linear(x, self.in_proj_weight[2 * d:], self.in_proj_bias[2 * d:])
+        return self.out_proj(v)
+
+
+class SequenceAttention(_MHAParameters):
+    """Full multi-head self-attention over T tokens, no mask, no positional encoding. (B, T, d) → (B, T, d)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+def _make_ffn(cfg: HRMConfig) -> nn.Module:
+    d = cfg.d_model
+    if cfg.ffn == "swiglu":
+        return SwiGLU(d, math.floor(cfg.swiglu_mult * d))
+    if cfg.ffn == "gelu":
+        return GeluFFN(d, cfg.gelu_mult * d)
+    raise UserError(f"unknown ffn {cfg.ffn!r}; valid choices: gelu, swiglu")
+
+
+class PlainBlock(nn.Module):
+    """RecurrentTransformerBlock: h = x + s; h += attn(norm1 h); return h + ffn(norm2 h)."""
+
+    def __init__(self, cfg: HRMConfig, attention: nn.Module):
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.d_model, cfg.rmsnorm, cfg.norm_eps)
+        self.attn = attention
+        self.norm2 = RMSNorm(cfg.d_model, cfg.rmsnorm, cfg.norm_eps)
+        self.ffn = _make_ffn(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        h = x + s
+        h = h + self.drop(self.attn(self.norm1(h)))
+        return h + self.drop(self.ffn(self.norm2(h)))
+
+
+class GatedBlock(PlainBlock):
+    """GTrXL-style: h = (x+s)·c; h += attn(norm1 h); c = h + ffn(norm2 h); z = σ(W[c; s] + b);
+    return z⊙c + (1−z)⊙s — the gate decides how much of the old state s survives."""
+
+    def __init__(self, cfg: HRMConfig, attention: nn.Module):
+        super().__init__(cfg, attention)
+        self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
+        self.residual_scale = cfg.gate_residual_scale
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        h = (x + s) * self.residual_scale
+        h = h + self.drop(self.attn(self.norm1(h)))
+        c = h + self.drop(self.ffn(self.norm2(h)))
+        z = torch.sigmoid(self.gate(torch.cat([c, s], dim=-1)))
+        return z * c + (1 - z) * s
+
+
+def make_block(cfg: HRMConfig, attention: nn.Module) -> nn.Module:
+    if cfg.block == "plain":
+        return PlainBlock(cfg, attention)
+    if cfg.block == "gated":
+        return GatedBlock(cfg, attention)
+    raise UserError(f"unknown block {cfg.block!r}; valid choices: gated, plain")
+
+
+def init_linear_weights(model: nn.Module, std: float, truncated: bool = False) -> None:
+    """N(0, std²) (or truncated at ±2σ) for every nn.Linear weight, zero biases; 0 keeps PyTorch defaults."""
+    if std <= 0:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            if truncated:
+                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            else:
+                nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------- models
+
+
+class DeepSapientHRM(nn.Module):
+    """Stacks of n L blocks and n H blocks run over the history (B, T, 2) → displacement (B, 2).
+
+    For t in 0..T-1: every k steps the H stack updates from the (detached) top L state; then the L stack
+    updates from embed(x_t) + top H state. Each block of a stack keeps its own state and feeds its new
+    state to the next block. The head reads the top L state after the last step."""
+
+    def __init__(self, cfg: HRMConfig, attention_cls: type[nn.Module] = LengthOneAttention):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Linear(POSITION_DIMS, d)
+        self.l_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.h_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.head = nn.Linear(d, POSITION_DIMS)
+        init_linear_weights(self, cfg.init_std)
+
+    def initial_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
+        shape = (batch, self.cfg.d_model)
+        if self.cfg.initial_state == "random":
+            return [torch.randn(shape, device=like.device, dtype=like.dtype) * self.cfg.initial_state_std
+                    for _ in range(self.cfg.n_layers)]
+        zero = torch.zeros(shape, device=like.device, dtype=like.dtype)
+        return [zero] * self.cfg.n_layers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        embedded = self.embed(x.transpose(0, 1))  # (T, B, d): all steps in one matmul, each step contiguous
+        s_low = self.initial_states(x.shape[0], embedded)
+        s_high = self.initial_states(x.shape[0], embedded)
+        for t in range(x.shape[1]):
+            if t % self.cfg.h_period == 0:
+                inp = s_low[-1].detach() if self.cfg.detach_h_input else s_low[-1]
+                for i, block in enumerate(self.h_blocks):
+                    s_high[i] = inp = block(inp, s_high[i])
+            inp = embedded[t] + s_high[-1]
+            for i, block in enumerate(self.l_blocks):
+                s_low[i] = inp = block(inp, s_low[i])
+        return self.head(s_low[-1])
+
+
+class SapientHRM(DeepSapientHRM):
+    """One L block and one H block (v1–v3, Boosted); `detach_h_input` is False for v1/v2."""
+
+    def __init__(self, cfg: HRMConfig, attention_cls: type[nn.Module] = LengthOneAttention):
+        if cfg.n_layers != 1:
+            raise UserError(f"variant 'sapient' has exactly one L and one H block; got n_layers={cfg.n_layers} "
+                            "(use variant 'deep')")
+        super().__init__(cfg, attention_cls)
+
+
+class EncoderHRM(nn.Module):
+    """The 8gpu_v2 model: not recurrent. All T steps are embedded as tokens; a low group of `n_layers`
+    gated blocks runs once (x = embedding, state starting at zero), then a high group of `n_layers`
+    blocks runs `encoder_repeats` times (x = low output, state starting at zero); full attention over
+    the T tokens, no positional encoding.
+
+    Without positions and with the seed's mean readout the model is invariant to the ORDER of the history:
+    it sees the set of past positions, not which is most recent, so it cannot tell the direction of
+    motion from a straight track — a likely reason this script did worse than the recurrent ones."""
+
+    def __init__(self, cfg: HRMConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Linear(POSITION_DIMS, d)
+        self.low_blocks = nn.ModuleList(make_block(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.high_blocks = nn.ModuleList(make_block(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.head = nn.Linear(d, POSITION_DIMS)
+        init_linear_weights(self, cfg.init_std, truncated=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x)  # (B, T, d)
+        low = torch.zeros_like(tokens)
+        for block in self.low_blocks:
+            low = block(tokens, low)
+        high = torch.zeros_like(tokens)
+        for _ in range(self.cfg.encoder_repeats):
+            for block in self.high_blocks:
+                high = block(low, high)
+        pooled = high.mean(dim=1) if self.cfg.encoder_readout == "mean" else high[:, -1]
+        return self.head(pooled)
+
+
+# ---------------------------------------------------------------------------------------- factory
+
+
+def build_model(cfg, seed: int | None = 0) -> nn.Module:
+    """Model from an HRMConfig, an LSTMConfig, or a dict {"kind": "hrm"|"lstm", **fields}.
+
+    Initialised from `seed` inside a forked RNG (the global torch RNG is left untouched); None uses the
+    current global RNG state."""
+    if isinstance(cfg, dict):
+        from hrmlab.config import from_dict
+
+        fields = dict(cfg)
+        kind = fields.pop("kind", "hrm")
+        if kind == "hrm":
+            cfg = from_dict(HRMConfig, fields, "model")
+        elif kind == "lstm":
+            cfg = from_dict(LSTMConfig, fields, "model")
+        else:
+            raise UserError(f"unknown model kind {kind!r}; valid choices: hrm, lstm")
+    if seed is None:
+        return _construct(cfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _construct(cfg)
+
+
+def _construct(cfg) -> nn.Module:
+    if isinstance(cfg, LSTMConfig):
+        return LSTMPredictor(cfg)
+    if not isinstance(cfg, HRMConfig):
+        raise TypeError(f"build_model needs an HRMConfig or LSTMConfig, got {type(cfg).__name__}")
+    if cfg.variant == "sapient":
+        return SapientHRM(cfg)
+    if cfg.variant == "deep":
+        return DeepSapientHRM(cfg)
+    if cfg.variant == "encoder":
+        return EncoderHRM(cfg)
+    raise UserError(f"unknown HRM variant {cfg.variant!r}; valid choices: deep, encoder, sapient")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Every parameter, trainable or not (the seed's printed totals count q/k of length-1 attention too)."""
+    return sum(p.numel() for p in model.parameters())

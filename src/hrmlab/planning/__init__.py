@@ -1,0 +1,1 @@
+"""Planners: compiled space-time A* and its receding-horizon use."""
