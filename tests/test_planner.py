@@ -84,3 +84,15 @@ def test_radius_is_strict():
     forecast = obstacle_at({0: (0.0, 2.0)})
     blocked = blocked_cells(forecast, G, 1.0, 0, 20)[0, 1]
     assert blocked[0, 2] and not blocked[0, 1] and not blocked[1, 2]  # distance exactly 1 is free
+
+
+def test_plan_path_is_a_feasible_sequence_of_moves():
+    from hrmlab.planning.spacetime_astar import plan_path
+
+    walls = np.zeros((G, G), dtype=bool)
+    walls[3, 0:19] = True
+    path, status = plan_path(walls, (0, 0), (6, 0), np.zeros((0, 20, 2)), PlannerConfig())
+    cells = path[path[:, 0] >= 0]
+    assert status == STATUS_GOAL and tuple(cells[0]) == (0, 0) and tuple(cells[-1]) == (6, 0)
+    assert (np.abs(np.diff(cells, axis=0)).sum(axis=1) <= 1).all()
+    assert not walls[cells[:, 0], cells[:, 1]].any()

@@ -133,12 +133,22 @@ class _MHAParameters(nn.Module):
 
 class LengthOneAttention(_MHAParameters):
     """Self-attention over a length-1 sequence: softmax of one score is 1, so the output is
-    out_proj(v_proj(x)); q and k exist (they count) but cannot affect it. (B, d) → (B, d)."""
+    out_proj(v_proj(x)); q and k exist (they count) but cannot affect it. (B, d) → (B, d).
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    The two affine maps compose into one: W = W_o·W_v, b = W_o·b_v + b_o. A recurrent model calls
+    `fused_weights()` once per forward and passes the result to every time step, so each step costs one
+    d×d matmul instead of four (q, k, v, out), and autograd slices `in_proj_weight` once, not per step."""
+
+    def fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         d = self.embed_dim
-        v = F.linear(x, self.in_proj_weight[2 * d:], self.in_proj_bias[2 * d:])
-        return self.out_proj(v)
+        w_out, b_out = self.out_proj.weight, self.out_proj.bias
+        weight = w_out @ self.in_proj_weight[2 * d:]
+        bias = torch.addmv(b_out, w_out, self.in_proj_bias[2 * d:])
+        return weight, bias
+
+    def forward(self, x: torch.Tensor, fused: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        weight, bias = fused if fused is not None else self.fused_weights()
+        return F.linear(x, weight, bias)
 
 
 class SequenceAttention(_MHAParameters):
@@ -172,9 +182,13 @@ class PlainBlock(nn.Module):
         self.ffn = _make_ffn(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def _attend(self, h: torch.Tensor, attn_weights) -> torch.Tensor:
+        return self.attn(h) if attn_weights is None else self.attn(h, attn_weights)
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor, attn_weights=None) -> torch.Tensor:
+        """`attn_weights`: precomputed `LengthOneAttention.fused_weights()` (None computes them here)."""
         h = x + s
-        h = h + self.drop(self.attn(self.norm1(h)))
+        h = h + self.drop(self._attend(self.norm1(h), attn_weights))
         return h + self.drop(self.ffn(self.norm2(h)))
 
 
@@ -187,9 +201,9 @@ class GatedBlock(PlainBlock):
         self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
         self.residual_scale = cfg.gate_residual_scale
 
-    def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, s: torch.Tensor, attn_weights=None) -> torch.Tensor:
         h = (x + s) * self.residual_scale
-        h = h + self.drop(self.attn(self.norm1(h)))
+        h = h + self.drop(self._attend(self.norm1(h), attn_weights))
         c = h + self.drop(self.ffn(self.norm2(h)))
         z = torch.sigmoid(self.gate(torch.cat([c, s], dim=-1)))
         return z * c + (1 - z) * s
@@ -249,14 +263,16 @@ class DeepSapientHRM(nn.Module):
         embedded = self.embed(x.transpose(0, 1))  # (T, B, d): all steps in one matmul, each step contiguous
         s_low = self.initial_states(x.shape[0], embedded)
         s_high = self.initial_states(x.shape[0], embedded)
+        low_attn = [block.attn.fused_weights() for block in self.l_blocks]  # once per forward, not per step
+        high_attn = [block.attn.fused_weights() for block in self.h_blocks]
         for t in range(x.shape[1]):
             if t % self.cfg.h_period == 0:
                 inp = s_low[-1].detach() if self.cfg.detach_h_input else s_low[-1]
                 for i, block in enumerate(self.h_blocks):
-                    s_high[i] = inp = block(inp, s_high[i])
+                    s_high[i] = inp = block(inp, s_high[i], high_attn[i])
             inp = embedded[t] + s_high[-1]
             for i, block in enumerate(self.l_blocks):
-                s_low[i] = inp = block(inp, s_low[i])
+                s_low[i] = inp = block(inp, s_low[i], low_attn[i])
         return self.head(s_low[-1])
 
 

@@ -127,8 +127,9 @@ def _key(f, g, r, c, t):
 
 @nb.njit(cache=True)
 def plan_one(walls, start_r, start_c, goal_r, goal_c, blocked, horizon, moves, work_keys, work_ids,
-             node_r, node_c, node_t, node_g, node_parent, visited, stamp):
-    """One space-time A* search. Returns (next_r, next_c, status, expansions)."""
+             node_r, node_c, node_t, node_g, node_parent, visited, stamp, path_out):
+    """One space-time A* search. Returns (next_r, next_c, status, expansions); the planned cells
+    (start first, one per time step) are written to `path_out` when it has rows, padded with -1."""
     g_size = walls.shape[0]
     size = 0
     n_nodes = 0
@@ -192,6 +193,13 @@ def plan_one(walls, start_r, start_c, goal_r, goal_c, blocked, horizon, moves, w
         status = STATUS_FALLBACK
     if target <= 0:  # no node, or the start itself: wait
         return start_r, start_c, STATUS_WAIT, expansions
+    if path_out.shape[0] > 0:
+        path_out[:] = -1
+        node = target
+        while node >= 0:
+            path_out[node_t[node], 0] = node_r[node]
+            path_out[node_t[node], 1] = node_c[node]
+            node = node_parent[node]
     while node_parent[target] != 0:
         target = node_parent[target]
     return node_r[target], node_c[target], status, expansions
@@ -214,12 +222,13 @@ def plan_batch(walls, agents, goals, blocked, active, horizon, moves):
     out = agents.copy()
     status = np.full(batch, STATUS_WAIT, dtype=np.int64)
     expansions = np.zeros(batch, dtype=np.int64)
+    no_path = np.empty((0, 2), dtype=np.int64)
     for b in range(batch):
         if not active[b]:
             continue
         nr, nc, st, ex = plan_one(walls[b], agents[b, 0], agents[b, 1], goals[b, 0], goals[b, 1], blocked[b],
                                   horizon, moves, work_keys, work_ids, node_r, node_c, node_t, node_g,
-                                  node_parent, visited, b + 1)
+                                  node_parent, visited, b + 1, no_path)
         out[b, 0] = nr
         out[b, 1] = nc
         status[b] = st
@@ -239,3 +248,21 @@ def plan(walls: np.ndarray, agents: np.ndarray, goals: np.ndarray, forecast: np.
     return plan_batch(walls, np.ascontiguousarray(agents, dtype=np.int64),
                       np.ascontiguousarray(goals, dtype=np.int64), blocked, np.asarray(active, dtype=np.bool_),
                       cfg.horizon, MOVES)
+
+
+def plan_path(walls: np.ndarray, agent, goal, forecast: np.ndarray, cfg: PlannerConfig) -> tuple[np.ndarray, int]:
+    """The whole planned path of one episode, (horizon, 2) cells by time step (-1 past its end), and
+    the status. For rendering and debugging; evaluation only needs the first move (`plan`)."""
+    walls = np.ascontiguousarray(walls, dtype=np.bool_)
+    grid = walls.shape[0]
+    blocked = blocked_cells(np.ascontiguousarray(forecast[None], dtype=np.float64), grid, float(cfg.radius),
+                            cfg.forecast_offset, cfg.horizon)[0]
+    cap = grid * grid * cfg.horizon * MOVES.shape[0] + 1
+    arrays = [np.empty(cap, dtype=np.int64) for _ in range(7)]
+    visited = np.zeros(grid * grid * cfg.horizon, dtype=np.int64)
+    path = np.full((cfg.horizon, 2), -1, dtype=np.int64)
+    _, _, status, _ = plan_one(walls, int(agent[0]), int(agent[1]), int(goal[0]), int(goal[1]), blocked,
+                               cfg.horizon, MOVES, *arrays, visited, 1, path)
+    if status == STATUS_WAIT:
+        path[0] = agent
+    return path, int(status)
