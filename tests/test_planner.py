@@ -90,7 +90,7 @@ def test_plan_path_is_a_feasible_sequence_of_moves():
     from hrmlab.planning.spacetime_astar import plan_path
 
     walls = np.zeros((G, G), dtype=bool)
-    walls[3, 0:19] = True
+    walls[3, 0:6] = True  # detour through column 6: 18 moves, inside the horizon
     path, status = plan_path(walls, (0, 0), (6, 0), np.zeros((0, 20, 2)), PlannerConfig())
     cells = path[path[:, 0] >= 0]
     assert status == STATUS_GOAL and tuple(cells[0]) == (0, 0) and tuple(cells[-1]) == (6, 0)
