@@ -1,0 +1,417 @@
+"""The expert / oracle: perfect-knowledge space-time A* on BlobWorld (SPEC §8), compiled with numba.
+
+Search nodes are (row, col, t) from (start, 0). Actions are the 8 king moves plus wait; a move costs its
+Euclidean length (1 or √2), a wait costs `wait_cost` (the seed: 0); h = Euclidean distance to the goal;
+f = g + h. A neighbour is rejected off the map, on a disc, or at distance < `clearance` (3) from any
+obstacle's position after t+1 physics steps. A popped node with t ≥ `max_steps` (64) is dropped; a popped
+node within `goal_tolerance` (2) of the goal ends the search. Ties in f are broken by g, then by
+(row, col, t), exactly like the seed's `heapq` tuples, so path lengths match the original bit for bit.
+
+Everything lives in flat preallocated arrays: a (row, col, t) node is one integer, a closed flag, a best g
+and a parent per node, and a binary heap of (f, g, node) in three parallel arrays. Pushes that the seed
+would only discard when popped (closed nodes, dominated g, t ≥ max_steps) are never made, which changes
+nothing but the work done. Among equal-cost parents the first found is kept (the seed kept the
+lexicographically smaller path list), so the cells of a path can differ in rare ties, never its length.
+
+Expert data generation (shards of training-split episodes through `backend.map`, a sha256 manifest,
+resumable) is at the bottom of this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from hrmlab.config import config_hash, from_dict, to_dict
+from hrmlab.worlds import blob_world
+from hrmlab.worlds.blob_world import BlobWorldConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertConfig:
+    """Space-time A* settings. Defaults are the seed's, except `forecast_clip` (see there)."""
+
+    max_steps: int = 64
+    """A popped node at t ≥ max_steps is dropped, so a plan has at most max_steps cells."""
+    wait_cost: float = 0.0
+    """Cost of waiting one step in place (the seed: 0, so waiting is free)."""
+    clearance: float = 3.0
+    """A cell at distance < clearance from any obstacle at its time is rejected (the seed: radius 2 + 1)."""
+    goal_tolerance: float = 2.0
+    """The search succeeds at the first popped cell closer than this to the goal."""
+    forecast_clip: bool = True
+    """True: the planner knows the world's exact future (bounced coordinates are clipped as the world
+    does). False: the seed planner's own roll-out, which only flipped velocities at the border."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# numba kernel
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_less(f, g, n, i, j):
+    if f[i] != f[j]:
+        return f[i] < f[j]
+    if g[i] != g[j]:
+        return g[i] < g[j]
+    return n[i] < n[j]
+
+
+@numba.njit(cache=True, nogil=True)
+def _heap_swap(f, g, n, i, j):
+    f[i], f[j] = f[j], f[i]
+    g[i], g[j] = g[j], g[i]
+    n[i], n[j] = n[j], n[i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _blocked_cells(static, traj, max_steps, clearance):
+    """(max_steps, G, G) bool: a disc, or distance < clearance from an obstacle after t steps.
+
+    Rasterised once per search with the very comparison the seed made per neighbour, so the result
+    is identical and each neighbour test becomes one lookup."""
+    size = static.shape[0]
+    n_obs = traj.shape[1]
+    blocked = np.empty((max_steps, size, size), dtype=np.bool_)
+    for t in range(max_steps):
+        blocked[t] = static
+        for k in range(n_obs):
+            pr = traj[t, k, 0]
+            pc = traj[t, k, 1]
+            r0 = max(0, int(math.floor(pr - clearance)))
+            r1 = min(size - 1, int(math.ceil(pr + clearance)))
+            c0 = max(0, int(math.floor(pc - clearance)))
+            c1 = min(size - 1, int(math.ceil(pc + clearance)))
+            for r in range(r0, r1 + 1):
+                er = r - pr
+                for c in range(c0, c1 + 1):
+                    ec = c - pc
+                    if math.sqrt(er * er + ec * ec) < clearance:
+                        blocked[t, r, c] = True
+    return blocked
+
+
+@numba.njit(cache=True, nogil=True)
+def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, clearance, goal_tolerance):
+    """Returns (path (L, 2) int64, expansions); L = 0 when no plan exists."""
+    size = static.shape[0]
+    horizon = max_steps + 1  # t in [0, max_steps]
+    n_nodes = size * size * horizon
+    blocked = _blocked_cells(static, traj, max_steps, clearance)
+    heuristic = np.empty((size, size))
+    for r in range(size):
+        for c in range(size):
+            heuristic[r, c] = math.sqrt(float((r - gr) * (r - gr) + (c - gc) * (c - gc)))
+    closed = np.zeros(n_nodes, dtype=np.bool_)
+    best_g = np.full(n_nodes, np.inf)
+    parent = np.full(n_nodes, -1, dtype=np.int64)
+    diagonal = math.sqrt(2.0)
+    cap = 4096
+    hf = np.empty(cap)
+    hg = np.empty(cap)
+    hn = np.empty(cap, dtype=np.int64)
+    start = (sr * size + sc) * horizon
+    hf[0] = 0.0
+    hg[0] = 0.0
+    hn[0] = start
+    best_g[start] = 0.0
+    size_heap = 1
+    expansions = 0
+    found = -1
+    while size_heap > 0:
+        # pop the minimum
+        g0 = hg[0]
+        node = hn[0]
+        size_heap -= 1
+        if size_heap > 0:
+            hf[0] = hf[size_heap]
+            hg[0] = hg[size_heap]
+            hn[0] = hn[size_heap]
+            i = 0
+            while True:
+                left = 2 * i + 1
+                if left >= size_heap:
+                    break
+                child = left
+                right = left + 1
+                if right < size_heap and _heap_less(hf, hg, hn, right, left):
+                    child = right
+                if _heap_less(hf, hg, hn, child, i):
+                    _heap_swap(hf, hg, hn, child, i)
+                    i = child
+                else:
+                    break
+        t = node % horizon
+        cell = node // horizon
+        r = cell // size
+        c = cell % size
+        if t >= max_steps:
+            continue
+        if heuristic[r, c] < goal_tolerance:
+            found = node
+            break
+        if closed[node]:
+            continue
+        closed[node] = True
+        expansions += 1
+        nt = t + 1
+        if nt >= max_steps:  # such children would only be dropped when popped
+            continue
+        for dr in range(-1, 2):
+            nr = r + dr
+            if nr < 0 or nr >= size:
+                continue
+            for dc in range(-1, 2):
+                nc = c + dc
+                if nc < 0 or nc >= size or blocked[nt, nr, nc]:
+                    continue
+                child_node = (nr * size + nc) * horizon + nt
+                if closed[child_node]:
+                    continue
+                if dr == 0 and dc == 0:
+                    step_cost = wait_cost
+                elif dr == 0 or dc == 0:
+                    step_cost = 1.0
+                else:
+                    step_cost = diagonal
+                ng = g0 + step_cost
+                if ng >= best_g[child_node]:
+                    continue
+                best_g[child_node] = ng
+                parent[child_node] = node
+                nf = ng + heuristic[nr, nc]
+                if size_heap == cap:
+                    cap *= 2
+                    hf2 = np.empty(cap)
+                    hg2 = np.empty(cap)
+                    hn2 = np.empty(cap, dtype=np.int64)
+                    hf2[:size_heap] = hf[:size_heap]
+                    hg2[:size_heap] = hg[:size_heap]
+                    hn2[:size_heap] = hn[:size_heap]
+                    hf, hg, hn = hf2, hg2, hn2
+                j = size_heap
+                hf[j] = nf
+                hg[j] = ng
+                hn[j] = child_node
+                size_heap += 1
+                while j > 0:
+                    up = (j - 1) // 2
+                    if _heap_less(hf, hg, hn, j, up):
+                        _heap_swap(hf, hg, hn, j, up)
+                        j = up
+                    else:
+                        break
+    if found < 0:
+        return np.empty((0, 2), dtype=np.int64), expansions
+    length = found % horizon + 1  # one cell per time step, start included
+    path = np.empty((length, 2), dtype=np.int64)
+    node = found
+    for i in range(length - 1, -1, -1):
+        cell = node // horizon
+        path[i, 0] = cell // size
+        path[i, 1] = cell % size
+        node = parent[node]
+    return path, expansions
+
+
+def plan(static: np.ndarray, traj: np.ndarray, start, goal, cfg: ExpertConfig) -> np.ndarray | None:
+    """Plan one episode. `static` (G, G) bool, `traj` (≥ max_steps, N, 2) obstacle positions after
+    0, 1, … physics steps. Returns the (L, 2) int64 cell path (start included) or None."""
+    if traj.shape[0] < cfg.max_steps:
+        raise ValueError(f"trajectory has {traj.shape[0]} steps, the planner needs {cfg.max_steps}")
+    path, _ = _space_time_astar(np.ascontiguousarray(static, dtype=np.bool_),
+                                np.ascontiguousarray(traj, dtype=np.float64), int(start[0]), int(start[1]),
+                                int(goal[0]), int(goal[1]), int(cfg.max_steps), float(cfg.wait_cost),
+                                float(cfg.clearance), float(cfg.goal_tolerance))
+    return path if len(path) else None
+
+
+def plan_episodes(world: BlobWorldConfig, state: blob_world.BlobState, cfg: ExpertConfig) -> list:
+    """Plan every episode of a freshly reset batch (t = 0); a list of paths / None."""
+    traj = blob_world.trajectory(world, state, cfg.max_steps, clip=cfg.forecast_clip)
+    return [plan(state.static[e], traj[e], state.start[e], state.goal[e], cfg) for e in range(state.batch)]
+
+
+def resample_path(path: np.ndarray, points: int) -> np.ndarray:
+    """Linearly resample a (L, 2) path to `points` points along its index (the seed's np.interp)."""
+    path = np.asarray(path, dtype=np.float64)
+    old = np.linspace(0.0, 1.0, len(path))
+    new = np.linspace(0.0, 1.0, points)
+    return np.stack([np.interp(new, old, path[:, 0]), np.interp(new, old, path[:, 1])], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# expert data: shards + manifest through backend.map
+
+
+@dataclass
+class ExpertDataConfig:
+    """Expert path data set (SPEC §8 'Data'). Defaults are the seed's v2 (50 workers × 100 paths)."""
+
+    num_paths: int = 5000
+    """Paths to generate in total (kept paths, after the length filter)."""
+    paths_per_shard: int = 100
+    """Paths per shard; one shard is one backend task (the seed: one Modal worker)."""
+    attempts_per_path: int = 3
+    """A shard tries at most paths_per_shard × attempts_per_path episodes (the seed: 3×)."""
+    min_path_cells: int = 11
+    """Keep plans with at least this many cells (the seed: more than 10)."""
+    path_points: int = 64
+    """Each kept path is resampled to this many points (the model's sequence length)."""
+    split: str = "train"
+    """Episode split the expert plans on (never the evaluation split)."""
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expert_shard(task: dict) -> dict:
+    """Backend task (top level, picklable): plan episodes of one shard until it has its paths.
+
+    Returns numpy arrays (the caller writes the shard), so remote backends need no shared disk."""
+    world = from_dict(BlobWorldConfig, task["world"])
+    expert = from_dict(ExpertConfig, task["expert"])
+    data = from_dict(ExpertDataConfig, task["data"])
+    first, attempts, target = task["first_episode"], task["attempts"], task["target"]
+    grids, sg, paths, episodes, lengths = [], [], [], [], []
+    chunk = max(1, min(attempts, 2 * target))
+    for lo in range(first, first + attempts, chunk):
+        if len(paths) >= target:
+            break
+        idx = np.arange(lo, min(lo + chunk, first + attempts))
+        state = blob_world.reset_split(world, data.split, idx)
+        traj = blob_world.trajectory(world, state, expert.max_steps, clip=expert.forecast_clip)
+        occupancy = blob_world.occupancy_grid(world, state)
+        for e in range(state.batch):
+            path = plan(state.static[e], traj[e], state.start[e], state.goal[e], expert)
+            if path is None or len(path) < data.min_path_cells:
+                continue
+            grids.append(occupancy[e])
+            sg.append(np.concatenate([state.start[e], state.goal[e]]).astype(np.float32))
+            paths.append(resample_path(path, data.path_points).astype(np.float32))
+            episodes.append(int(idx[e]))
+            lengths.append(len(path))
+            if len(paths) >= target:
+                break
+    g = world.map_size
+    return {
+        "shard": task["shard"],
+        "grids": np.asarray(grids, dtype=bool).reshape(-1, g, g),
+        "start_goal": np.asarray(sg, dtype=np.float32).reshape(-1, 4),
+        "paths": np.asarray(paths, dtype=np.float32).reshape(-1, data.path_points, 2),
+        "episodes": np.asarray(episodes, dtype=np.int64),
+        "path_cells": np.asarray(lengths, dtype=np.int64),
+    }
+
+
+def expert_data_key(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig) -> str:
+    """Hash of exactly the settings that determine the expert data set."""
+    return config_hash({"world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data)})
+
+
+def generate_expert_data(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig,
+                         out_dir, backend, progress: bool = True) -> Path:
+    """Generate (or resume) the expert data set in `out_dir`; returns the manifest path.
+
+    Shards are `shard-XXXXX.npz`, written atomically as results arrive; `manifest.json` lists each
+    finished shard with its sha256 and is marked complete at the end. A rerun skips shards whose file
+    matches its checksum and redoes the rest."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    key = expert_data_key(world, expert, data)
+    manifest = {"config_hash": key, "config": {"world": to_dict(world), "expert": to_dict(expert),
+                                                "data": to_dict(data)}, "shards": {}, "complete": False}
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("config_hash") == key:
+            for name, entry in old.get("shards", {}).items():
+                f = out_dir / entry["file"]
+                if f.exists() and _sha256(f) == entry["sha256"]:
+                    manifest["shards"][name] = entry
+        if old.get("complete") and len(manifest["shards"]) == len(old.get("shards", {})):
+            return manifest_path
+    n_shards = max(1, math.ceil(data.num_paths / data.paths_per_shard))
+    attempts = data.paths_per_shard * data.attempts_per_path
+    tasks = []
+    for s in range(n_shards):
+        if str(s) in manifest["shards"]:
+            continue
+        target = min(data.paths_per_shard, data.num_paths - s * data.paths_per_shard)
+        tasks.append({"shard": s, "world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data),
+                      "first_episode": s * attempts, "attempts": attempts, "target": target})
+    if tasks:
+        log.info("expert data %s: %d of %d shards to generate", key, len(tasks), n_shards)
+    bar = tqdm(total=len(tasks), desc="expert paths", unit="shard", disable=not progress or not tasks)
+    for result in backend.map(expert_shard, tasks):
+        s = result.pop("shard")
+        name = f"shard-{s:05d}.npz"
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **result)
+        _atomic_write_bytes(out_dir / name, buf.getvalue())
+        manifest["shards"][str(s)] = {"file": name, "sha256": _sha256(out_dir / name),
+                                      "paths": int(len(result["paths"]))}
+        _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+        bar.update(1)
+    bar.close()
+    manifest["complete"] = True
+    manifest["total_paths"] = int(sum(e["paths"] for e in manifest["shards"].values()))
+    _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    return manifest_path
+
+
+def load_expert_data(manifest_path) -> dict:
+    """Merge the shards of a complete manifest into arrays (shard order), verifying checksums."""
+    from hrmlab.errors import UserError
+
+    manifest_path = Path(manifest_path)
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest.get("complete"):
+        raise UserError(f"expert data {manifest_path.parent} is incomplete; rerun to resume generation")
+    parts = []
+    for s in sorted(manifest["shards"], key=int):
+        entry = manifest["shards"][s]
+        f = manifest_path.parent / entry["file"]
+        if not f.exists() or _sha256(f) != entry["sha256"]:
+            raise UserError(f"expert shard {f} is missing or corrupt; delete {manifest_path} and rerun")
+        with np.load(f) as z:
+            parts.append({k: z[k] for k in z.files})
+    keys = ("grids", "start_goal", "paths", "episodes", "path_cells")
+    return {k: np.concatenate([p[k] for p in parts]) for k in keys}

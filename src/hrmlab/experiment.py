@@ -1,0 +1,125 @@
+"""The experiment config: one dataclass tree per preset, loaded from `presets/*.yaml`.
+
+A preset file only states what differs from the defaults below, plus its description, provenance and
+the number the seed published. `--set key=value` overrides any field; unknown keys are errors.
+`smoke()` shrinks any preset to seconds (tiny data, tiny widths, a few steps) for tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hrmlab.config import apply_overrides, from_dict
+from hrmlab.data.collect import DataConfig
+from hrmlab.evaluate.runner import EvalConfig
+from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.lstm import LSTMConfig
+from hrmlab.planning.spacetime_astar import PlannerConfig
+from hrmlab.train.trainer import TrainConfig
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+
+@dataclass
+class HardwareConfig:
+    """What the preset was designed for."""
+
+    gpus: int = 0
+    """GPUs the recipe expects (0 = CPU). With fewer, the global batch is kept by gradient accumulation."""
+    gpu_type: str = ""
+    """GPU model the seed used (A10G, A100, H100); informational, and the Modal GPU type."""
+
+
+@dataclass
+class CloudConfig:
+    """Resources per stage on Modal (the adapter reads these; nothing is hard-coded there)."""
+
+    collect_cpu: float = 2.0
+    """CPU cores per data-collection container."""
+    collect_memory_mb: int = 4096
+    """Memory per data-collection container (MiB)."""
+    collect_timeout_s: int = 3600
+    """Timeout of one collection shard (s)."""
+    train_gpu: str = ""
+    """Modal GPU string for training, e.g. 'H100:8'; empty = derived from hardware (gpu_type:gpus)."""
+    train_memory_mb: int = 65536
+    """Memory of the training container (MiB)."""
+    train_timeout_s: int = 86400
+    """Timeout of the training function (s); checkpoints are committed so a retry resumes."""
+    eval_cpu: float = 2.0
+    """CPU cores per evaluation container."""
+    eval_gpu: str = ""
+    """GPU for evaluation containers of large learned models ('' = CPU)."""
+    eval_timeout_s: int = 3600
+    """Timeout of one evaluation chunk (s)."""
+    checkpoint_commit_s: int = 300
+    """How often (s) the training container commits checkpoints to the Volume."""
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole grid experiment: world → data → HRM + LSTM training → paired evaluation → report."""
+
+    name: str = "custom"
+    """Preset name (set by the loader)."""
+    description: str = ""
+    """One line for `hrmlab presets`."""
+    provenance: str = ""
+    """Which seed script this preset re-creates, and any deliberate deviation."""
+    published: dict = field(default_factory=dict)
+    """The seed's published numbers for this experiment (free text, quoted in reports)."""
+    family: Literal["grid"] = "grid"
+    """Experiment family (diffusion presets use `hrmlab.diffusion.experiment`)."""
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    world: BounceGridConfig = field(default_factory=BounceGridConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    hrm: HRMConfig = field(default_factory=HRMConfig)
+    lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    train_hrm: TrainConfig = field(default_factory=TrainConfig)
+    train_lstm: TrainConfig = field(default_factory=TrainConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """The `standard` protocol run (the default, correct evaluation)."""
+    seed_protocol: str = "seed-v3"
+    """The original's protocol for this preset, run beside `standard` for comparison with the seed."""
+    seed_episodes: int = 50
+    """Episodes of the seed protocol (the original used 50)."""
+    seed_time_index: Literal["aligned", "seed"] = "seed"
+    """Planner time index for the seed-protocol run: `seed` replays the original's numbers (its
+    off-by-one), `aligned` shows what the same episodes give with the fix."""
+    models: list[str] = field(default_factory=lambda: ["hrm", "lstm"])
+    """Learned models to train and evaluate."""
+    physics_forecasters: list[str] = field(default_factory=lambda: ["ignore", "zero", "constant-velocity",
+                                                                     "bounce-aware", "oracle"])
+    """Physics baselines evaluated beside the learned models (on the same episodes)."""
+    device: str = "auto"
+    """Torch device for training and learned-model evaluation: auto | cpu | cuda."""
+
+    def train_config(self, model: str) -> TrainConfig:
+        return {"hrm": self.train_hrm, "lstm": self.train_lstm}[model]
+
+    def model_config(self, model: str):
+        return {"hrm": self.hrm, "lstm": self.lstm}[model]
+
+
+def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
+    """The same experiment at toy size: every stage runs for real in seconds."""
+    train = dict(epochs=1, max_steps=3, batch_size=32, checkpoint_every_steps=2, log_every_steps=1,
+                 early_stopping_patience=0)
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, train_episodes=24, val_episodes=8, reset_batch=8, episodes_per_shard=8),
+        hrm=dataclasses.replace(cfg.hrm, d_model=min(cfg.hrm.d_model, 32), heads=min(cfg.hrm.heads, 4)),
+        lstm=dataclasses.replace(cfg.lstm, hidden=min(cfg.lstm.hidden, 32)),
+        train_hrm=dataclasses.replace(cfg.train_hrm, **train),
+        train_lstm=dataclasses.replace(cfg.train_lstm, **train),
+        eval=dataclasses.replace(cfg.eval, episodes=12, chunk_size=12),
+        seed_episodes=4,
+    )
+
+
+def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
+    cfg = from_dict(ExperimentConfig, {**data, "name": name})
+    return apply_overrides(cfg, overrides) if overrides else cfg

@@ -1,0 +1,52 @@
+"""Rebuild a learned forecaster from its checkpoint alone.
+
+A training run saves, inside every checkpoint, the model kind and config plus the normalisation the
+model was trained with (grid size, history length). That is all an evaluation worker needs.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from hrmlab.config import from_dict
+from hrmlab.errors import UserError
+from hrmlab.forecast.hrm import HRMConfig, build_model
+from hrmlab.forecast.learned import LearnedForecaster
+from hrmlab.forecast.lstm import LSTMConfig
+from hrmlab.train.checkpoint import load_checkpoint
+
+MODEL_CONFIGS = {"hrm": HRMConfig, "lstm": LSTMConfig}
+
+
+def model_metadata(kind: str, model_cfg, grid_size: int, history: int) -> dict:
+    """What a checkpoint must carry to rebuild its forecaster (stored under config['forecaster'])."""
+    from hrmlab.config import to_dict
+
+    return {"kind": kind, "model": to_dict(model_cfg), "grid_size": grid_size, "history": history}
+
+
+def read_metadata(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; train the model first (hrmlab train / hrmlab run)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError):
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint; delete it and retrain") from None
+    meta = (payload.get("config") or {}).get("forecaster") if isinstance(payload, dict) else None
+    if not meta or meta.get("kind") not in MODEL_CONFIGS:
+        raise UserError(f"checkpoint {path} does not describe a forecaster (no config.forecaster); "
+                        "was it written by `hrmlab train`?")
+    return meta
+
+
+def load_forecaster(path: str | Path, name: str, device: str = "cpu", precision: str = "fp32") -> LearnedForecaster:
+    meta = read_metadata(path)
+    model_cfg = from_dict(MODEL_CONFIGS[meta["kind"]], meta["model"])
+    model = build_model(model_cfg)
+    load_checkpoint(path, model=model, restore_rng=False)
+    return LearnedForecaster(model, grid_size=meta["grid_size"], history=meta["history"], device=device,
+                             dtype=precision, name=name)

@@ -1,0 +1,245 @@
+"""collect → merge → train (HRM, LSTM) → evaluate (seed protocol + standard) → results and report.
+
+Every stage's output lives in the cache under a key derived from exactly the config that produced it:
+a finished stage is reused, a changed setting recomputes only what depends on it, and a stage that was
+interrupted resumes (data: missing shards only; training: from its last checkpoint) or is redone —
+never silently reused, because a stage is marked finished only after its outputs are complete.
+The run directory gathers the resolved config, logs, links to the checkpoints, results and report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hrmlab.config import config_hash, save_yaml, to_dict
+from hrmlab.errors import UserError
+from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
+from hrmlab.experiment import ExperimentConfig
+from hrmlab.forecast.registry import ForecasterSpec
+from hrmlab.planning.spacetime_astar import PlannerConfig
+
+log = logging.getLogger("hrmlab.pipeline")
+
+EVAL_FORMAT = 1  # bump when the evaluation output changes meaning, so old cached evaluations are redone
+
+
+@dataclass
+class RunOptions:
+    """How and where to run (not part of any stage key)."""
+
+    out: Path
+    cache: Path
+    smoke: bool = False
+    workers: int | None = None
+    """Local processes for collection and evaluation (None = one per core)."""
+    gpus: int | None = None
+    """GPUs to train on (None = all visible, capped by the preset)."""
+    allow_cpu: bool = False
+    """Run a GPU preset on CPU anyway (full size; slow)."""
+    progress: bool = True
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("HRMLAB_CACHE", ".hrmlab_cache"))
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _link(target: Path, link: Path) -> None:
+    """Point run-dir entry `link` at a cached stage output (replacing an old link)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        if link.is_dir() and not link.is_symlink():
+            return
+        link.unlink()
+    link.symlink_to(os.path.relpath(target.resolve(), link.parent.resolve()))
+
+
+# ------------------------------------------------------------------------------------------ hardware
+def check_hardware(cfg: ExperimentConfig, opts: RunOptions) -> int:
+    """GPUs this run trains on. A GPU preset refuses to run full size on a CPU-only machine."""
+    import torch
+
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if cfg.device == "cpu":
+        visible = 0
+    want = cfg.hardware.gpus
+    if want > 0 and visible == 0 and not (opts.smoke or opts.allow_cpu):
+        raise UserError(f"preset {cfg.name} expects {want}× {cfg.hardware.gpu_type or 'GPU'} and this machine has no "
+                        "GPU; use --smoke for a toy-size run, --allow-cpu to run full size on CPU, or --backend modal")
+    use = min(visible, opts.gpus if opts.gpus is not None else visible)
+    if want > 0:
+        use = min(use, want)
+    if want > 1 and 0 < use < want:
+        log.info("preset %s was designed for %d GPUs; training on %d with gradient accumulation keeps the global "
+                 "batch of %d", cfg.name, want, use, cfg.train_hrm.batch_size)
+    return use
+
+
+# ---------------------------------------------------------------------------------------------- data
+def stage_data(cfg: ExperimentConfig, opts: RunOptions, backend):
+    from hrmlab.data.collect import collect
+
+    t0 = time.perf_counter()
+    paths = collect(cfg.world, cfg.data, opts.cache, backend=backend, progress=opts.progress)
+    log.info("stage data: ready in %.1fs (%s)", time.perf_counter() - t0, paths.root)
+    return paths
+
+
+# ------------------------------------------------------------------------------------------- training
+def train_key(cfg: ExperimentConfig, model: str) -> str:
+    from hrmlab.data.collect import store_config
+
+    return config_hash({"model": model, "arch": to_dict(cfg.model_config(model)),
+                        "train": to_dict(cfg.train_config(model)), "data": store_config(cfg.world, cfg.data),
+                        "history": cfg.data.history})
+
+
+def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions, gpus: int = 0) -> dict:
+    """Train one learned model (or reuse the cached one). Returns its summary (checkpoint path etc.)."""
+    from hrmlab.train.forecaster import train_forecaster
+
+    key = train_key(cfg, model)
+    stage_dir = opts.cache / "models" / f"{model}-{key}"
+    done = stage_dir / "summary.json"
+    summary = _read_json(done)
+    if summary is not None and Path(summary.get("checkpoint", "")).is_file():
+        log.info("stage train/%s: cached (%s)", model, stage_dir)
+    else:
+        t0 = time.perf_counter()
+        summary = train_forecaster(kind=model, model_cfg=cfg.model_config(model), train_cfg=cfg.train_config(model),
+                                   world=cfg.world, data=cfg.data, data_paths=data_paths, run_dir=stage_dir,
+                                   gpus=gpus, preset_gpus=cfg.hardware.gpus, device=cfg.device,
+                                   progress=opts.progress)
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        summary["key"] = key
+        _write_json_atomic(done, summary)
+        log.info("stage train/%s: done in %.1fs (%s)", model, summary["seconds"], stage_dir)
+    _link(stage_dir, opts.out / "train" / model)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: PlannerConfig,
+                   specs: list[ForecasterSpec], spec_keys: dict, opts: RunOptions, backend) -> dict:
+    key = config_hash({"format": EVAL_FORMAT, "world": to_dict(cfg.world), "planner": to_dict(planner),
+                       "eval": to_dict(eval_cfg), "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
+                                                                  for s in specs]})
+    path = opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json"
+    cached = _read_json(path)
+    if cached is not None and set(cached.get("results", {})) == {s.name for s in specs}:
+        log.info("stage evaluate/%s: cached (%s)", eval_cfg.protocol, path)
+        return cached
+    if path.exists():
+        log.warning("stage evaluate/%s: cached result %s is unreadable or incomplete; recomputing", eval_cfg.protocol,
+                    path)
+    t0 = time.perf_counter()
+    progress = _progress_bar(eval_cfg.episodes, f"evaluate {eval_cfg.protocol}") if opts.progress else None
+    device = "cpu" if cfg.device == "auto" else cfg.device
+    try:
+        results = evaluate(eval_cfg, cfg.world, planner, specs, backend, device=device,
+                           progress=progress.update if progress else None)
+    finally:
+        if progress:
+            progress.close()
+    results["seconds"] = round(time.perf_counter() - t0, 1)
+    _write_json_atomic(path, results)
+    log.info("stage evaluate/%s: done in %.1fs", eval_cfg.protocol, results["seconds"])
+    return results
+
+
+def _progress_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep", leave=False)
+
+
+# ------------------------------------------------------------------------------------------- the run
+def seed_style_lines(results: dict, models: list[str]) -> list[str]:
+    """The seed's console lines, e.g. `LSTM: 36/50 (72%)`."""
+    lines = []
+    for model in models:
+        r = results["results"].get(model)
+        if r:
+            lines.append(f"{model.upper()}: {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%)")
+    return lines
+
+
+def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None) -> dict:
+    """The whole pipeline for a grid preset. Returns the results dict also written to results.json."""
+    from hrmlab.backends.local import make_backend
+
+    backend = backend or make_backend(opts.workers)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, opts.out / "config.yaml")
+    gpus = check_hardware(cfg, opts)
+    get_protocol(cfg.seed_protocol)
+    t_start = time.perf_counter()
+
+    data_paths = stage_data(cfg, opts, backend) if cfg.models else None
+    trained = {m: stage_train(cfg, m, data_paths, opts, gpus) for m in cfg.models}
+
+    learned = [ForecasterSpec(m, trained[m]["checkpoint"]) for m in cfg.models]
+    physics = [ForecasterSpec(name) for name in cfg.physics_forecasters]
+    specs = learned + physics
+    spec_keys = {m: trained[m]["key"] for m in cfg.models}
+
+    evaluations = {}
+    seed_cfg = dataclasses.replace(cfg.eval, protocol=cfg.seed_protocol, episodes=cfg.seed_episodes, start=0)
+    seed_planner = dataclasses.replace(cfg.planner, time_index=cfg.seed_time_index)
+    evaluations[cfg.seed_protocol] = stage_evaluate(cfg, seed_cfg, seed_planner, specs, spec_keys, opts, backend)
+    standard_cfg = dataclasses.replace(cfg.eval, protocol="standard")
+    evaluations["standard"] = stage_evaluate(cfg, standard_cfg, cfg.planner, specs, spec_keys, opts, backend)
+
+    results = {
+        "preset": cfg.name, "description": cfg.description, "provenance": cfg.provenance,
+        "published": cfg.published, "smoke": opts.smoke,
+        "forecasters": {s.name: {"checkpoint": s.checkpoint} for s in specs},
+        "training": {m: trained[m] for m in cfg.models},
+        "evaluations": evaluations,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }
+    _write_json_atomic(opts.out / "results.json", results)
+    _write_report(opts.out)
+    return results
+
+
+def _write_report(run_dir: Path) -> None:
+    try:
+        from hrmlab.report.report import write_report
+    except ImportError:  # the report module is optional at this layer
+        log.warning("report module unavailable; results.json written without report.md")
+        return
+    write_report(run_dir)
+
+
+def print_summary(results: dict, cfg: ExperimentConfig) -> None:
+    seed = results["evaluations"].get(cfg.seed_protocol)
+    if seed:
+        print(f"\n{cfg.seed_protocol} (the original's protocol and episodes, planner time_index="
+              f"{seed['planner']['time_index']}):")
+        for line in seed_style_lines(seed, cfg.models):
+            print(f"  {line}")
+        if cfg.published:
+            print("  published by the seed: " + ", ".join(f"{k}: {v}" for k, v in cfg.published.items()))
+    print()
+    print(format_table(results["evaluations"]["standard"]))

@@ -1,0 +1,152 @@
+"""Replay one closed-loop episode with everything an animation needs recorded per step.
+
+The batched evaluator keeps only outcomes; to *show* an episode we re-run it alone and record the
+walls, the true obstacle positions, every forecast, every planned path and the agent's cells. The
+loop mirrors `hrmlab.evaluate.episodes.run_closed_loop` step for step (same episode construction,
+warm-up, planner call and test order), so the replayed outcome is the evaluator's outcome — a test
+checks this. The true world does not depend on the agent, so all forecasters share one obstacle
+trajectory; each forecaster drives its own agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, make_episodes, warm_up
+from hrmlab.evaluate.protocols import Protocol, get_protocol
+from hrmlab.forecast.base import Forecaster, Observation
+from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
+from hrmlab.planning.spacetime_astar import STATUS_GOAL, PlannerConfig, plan, plan_path
+from hrmlab.worlds import bounce_grid
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ForecasterTrack:
+    """One forecaster's episode: L planning steps, L moves."""
+
+    name: str
+    agent: np.ndarray  # (L+1, 2) agent cell before step 0, then after each move
+    forecasts: np.ndarray  # (L, N', horizon, 2) forecast made at each step (N' = 0 for `ignore`)
+    plans: np.ndarray  # (L, horizon, 2) planned cells by time step from the agent's cell, -1 padded
+    plan_status: np.ndarray  # (L,) 0 path to goal, 1 partial path toward it, 2 wait
+    outcome: str = "timeout"  # success | crash | timeout
+    steps: int = 0  # moves made (L)
+
+    @property
+    def end_label(self) -> str:
+        return f"{self.outcome} at step {self.steps}" if self.outcome != "timeout" else f"timeout after {self.steps} steps"
+
+
+@dataclass
+class EpisodeReplay:
+    """A replayed episode: the shared world plus one track per forecaster."""
+
+    protocol: str
+    episode: int
+    walls: np.ndarray  # (G, G) bool
+    start: np.ndarray  # (2,)
+    goal: np.ndarray  # (2,)
+    obstacles: np.ndarray  # (W + M + 1, N, 2) true positions from reset; planning step k sees index W + k
+    warmup: int
+    horizon: int
+    crash_radius: float
+    goal_radius: float
+    tracks: dict[str, ForecasterTrack] = field(default_factory=dict)
+
+    @property
+    def length(self) -> int:
+        """Moves of the longest track: an animation shows length + 1 agent positions."""
+        return max((t.steps for t in self.tracks.values()), default=0)
+
+    def obstacles_at(self, step: int) -> np.ndarray:
+        """True obstacle positions (N, 2) when the agent has made `step` moves."""
+        return self.obstacles[min(self.warmup + step, len(self.obstacles) - 1)]
+
+
+def replay_episode(protocol: str | Protocol, world: BounceGridConfig, planner: PlannerConfig,
+                   forecasters: list[ForecasterSpec | Forecaster], episode: int, *,
+                   history_len: int = 20, device: str = "cpu") -> EpisodeReplay:
+    """Re-run episode `episode` of `protocol` with each forecaster, recording every step."""
+    protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    world = protocol.world or world
+    if protocol.horizon is not None or protocol.radius is not None:
+        planner = PlannerConfig(horizon=protocol.horizon or planner.horizon,
+                                radius=protocol.radius or planner.radius, time_index=planner.time_index)
+    obstacles = _true_obstacles(protocol, world, episode)
+    state = make_episodes(protocol, world, np.array([episode]))
+    replay = EpisodeReplay(protocol.name, int(episode), state.walls[0].copy(), state.start[0].copy(),
+                           state.goal[0].copy(), obstacles, protocol.warmup, planner.horizon,
+                           protocol.crash_radius, protocol.goal_radius)
+    for item in forecasters:
+        forecaster = build_forecaster(item, device=device) if isinstance(item, ForecasterSpec) else item
+        name = item.name
+        replay.tracks[name] = _run_one(protocol, world, planner, forecaster, name, episode, history_len)
+    return replay
+
+
+def _true_obstacles(protocol: Protocol, world: BounceGridConfig, episode: int) -> np.ndarray:
+    """Obstacle positions from reset through warm-up and the longest possible episode."""
+    state = make_episodes(protocol, world, np.array([episode]))
+    frames = [state.pos[0].copy()]
+    for _ in range(protocol.warmup + protocol.max_steps):
+        bounce_grid.step(world, state)
+        frames.append(state.pos[0].copy())
+    return np.stack(frames)
+
+
+def _run_one(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig, forecaster: Forecaster,
+             name: str, episode: int, history_len: int) -> ForecasterTrack:
+    """The evaluator's loop for a batch of one episode, recording forecasts and whole planned paths."""
+    state = make_episodes(protocol, world, np.array([episode]))
+    history = warm_up(world, state, protocol.warmup, history_len)
+    agent = state.start.copy()
+    horizon = planner.horizon
+    cells, forecasts, plans, statuses = [agent[0].copy()], [], [], []
+
+    def record(forecast, move):
+        path, status = plan_path(state.walls[0], agent[0], state.goal[0], forecast[0], planner)
+        if status != 2 and path[1, 0] >= 0 and not np.array_equal(path[1], move):
+            log.warning("%s: drawn path's first move %s differs from the planner's move %s", name, path[1], move)
+        forecasts.append(forecast[0])
+        plans.append(path)
+        statuses.append(status)
+
+    if protocol.one_shot:
+        forecast = forecaster.forecast(Observation(history, state, world), horizon)
+        moves, status, _ = plan(state.walls, agent, state.goal, forecast, planner)
+        record(forecast, moves[0])
+        outcome = SUCCESS if status[0] == STATUS_GOAL else TIMEOUT
+        return _track(name, cells, forecasts, plans, statuses, outcome, horizon)
+
+    outcome = TIMEOUT
+    for _ in range(protocol.max_steps):
+        forecast = forecaster.forecast(Observation(history, state, world), horizon)
+        moves, _, _ = plan(state.walls, agent, state.goal, forecast, planner)
+        record(forecast, moves[0])
+        agent = moves
+        cells.append(agent[0].copy())
+        bounce_grid.step(world, state)
+        history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
+        reached = bool(np.linalg.norm(agent[0] - state.goal[0]) < protocol.goal_radius)
+        crashed = bool(np.linalg.norm(state.pos[0] - agent[0][None, :], axis=-1).min() < protocol.crash_radius)
+        if protocol.goal_first:
+            crashed &= not reached
+        else:
+            reached &= not crashed
+        if reached or crashed:
+            outcome = SUCCESS if reached else CRASH
+            break
+    return _track(name, cells, forecasts, plans, statuses, outcome, horizon)
+
+
+def _track(name, cells, forecasts, plans, statuses, outcome, horizon) -> ForecasterTrack:
+    n_obs = forecasts[0].shape[0] if forecasts else 0
+    fc = np.stack(forecasts) if forecasts else np.zeros((0, n_obs, horizon, 2))
+    return ForecasterTrack(name, np.stack(cells), fc, np.stack(plans), np.asarray(statuses),
+                           OUTCOMES[outcome], len(cells) - 1)

@@ -1,0 +1,154 @@
+"""Reading a run directory tolerantly: results, resolved config, forecaster checkpoints, training logs.
+
+Reports are written from whatever a run left behind (a half-finished run, a diffusion run, a bare
+`hrmlab evaluate --json` file), so every reader here returns something empty rather than failing when
+a file or key is missing. Only a directory with no results at all is a user error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hrmlab.config import from_dict
+from hrmlab.errors import UserError
+from hrmlab.forecast.physics import PHYSICS_FORECASTERS
+from hrmlab.forecast.registry import ForecasterSpec
+from hrmlab.planning.spacetime_astar import PlannerConfig
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class RunDir:
+    """A run directory's contents, read once."""
+
+    path: Path
+    results: dict = field(default_factory=dict)
+    """results.json (see the pipeline), or a bare evaluation dict wrapped as {"evaluations": {...}}."""
+    config: dict = field(default_factory=dict)
+    """config.yaml as a plain dict ({} when missing)."""
+
+    @property
+    def label(self) -> str:
+        return self.results.get("preset") or self.path.name
+
+    @property
+    def evaluations(self) -> dict[str, dict]:
+        """Protocol name → results dict, `standard` first."""
+        evals = self.results.get("evaluations") or {}
+        order = sorted(evals, key=lambda name: (name != "standard", name))
+        return {name: evals[name] for name in order if isinstance(evals[name], dict)}
+
+    def world(self) -> BounceGridConfig:
+        return _section(self.config, "world", BounceGridConfig)
+
+    def planner(self) -> PlannerConfig:
+        return _section(self.config, "planner", PlannerConfig)
+
+    def history_len(self) -> int:
+        """Positions of history the forecasters saw (the evaluation's `history`, default 20)."""
+        for key in ("eval", "evaluate", "evaluation"):
+            section = self.config.get(key)
+            if isinstance(section, dict) and isinstance(section.get("history"), int):
+                return section["history"]
+        return 20
+
+    def forecaster_spec(self, name: str) -> ForecasterSpec | None:
+        """How to rebuild forecaster `name`: its checkpoint from results.json, or a physics rule.
+        None when the name is neither (e.g. a diffusion planner's name)."""
+        entry = (self.results.get("forecasters") or {}).get(name) or {}
+        checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+        if checkpoint:
+            path = Path(checkpoint)
+            if not path.is_absolute() and not path.exists() and (self.path / path).exists():
+                path = self.path / path
+            return ForecasterSpec(name, str(path))
+        if name in PHYSICS_FORECASTERS:
+            return ForecasterSpec(name)
+        return None
+
+    def training_curves(self) -> dict[str, list[dict]]:
+        """Model name → rows of its metrics JSONL (training and validation rows mixed, file order)."""
+        curves: dict[str, list[dict]] = {}
+        training = self.results.get("training") or {}
+        for name, info in training.items():
+            rel = info.get("metrics") if isinstance(info, dict) else None
+            if rel:
+                path = Path(rel) if Path(rel).is_absolute() else self.path / rel
+                rows = read_jsonl(path)
+                if rows:
+                    curves[name] = rows
+        for path in sorted(self.path.glob("train/*/metrics.jsonl")):  # logs results.json does not name
+            name = path.parent.name
+            if name not in curves:
+                rows = read_jsonl(path)
+                if rows:
+                    curves[name] = rows
+        return curves
+
+
+def load_run(path: str | Path) -> RunDir:
+    """Read run directory `path` (or a results JSON file); a UserError if there are no results."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".json":
+        results_path, run_path = path, path.parent
+    else:
+        results_path, run_path = path / RESULTS_FILE, path
+    if not results_path.is_file():
+        raise UserError(f"{results_path} does not exist; run the experiment first (hrmlab run) or give a run directory")
+    try:
+        results = json.loads(results_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{results_path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if isinstance(results, dict) and "results" in results and "protocol" in results:  # `hrmlab evaluate --json`
+        results = {"evaluations": {results["protocol"]: results}}
+    config: dict = {}
+    config_path = run_path / CONFIG_FILE
+    if config_path.is_file():
+        try:
+            config = yaml.safe_load(config_path.read_text()) or {}
+        except yaml.YAMLError:
+            log.warning("cannot parse %s; using default world and planner settings", config_path)
+    return RunDir(run_path, results if isinstance(results, dict) else {}, config if isinstance(config, dict) else {})
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a missing file or a torn last line (a run killed mid-write) is skipped."""
+    rows = []
+    try:
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except OSError:
+        return []
+    return rows
+
+
+def _section(config: dict, key: str, cls):
+    """Dataclass `cls` from config[key], keeping only the keys `cls` knows (newer configs may add more)."""
+    data = config.get(key)
+    if not isinstance(data, dict):
+        return cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        log.warning("ignoring %s keys this version does not know: %s", key, ", ".join(unknown))
+    return from_dict(cls, {k: v for k, v in data.items() if k in names}, key)

@@ -1,0 +1,550 @@
+"""One training loop for every model: LSTM, HRM variants, and (through `loss_fn`) the diffusion planner.
+
+What it does, in order of a step: fetch this rank's micro-batches of the global batch (a seeded
+per-epoch permutation, sharded by rank) → forward/backward under the precision mode (gradient
+accumulation keeps a preset's global batch on fewer GPUs) → all-reduce the loss and a non-finite flag
+so every rank skips a bad step identically → clip → optimiser and schedule step → JSONL metrics,
+progress bar, periodic `last.pt`. Each epoch ends with a validation loss, `best.pt` on improvement,
+`last.pt`, and optional early stopping. A run started on a run directory that holds `last.pt` resumes
+from it mid-epoch and continues the same loss curve.
+
+The loss hook: `loss_fn(model, batch) -> scalar tensor`, where `batch` is the tuple returned by the
+source's `get_batch` as float32 tensors on the training device, called inside the precision mode's
+autocast. The default is MSE between model(X) and Y. In `bf16-pure` mode cast inputs to the model's
+dtype yourself (see `mse_loss`). `TrainHooks` adds an after-step callback and state that is saved in
+and restored from checkpoints (e.g. an EMA of the weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from hrmlab.data.base import SampleSource
+from hrmlab.errors import UserError
+from hrmlab.train import distributed as dist_utils
+from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from hrmlab.train.optim import make_optimizer, make_scheduler
+from hrmlab.train.precision import Precision, make_precision
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe; presets set the seed's values (SPEC §5)."""
+
+    optimizer: Literal["adamw", "lamb"] = "adamw"
+    """adamw (fused kernel where available) or lamb (the 8gpu_v2 script)."""
+    lr: float = 1e-3
+    """Peak learning rate (OneCycle's max_lr; cosine's start)."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay (PyTorch's AdamW default 0.01)."""
+    schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    """Per-step LR schedule; onecycle uses PyTorch defaults (pct_start 0.3)."""
+    min_lr: float = 0.0
+    """Cosine schedule's final learning rate."""
+    epochs: int = 10
+    """Passes over the training set."""
+    batch_size: int = 1024
+    """GLOBAL batch: samples per optimiser step summed over ranks and accumulation steps."""
+    gpus: int = 1
+    """GPUs the preset was designed for. On fewer ranks, gradients are accumulated over
+    ceil(gpus / world_size) micro-batches so the global batch (and thus the recipe) is kept."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 turns clipping off (the norm is still logged)."""
+    precision: Literal["fp32", "fp16", "bf16", "bf16-pure"] = "fp32"
+    """fp32 | fp16 (autocast + GradScaler) | bf16 (autocast, fp32 master weights) | bf16-pure (bf16 weights)."""
+    early_stopping_patience: int = 0
+    """Stop after this many epochs without a better validation loss; 0 = never."""
+    seed: int = 0
+    """Seeds the per-epoch sample permutation (default_rng(seed + epoch)) and torch's RNG (dropout)."""
+    checkpoint_every_steps: int = 500
+    """Write last.pt every this many optimiser steps (and at every epoch end); 0 = epoch ends only."""
+    log_every_steps: int = 50
+    """Write a metrics row (means over the window) every this many steps."""
+    tensorboard: bool = False
+    """Also log to TensorBoard under run_dir/tensorboard (needs the `tensorboard` package)."""
+    max_steps: int = 0
+    """Stop after this many optimiser steps in total (smoke runs); 0 = no limit. The LR schedule spans
+    min(max_steps, epochs × steps per epoch)."""
+    val_batch_size: int = 0
+    """Samples per validation forward per rank; 0 = the training micro-batch size."""
+    max_consecutive_nonfinite: int = 20
+    """Abort with a clear error after this many consecutive steps with a non-finite loss."""
+    device: str = "auto"
+    """auto (cuda:LOCAL_RANK if available, else cpu) or an explicit torch device string."""
+    compile: bool = False
+    """Wrap the model in torch.compile (GPU runs; needs a working compiler toolchain)."""
+
+
+@dataclass
+class TrainResult:
+    best_val_loss: float
+    """Lowest validation loss seen (NaN without a validation source)."""
+    final_val_loss: float
+    """Validation loss after the last epoch run."""
+    steps: int
+    """Optimiser steps taken in total (including those of a resumed run)."""
+    epochs_completed: int
+    samples_per_s: float
+    """Mean global training throughput of this invocation."""
+    checkpoint_path: str
+    """best.pt (or last.pt when there is no validation source)."""
+    last_checkpoint_path: str
+    stopped_early: bool
+    resumed_from_step: int | None
+    world_size: int
+    grad_accum: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TrainHooks:
+    """Optional callbacks; subclass and override what you need. `state_dict` is stored in every
+    checkpoint and handed back to `load_state_dict` on resume."""
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """Called after every optimiser step (skipped steps included) with the unwrapped model."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def mse_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Default loss: MSE between model(X) and the target displacement Y."""
+    x, y = batch[0], batch[1]
+    dtype = next(model.parameters()).dtype
+    return F.mse_loss(model(x.to(dtype)).float(), y.float())
+
+
+def grad_accum_steps(preset_gpus: int, world_size: int) -> int:
+    """Micro-batches per rank per step so that world_size ranks do the work of `preset_gpus` GPUs."""
+    return max(1, math.ceil(max(1, preset_gpus) / max(1, world_size)))
+
+
+class ShardedBatchSampler:
+    """Deterministic, world-size-independent batches with DistributedSampler's `set_epoch` semantics.
+
+    Epoch e shuffles with np.random.default_rng(seed + e), identically on every rank. Global batch i is
+    perm[i·B:(i+1)·B] (the incomplete tail is dropped), split into world_size × accum micro-batches;
+    rank r takes micro-batches r·accum … r·accum + accum − 1. The global batches, and so the loss curve,
+    do not depend on how many ranks share them."""
+
+    def __init__(self, num_samples: int, global_batch: int, world_size: int, rank: int, accum: int, seed: int):
+        if global_batch > num_samples:
+            raise UserError(f"batch_size {global_batch} is larger than the training set ({num_samples} samples); "
+                            "lower train.batch_size or collect more data")
+        if global_batch < world_size * accum:
+            raise UserError(f"batch_size {global_batch} is smaller than ranks × accumulation steps "
+                            f"({world_size} × {accum})")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.world_size, self.rank, self.accum, self.seed = world_size, rank, accum, seed
+        self.steps_per_epoch = num_samples // global_batch
+        self.epoch = -1
+        self._perm: np.ndarray | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._perm = np.random.default_rng(self.seed + epoch).permutation(self.num_samples)
+
+    def micro_batches(self, step_in_epoch: int) -> list[np.ndarray]:
+        start = step_in_epoch * self.global_batch
+        chunks = np.array_split(self._perm[start:start + self.global_batch], self.world_size * self.accum)
+        mine = chunks[self.rank * self.accum:(self.rank + 1) * self.accum]
+        return [np.sort(c) for c in mine]  # sorted: memory-mapped reads stay sequential; the mean is unchanged
+
+
+def _to_device(arrays, device: torch.device) -> tuple[torch.Tensor, ...]:
+    pin = device.type == "cuda"
+    out = []
+    for a in arrays:
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        if t.is_floating_point():
+            t = t.float()
+        if pin:
+            t = t.pin_memory()
+        out.append(t.to(device, non_blocking=pin))
+    return tuple(out)
+
+
+class _MetricsWriter:
+    """JSONL rows on rank 0 (plus TensorBoard when asked and installed)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.path = run_dir / METRICS_FILE
+        self.enabled = enabled
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboard requested but not installed (pip install tensorboard); JSONL only")
+
+    def truncate_after(self, step: int, epoch: int) -> None:
+        """On resume, drop rows the killed run wrote after its last checkpoint."""
+        if not (self.enabled and self.path.exists()):
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if row.get("kind") == "train" and row.get("step", 0) > step:
+                continue
+            if row.get("kind") == "val" and row.get("epoch", 0) >= epoch:
+                continue
+            kept.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None and "step" in row:
+            for key, value in row.items():
+                if key not in ("step", "kind", "epoch") and isinstance(value, (int, float)):
+                    self.tb.add_scalar(f"{row.get('kind', 'train')}/{key}", value, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+@dataclass
+class _Progress:
+    """Everything that must survive a kill besides model/optimizer/scheduler/scaler (checkpoint `extra`)."""
+
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    best_val_loss: float = math.inf
+    epochs_without_improvement: int = 0
+    final_val_loss: float = math.nan
+
+
+def train(model: nn.Module, train_source: SampleSource, val_source: SampleSource | None, cfg: TrainConfig,
+          run_dir, *, config_dict: dict | None = None, progress: bool = True,
+          loss_fn: Callable[[nn.Module, tuple], torch.Tensor] | None = None,
+          hooks: TrainHooks | None = None) -> TrainResult:
+    """Train `model` on `train_source`, validating on `val_source` every epoch; see the module docstring.
+
+    Works unchanged in one process and under torchrun (DDP over all ranks of the environment)."""
+    return _Trainer(model, train_source, val_source, cfg, Path(run_dir), config_dict or {}, progress,
+                    loss_fn or mse_loss, hooks or TrainHooks()).run()
+
+
+class _Trainer:
+    def __init__(self, model, train_source, val_source, cfg: TrainConfig, run_dir: Path, config_dict: dict,
+                 progress: bool, loss_fn, hooks: TrainHooks):
+        self.cfg, self.run_dir, self.loss_fn, self.hooks = cfg, run_dir, loss_fn, hooks
+        self.show_progress = progress
+        self.train_source, self.val_source = train_source, val_source
+        self.info = dist_utils.init_distributed(cfg.device)
+        self.device = self.info.device
+        if self.info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        dist_utils.barrier()
+        self.precision: Precision = make_precision(cfg.precision, self.device)
+        self.model = self.precision.prepare_model(model)
+        self.accum = grad_accum_steps(cfg.gpus, self.info.world_size)
+        self.sampler = ShardedBatchSampler(len(train_source), cfg.batch_size, self.info.world_size, self.info.rank,
+                                           self.accum, cfg.seed)
+        spe = self.sampler.steps_per_epoch
+        self.total_steps = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+        self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.weight_decay, self.device)
+        self.scheduler = make_scheduler(cfg.schedule, self.optimizer, self.total_steps, cfg.lr, cfg.min_lr)
+        self.config = {"train": dataclasses.asdict(cfg), **config_dict}
+        self.metrics = _MetricsWriter(run_dir, self.info.is_main, cfg.tensorboard)
+        self.state = _Progress()
+        self.resumed_from: int | None = None
+        self._resume_if_possible()
+        self.ddp_model = dist_utils.wrap_model(self.model, self.info)
+        if cfg.compile:
+            self.ddp_model = torch.compile(self.ddp_model)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self._log_setup()
+
+    # ------------------------------------------------------------------------------------ setup
+
+    def _log_setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        if not info.is_main:
+            return
+        micro = cfg.batch_size // (info.world_size * self.accum)
+        if self.accum > 1:
+            log.info("preset designed for %d GPUs, running on %d rank(s): accumulating %d micro-batches of ~%d "
+                     "per rank to keep the global batch of %d", cfg.gpus, info.world_size, self.accum, micro,
+                     cfg.batch_size)
+        log.info("training %s params on %s ×%d, %s, %d steps/epoch, %d steps total",
+                 f"{sum(p.numel() for p in self.params):,}", self.device, info.world_size, cfg.precision,
+                 self.sampler.steps_per_epoch, self.total_steps)
+
+    def _resume_if_possible(self) -> None:
+        last = self.run_dir / LAST_CHECKPOINT
+        if last.exists():
+            meta = load_checkpoint(last, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                   scaler=self.precision.scaler, map_location=self.device,
+                                   restore_rng=self.info.is_main)
+            extra = meta["extra"]
+            self.state = _Progress(**extra.get("progress", {}))
+            self.hooks.load_state_dict(extra.get("hooks", {}))
+            self.resumed_from = self.state.step
+            saved_train = (meta.get("config") or {}).get("train", {})
+            changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items()
+                             if k in saved_train and saved_train[k] != v and k not in ("epochs", "max_steps"))
+            if changed and self.info.is_main:
+                log.warning("resuming %s with changed training settings: %s", last, ", ".join(changed))
+            self.metrics.truncate_after(self.state.step, self.state.epoch)
+            if self.info.is_main:
+                log.info("resuming from %s: step %d, epoch %d, step %d of the epoch", last, self.state.step,
+                         self.state.epoch, self.state.step_in_epoch)
+        else:
+            torch.manual_seed(self.cfg.seed)
+        if not self.info.is_main:  # other ranks get their own deterministic stream (dropout)
+            torch.manual_seed(self.cfg.seed + 7919 * self.info.rank + self.state.step)
+
+    def _save(self, name: str) -> None:
+        if not self.info.is_main:
+            return
+        extra = {"progress": dataclasses.asdict(self.state), "hooks": self.hooks.state_dict(),
+                 "world_size": self.info.world_size, "grad_accum": self.accum}
+        save_checkpoint(self.run_dir / name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                        scaler=self.precision.scaler, step=self.state.step, epoch=self.state.epoch,
+                        config=self.config, extra=extra)
+
+    # ------------------------------------------------------------------------------------ steps
+
+    def _fetch(self, step_in_epoch: int) -> list[tuple[np.ndarray, ...]]:
+        return [self.train_source.get_batch(idx) for idx in self.sampler.micro_batches(step_in_epoch)]
+
+    def _train_step(self, micro_batches: list[tuple[np.ndarray, ...]]) -> tuple[bool, float, float]:
+        """One optimiser step; returns (skipped, global mean loss, grad norm)."""
+        cfg, info = self.cfg, self.info
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for j, arrays in enumerate(micro_batches):
+            batch = _to_device(arrays, self.device)
+            n = len(batch[0])
+            last = j == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if (last or not info.distributed) else self.ddp_model.no_sync()
+            with sync:
+                with self.precision.autocast():
+                    loss = self.loss_fn(self.ddp_model, batch).float()
+                # DDP averages gradients over ranks, so weight each micro-batch by its share of the global batch
+                self.precision.backward(loss * (n * info.world_size / cfg.batch_size))
+            loss_sum += loss.detach() * n
+        stats = torch.stack([loss_sum, (~torch.isfinite(loss_sum)).float()])
+        dist_utils.all_reduce_sum(stats)  # the same verdict on every rank: no rank can skip alone
+        mean_loss = stats[0].item() / cfg.batch_size
+        if stats[1].item() > 0:
+            if self.precision.scaler is not None:
+                scaler = self.precision.scaler
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+            self.optimizer.zero_grad(set_to_none=True)
+            return True, math.nan, math.nan
+        scaler = self.precision.scaler
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm).item()
+        if scaler is not None:
+            scaler.step(self.optimizer)  # skips by itself on overflowing gradients and lowers the scale
+            scaler.update()
+            return False, mean_loss, grad_norm
+        if not math.isfinite(grad_norm):  # gradients are all-reduced, so every rank sees the same norm
+            self.optimizer.zero_grad(set_to_none=True)
+            return True, math.nan, grad_norm
+        self.optimizer.step()
+        return False, mean_loss, grad_norm
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        if self.val_source is None or len(self.val_source) == 0:
+            return math.nan
+        model = self.model
+        model.eval()
+        mine = np.array_split(np.arange(len(self.val_source)), self.info.world_size)[self.info.rank]
+        size = self.cfg.val_batch_size or max(1, self.cfg.batch_size // (self.info.world_size * self.accum))
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for start in range(0, len(mine), size):
+            batch = _to_device(self.val_source.get_batch(mine[start:start + size]), self.device)
+            with self.precision.autocast():
+                loss = self.loss_fn(model, batch).float()
+            total[0] += loss.double() * len(batch[0])
+            total[1] += len(batch[0])
+        dist_utils.all_reduce_sum(total)
+        model.train()
+        return (total[0] / total[1]).item() if total[1] > 0 else math.nan
+
+    # ------------------------------------------------------------------------------------ loop
+
+    def run(self) -> TrainResult:
+        cfg, st = self.cfg, self.state
+        spe = self.sampler.steps_per_epoch
+        bar = tqdm(total=self.total_steps, initial=min(st.step, self.total_steps), unit="step", dynamic_ncols=True,
+                   disable=not (self.info.is_main and self.show_progress), desc="train")
+        run_start, run_steps = time.perf_counter(), 0
+        window = _Window()
+        consecutive_bad = 0
+        stopped_early = False
+        pool = ThreadPoolExecutor(max_workers=1)  # prefetches the next step's batches during this step
+        self.model.train()
+        try:
+            while st.epoch < cfg.epochs and st.step < self.total_steps:
+                self.sampler.set_epoch(st.epoch)
+                pending = pool.submit(self._fetch, st.step_in_epoch) if st.step_in_epoch < spe else None
+                while st.step_in_epoch < spe and st.step < self.total_steps:
+                    t0 = time.perf_counter()
+                    batches = pending.result()
+                    nxt = st.step_in_epoch + 1
+                    pending = pool.submit(self._fetch, nxt) if nxt < spe and st.step + 1 < self.total_steps else None
+                    skipped, loss, grad_norm = self._train_step(batches)
+                    with warnings.catch_warnings():  # a skipped first step is deliberate, not a misuse
+                        warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+                        self.scheduler.step()  # also on skipped steps: the schedule follows the data position
+                    st.step += 1
+                    st.step_in_epoch = nxt
+                    run_steps += 1
+                    consecutive_bad = consecutive_bad + 1 if skipped else 0
+                    if consecutive_bad >= cfg.max_consecutive_nonfinite:
+                        raise UserError(f"training diverged: {consecutive_bad} consecutive non-finite losses up to "
+                                        f"step {st.step}; lower train.lr, set train.grad_clip, or use fp32/bf16")
+                    if skipped and self.info.is_main:
+                        log.warning("step %d: non-finite loss or gradient, step skipped on every rank", st.step)
+                    self.hooks.after_step(self.model, st.step)
+                    window.add(loss, grad_norm, skipped, time.perf_counter() - t0)
+                    if st.step % max(1, cfg.log_every_steps) == 0 or st.step == 1:
+                        self._log_window(window, bar)
+                        window = _Window()
+                    bar.update(1)
+                    if cfg.checkpoint_every_steps and st.step % cfg.checkpoint_every_steps == 0:
+                        self._save(LAST_CHECKPOINT)
+                if pending is not None:
+                    pending.cancel()
+                if window.steps:
+                    self._log_window(window, bar)
+                    window = _Window()
+                epoch_finished = st.step_in_epoch >= spe
+                stopped_early = self._end_of_epoch(epoch_finished)
+                if stopped_early or not epoch_finished:
+                    break
+        finally:
+            pool.shutdown(wait=True)
+            bar.close()
+            self.metrics.close()
+        dist_utils.barrier()
+        elapsed = time.perf_counter() - run_start
+        best = self.run_dir / BEST_CHECKPOINT
+        last = self.run_dir / LAST_CHECKPOINT
+        return TrainResult(
+            best_val_loss=st.best_val_loss if math.isfinite(st.best_val_loss) else math.nan,
+            final_val_loss=st.final_val_loss, steps=st.step, epochs_completed=st.epoch,
+            samples_per_s=run_steps * cfg.batch_size / elapsed if elapsed > 0 else 0.0,
+            checkpoint_path=str(best if best.exists() else last), last_checkpoint_path=str(last),
+            stopped_early=stopped_early, resumed_from_step=self.resumed_from, world_size=self.info.world_size,
+            grad_accum=self.accum)
+
+    def _end_of_epoch(self, epoch_finished: bool) -> bool:
+        """Validate, keep best.pt, write last.pt; True when early stopping ends the run."""
+        st, cfg = self.state, self.cfg
+        val = self.validate()
+        st.final_val_loss = val
+        improved = math.isfinite(val) and val < st.best_val_loss
+        if improved:
+            st.best_val_loss = val
+            st.epochs_without_improvement = 0
+        elif math.isfinite(val):
+            st.epochs_without_improvement += 1
+        self.metrics.write({"kind": "val", "step": st.step, "epoch": st.epoch, "val_loss": _num(val),
+                            "best_val_loss": _num(st.best_val_loss), "epoch_finished": epoch_finished})
+        if self.info.is_main and math.isfinite(val):
+            log.info("epoch %d step %d: val loss %.4g (best %.4g)", st.epoch, st.step, val, st.best_val_loss)
+        if epoch_finished:
+            st.epoch += 1
+            st.step_in_epoch = 0
+        if improved:
+            self._save(BEST_CHECKPOINT)
+        self._save(LAST_CHECKPOINT)
+        stop = bool(cfg.early_stopping_patience) and st.epochs_without_improvement >= cfg.early_stopping_patience
+        if stop and self.info.is_main:
+            log.info("early stopping: %d epochs without improvement", st.epochs_without_improvement)
+        return stop
+
+    def _log_window(self, window: "_Window", bar) -> None:
+        st = self.state
+        row = {"kind": "train", "step": st.step, "epoch": st.epoch, "loss": _num(window.mean_loss()),
+               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": _num(window.mean_grad_norm()),
+               "samples_per_s": window.steps * self.cfg.batch_size / window.seconds if window.seconds else 0.0,
+               "step_ms": 1000 * window.seconds / max(1, window.steps), "skipped": window.skipped}
+        self.metrics.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.3g}" if row["loss"] is not None else "nan", lr=f"{row['lr']:.2g}",
+                        refresh=False)
+
+
+class _Window:
+    """Running means between two metrics rows."""
+
+    def __init__(self):
+        self.steps = self.skipped = 0
+        self.seconds = 0.0
+        self.losses: list[float] = []
+        self.grad_norms: list[float] = []
+
+    def add(self, loss: float, grad_norm: float, skipped: bool, seconds: float) -> None:
+        self.steps += 1
+        self.skipped += int(skipped)
+        self.seconds += seconds
+        if not skipped:
+            self.losses.append(loss)
+            self.grad_norms.append(grad_norm)
+
+    def mean_loss(self) -> float:
+        return float(np.mean(self.losses)) if self.losses else math.nan
+
+    def mean_grad_norm(self) -> float:
+        return float(np.mean(self.grad_norms)) if self.grad_norms else math.nan
+
+
+def _num(value: float) -> float | None:
+    """JSON has no NaN/inf: write null."""
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def read_metrics(run_dir) -> list[dict[str, Any]]:
+    """Rows of run_dir/metrics.jsonl (for tests, reports and plots)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
