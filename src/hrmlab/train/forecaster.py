@@ -14,52 +14,53 @@ import json
 import logging
 from pathlib import Path
 
-from hrmlab.config import from_dict, to_dict
+from hrmlab.config import to_dict
 from hrmlab.data.collect import DataConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 log = logging.getLogger("hrmlab.train")
 
 
-def _train_in_process(spec: dict) -> dict:
-    """Build model and data from a JSON-able spec and train (also the body of each torchrun rank)."""
+def open_sources(dataset: str, history: int, has_val: bool):
+    """(train, val) sample sources of a collected dataset; the torchrun spec's data callable."""
     from hrmlab.data.dataset import open_dataset
-    from hrmlab.forecast.hrm import build_model, count_parameters
-    from hrmlab.forecast.loading import MODEL_CONFIGS, model_metadata
-    from hrmlab.train.trainer import TrainConfig, train
 
-    model_cfg = from_dict(MODEL_CONFIGS[spec["kind"]], spec["model"])
-    train_cfg = from_dict(TrainConfig, spec["train"])
-    model = build_model(model_cfg, seed=train_cfg.seed)
-    train_source = open_dataset(Path(spec["dataset"]), "train", history=spec["history"])
-    val_source = open_dataset(Path(spec["dataset"]), "val", history=spec["history"]) if spec["has_val"] else None
-    meta = model_metadata(spec["kind"], model_cfg, spec["grid_size"], spec["history"])
-    result = train(model, train_source, val_source, train_cfg, spec["run_dir"],
-                   config_dict={"forecaster": meta}, progress=spec.get("progress", True))
-    out = result.to_dict()
-    out.update(parameters=count_parameters(model), kind=spec["kind"], checkpoint=result.checkpoint_path)
-    return out
+    val = open_dataset(Path(dataset), "val", history=history) if has_val else None
+    return open_dataset(Path(dataset), "train", history=history), val
 
 
 def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig, data: DataConfig, data_paths,
                      run_dir: Path, gpus: int = 0, preset_gpus: int = 0, device: str = "auto",
                      progress: bool = True) -> dict:
-    """Train `kind` ('hrm' | 'lstm'); resumes from run_dir/last.pt if a previous attempt was interrupted."""
-    run_dir = Path(run_dir)
-    train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
-    spec = {"kind": kind, "model": to_dict(model_cfg), "train": to_dict(train_cfg), "dataset": str(data_paths.root),
-            "history": data.history, "grid_size": world.grid_size, "has_val": "val" in data_paths.files,
-            "run_dir": str(run_dir), "progress": progress}
-    if gpus > 1:
-        from hrmlab.train.ddp_entry import launch_torchrun
+    """Train `kind` ('hrm' | 'lstm'); resumes from run_dir/last.pt if a previous attempt was interrupted.
 
-        run_dir.mkdir(parents=True, exist_ok=True)
+    gpus > 1 launches torchrun with that many ranks; otherwise training runs in this process. Either way
+    the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation."""
+    from hrmlab.forecast.hrm import build_model, count_parameters
+    from hrmlab.forecast.loading import model_metadata
+    from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
+    has_val = "val" in data_paths.files
+    spec = {
+        "run_dir": str(run_dir), "model": {"kind": kind, **to_dict(model_cfg)}, "model_seed": train_cfg.seed,
+        "train": to_dict(train_cfg), "progress": progress,
+        "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
+                 "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val}},
+        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history)},
+    }
+    if gpus > 1:
         spec_path = run_dir / "train_spec.json"
         spec_path.write_text(json.dumps(spec, indent=2))
-        summary = launch_torchrun(spec_path, gpus)
+        launch_torchrun(spec_path, gpus)
+        summary = json.loads((run_dir / RESULT_FILE).read_text())
     else:
-        summary = _train_in_process(spec)
-    if "val" in data_paths.files and False:  # TEMP
+        summary = run_spec(spec)
+    summary.update(kind=kind, checkpoint=summary["checkpoint_path"],
+                   parameters=count_parameters(build_model(model_cfg)))
+    if has_val:
         summary["forecast_metrics"] = score_on_validation(summary["checkpoint"], world, data)
     return summary
 

@@ -81,7 +81,7 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, device: to
 
 def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, max_lr: float, min_lr: float) -> LRScheduler:
     """Per-step schedules. onecycle: PyTorch defaults (pct_start 0.3, cosine annealing, momentum cycling);
-    cosine: from lr to min_lr over all steps; constant: lr throughout."""
+    cosine: from lr at the first step to min_lr at the last; constant: lr throughout."""
     total_steps = max(1, int(total_steps))
     if name == "constant":
         return ConstantLR(optimizer, factor=1.0, total_iters=0)
@@ -89,10 +89,11 @@ def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, max_lr: fl
         # OneCycle needs at least 2 steps to have a warm-up and an annealing phase
         return OneCycleLR(optimizer, max_lr=max_lr, total_steps=max(2, total_steps))
     if name == "cosine":
-        return CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=min_lr)
+        return CosineAnnealingLR(optimizer, T_max=max(1, total_steps - 1), eta_min=min_lr)
     raise UserError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
 
 
 def cosine_lr(step: int, total_steps: int, max_lr: float, min_lr: float) -> float:
-    """The cosine schedule's closed form (for checks and plots)."""
-    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+    """The cosine schedule's closed form for 0-based `step` (for checks and plots)."""
+    span = max(1, total_steps - 1)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * min(step, span) / span))

@@ -430,6 +430,7 @@ class _Trainer:
                     batches = pending.result()
                     nxt = st.step_in_epoch + 1
                     pending = pool.submit(self._fetch, nxt) if nxt < spe and st.step + 1 < self.total_steps else None
+                    lr = self.optimizer.param_groups[0]["lr"]  # the rate this step trains with
                     skipped, loss, grad_norm = self._train_step(batches)
                     with warnings.catch_warnings():  # a skipped first step is deliberate, not a misuse
                         warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
@@ -444,7 +445,7 @@ class _Trainer:
                     if skipped and self.info.is_main:
                         log.warning("step %d: non-finite loss or gradient, step skipped on every rank", st.step)
                     self.hooks.after_step(self.model, st.step)
-                    window.add(loss, grad_norm, skipped, time.perf_counter() - t0)
+                    window.add(loss, grad_norm, lr, skipped, time.perf_counter() - t0)
                     if st.step % max(1, cfg.log_every_steps) == 0 or st.step == 1:
                         self._log_window(window, bar)
                         window = _Window()
@@ -505,7 +506,7 @@ class _Trainer:
     def _log_window(self, window: "_Window", bar) -> None:
         st = self.state
         row = {"kind": "train", "step": st.step, "epoch": st.epoch, "loss": _num(window.mean_loss()),
-               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": _num(window.mean_grad_norm()),
+               "lr": window.lr, "grad_norm": _num(window.mean_grad_norm()),
                "samples_per_s": window.steps * self.cfg.batch_size / window.seconds if window.seconds else 0.0,
                "step_ms": 1000 * window.seconds / max(1, window.steps), "skipped": window.skipped}
         self.metrics.write(row)
@@ -519,11 +520,13 @@ class _Window:
     def __init__(self):
         self.steps = self.skipped = 0
         self.seconds = 0.0
+        self.lr = math.nan
         self.losses: list[float] = []
         self.grad_norms: list[float] = []
 
-    def add(self, loss: float, grad_norm: float, skipped: bool, seconds: float) -> None:
+    def add(self, loss: float, grad_norm: float, lr: float, skipped: bool, seconds: float) -> None:
         self.steps += 1
+        self.lr = lr  # the latest step's
         self.skipped += int(skipped)
         self.seconds += seconds
         if not skipped:

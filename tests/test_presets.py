@@ -1,0 +1,54 @@
+"""Presets: every seed experiment is a data file whose models have the SPEC's exact parameter counts."""
+
+import pytest
+
+from hrmlab.errors import UserError
+from hrmlab.forecast.hrm import build_model, count_parameters
+from hrmlab.presets import load_preset, preset_names
+
+# SPEC §4: (HRM params, LSTM params) per preset
+SPEC_COUNTS = {
+    "hrm-cloud": (1_550_082, 793_090),
+    "hrm-cloud-v2": (1_550_082, 793_090),
+    "hrm-cloud-v3": (388_226, 199_938),
+    "hrm-cloud-boosted": (388_226, 199_938),
+    "hrm-cloud-mid": (3_624_194, 793_090),
+    "hrm-cloud-fullscale": (24_771_074, 3_159_042),
+    "hrm-cloud-robustfix": (28_969_474, 3_159_042),
+    "hrm-cloud-split": (28_969_474, 3_159_042),
+    "hrm-cloud-8gpu": (28_969_474, 3_159_042),
+    "hrm-cloud-8gpu-v2": (29_411_842, 793_090),
+}
+
+
+def test_every_seed_experiment_is_a_preset():
+    names = set(preset_names())
+    assert set(SPEC_COUNTS) <= names and "quick" in names
+
+
+@pytest.mark.parametrize("name", sorted(SPEC_COUNTS))
+def test_preset_parameter_counts_match_the_spec(name):
+    cfg = load_preset(name)
+    hrm, lstm = SPEC_COUNTS[name]
+    assert count_parameters(build_model(cfg.hrm)) == hrm
+    assert count_parameters(build_model(cfg.lstm)) == lstm
+    assert cfg.description and cfg.provenance and cfg.published
+
+
+def test_recipes_follow_the_spec():
+    v3 = load_preset("hrm-cloud-v3")
+    assert (v3.train_hrm.schedule, v3.train_hrm.lr, v3.train_hrm.batch_size, v3.train_hrm.epochs) == ("onecycle", 1e-3, 2048, 60)
+    assert v3.seed_protocol == "seed-v3" and v3.data.train_episodes == 30_000
+    gpu8 = load_preset("hrm-cloud-8gpu")
+    assert gpu8.hardware.gpus == 8 and gpu8.train_hrm.batch_size == 16_384
+    v2 = load_preset("hrm-cloud-8gpu-v2")
+    assert v2.train_hrm.optimizer == "lamb" and v2.seed_protocol == "seed-v4" and v2.hrm.rmsnorm == "standard"
+    assert load_preset("hrm-cloud-v2").data.history == 10
+
+
+def test_unknown_preset_and_keys_are_user_errors():
+    with pytest.raises(UserError, match="valid choices"):
+        load_preset("hrm-cloud-v9")
+    with pytest.raises(UserError, match="valid keys"):
+        load_preset("quick", ["train_hrm.learning_rate=1"])
+    assert load_preset("quick", ["train_hrm.epochs=7"]).train_hrm.epochs == 7
