@@ -114,10 +114,37 @@ def train_key(cfg: ExperimentConfig, model: str) -> str:
                         "history": cfg.data.history})
 
 
-def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions, gpus: int = 0) -> dict:
-    """Train one learned model (or reuse the cached one). Returns its summary (checkpoint path etc.)."""
+@dataclass
+class TrainJob:
+    """Everything one training stage needs: picklable, so it can run here, under torchrun or on Modal."""
+
+    kind: str
+    model_cfg: object
+    train_cfg: object
+    world: object
+    data: object
+    data_paths: object
+    run_dir: Path
+    gpus: int
+    preset_gpus: int
+    device: str
+    progress: bool = True
+
+
+def run_train_job(job: TrainJob) -> dict:
+    """Default training runner: train in this process (or under local torchrun when job.gpus > 1)."""
     from hrmlab.train.forecaster import train_forecaster
 
+    return train_forecaster(kind=job.kind, model_cfg=job.model_cfg, train_cfg=job.train_cfg, world=job.world,
+                            data=job.data, data_paths=job.data_paths, run_dir=job.run_dir, gpus=job.gpus,
+                            preset_gpus=job.preset_gpus, device=job.device, progress=job.progress)
+
+
+def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions, gpus: int = 0,
+                train_runner=run_train_job) -> dict:
+    """Train one learned model (or reuse the cached one). Returns its summary (checkpoint path etc.).
+
+    `train_runner(job)` does the work: in this process by default, in a GPU container on Modal."""
     key = train_key(cfg, model)
     stage_dir = opts.cache / "models" / f"{model}-{key}"
     done = stage_dir / "summary.json"
@@ -125,11 +152,12 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
     if summary is not None and Path(summary.get("checkpoint", "")).is_file():
         log.info("stage train/%s: cached (%s)", model, stage_dir)
     else:
+        if done.exists():
+            log.warning("stage train/%s: %s is unreadable or its checkpoint is gone; retraining", model, done)
         t0 = time.perf_counter()
-        summary = train_forecaster(kind=model, model_cfg=cfg.model_config(model), train_cfg=cfg.train_config(model),
-                                   world=cfg.world, data=cfg.data, data_paths=data_paths, run_dir=stage_dir,
-                                   gpus=gpus, preset_gpus=cfg.hardware.gpus, device=cfg.device,
-                                   progress=opts.progress)
+        job = TrainJob(model, cfg.model_config(model), cfg.train_config(model), cfg.world, cfg.data, data_paths,
+                       stage_dir, gpus, cfg.hardware.gpus, cfg.device, opts.progress)
+        summary = train_runner(job)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["key"] = key
         _write_json_atomic(done, summary)
@@ -184,8 +212,10 @@ def seed_style_lines(results: dict, models: list[str]) -> list[str]:
     return lines
 
 
-def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None) -> dict:
-    """The whole pipeline for a grid preset. Returns the results dict also written to results.json."""
+def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=run_train_job) -> dict:
+    """The whole pipeline for a grid preset. Returns the results dict also written to results.json.
+
+    backend: where collection and evaluation fan out (`map`); train_runner: where training runs."""
     from hrmlab.backends.local import make_backend
 
     backend = backend or make_backend(opts.workers)
@@ -196,7 +226,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None) -> dic
     t_start = time.perf_counter()
 
     data_paths = stage_data(cfg, opts, backend) if cfg.models else None
-    trained = {m: stage_train(cfg, m, data_paths, opts, gpus) for m in cfg.models}
+    trained = {m: stage_train(cfg, m, data_paths, opts, gpus, train_runner) for m in cfg.models}
 
     learned = [ForecasterSpec(m, trained[m]["checkpoint"]) for m in cfg.models]
     physics = [ForecasterSpec(name) for name in cfg.physics_forecasters]

@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: no display needed, ever
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def plot_success_rates(results: dict, path: Path) -> Path | None:
     ax.set_xlabel("forecaster")
     ax.set_title(f"Success rate with 95% CI — {_title_suffix(results)}")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _save(fig, path)
 
 
@@ -135,6 +136,7 @@ def plot_forecast_error(results: dict, path: Path) -> Path | None:
     ax.set_ylabel("mean distance to the true position (cells)")
     ax.set_title(f"Forecast error (ADE) against horizon step — {_title_suffix(results)}")
     ax.set_xlim(left=1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title="forecaster")

@@ -51,12 +51,13 @@ def _summary_lines(run: RunDir) -> list[str]:
         rows = res.get("results") or {}
         if not rows:
             continue
-        best = max(rows, key=lambda n: rows[n].get("success_rate") or 0.0)
-        r = rows[best]
+        top = max(rows[n].get("success_rate") or 0.0 for n in rows)
+        best = [n for n in rows if (rows[n].get("success_rate") or 0.0) == top]
+        r = rows[best[0]]
         ci = r.get("ci95") or [0.0, 0.0]
         n = (res.get("episodes") or {}).get("count", r.get("episodes"))
-        lines.append(f"- **{protocol}** ({n} episodes): best is **{best}** at {100 * (r.get('success_rate') or 0):.1f}% "
-                     f"(95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%)")
+        lines.append(f"- **{protocol}** ({n} episodes): highest success rate {100 * top:.1f}% "
+                     f"(95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%) by {', '.join(f'**{b}**' for b in best)}")
     return lines
 
 
