@@ -83,7 +83,8 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The `standard` protocol run (the default, correct evaluation)."""
     seed_protocol: str = "seed-v3"
-    """The original's protocol for this preset, run beside `standard` for comparison with the seed."""
+    """The original's protocol for this preset, run beside the main protocol (`eval.protocol`) for
+    comparison with the seed; empty for presets with no seed counterpart (scenario suites)."""
     seed_episodes: int = 50
     """Episodes of the seed protocol (the original used 50)."""
     seed_time_index: Literal["aligned", "seed"] = "seed"
@@ -121,5 +122,17 @@ def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
+    """Preset dict → config. A suite protocol brings its own world: the preset trains on that world."""
+    from hrmlab.errors import UserError
+    from hrmlab.evaluate.protocols import get_protocol
+
     cfg = from_dict(ExperimentConfig, {**data, "name": name})
-    return apply_overrides(cfg, overrides) if overrides else cfg
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    protocol = get_protocol(cfg.eval.protocol)
+    if protocol.world is not None:
+        if data.get("world"):
+            raise UserError(f"preset {name}: protocol {protocol.name} defines the world; remove the world section")
+        cfg = dataclasses.replace(cfg, world=protocol.world)
+    if cfg.seed_protocol:
+        get_protocol(cfg.seed_protocol)
+    return cfg

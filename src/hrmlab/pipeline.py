@@ -222,7 +222,6 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
     opts.out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, opts.out / "config.yaml")
     gpus = check_hardware(cfg, opts)
-    get_protocol(cfg.seed_protocol)
     t_start = time.perf_counter()
 
     data_paths = stage_data(cfg, opts, backend) if cfg.models else None
@@ -234,17 +233,18 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
     spec_keys = {m: trained[m]["key"] for m in cfg.models}
 
     evaluations = {}
-    seed_cfg = dataclasses.replace(cfg.eval, protocol=cfg.seed_protocol, episodes=cfg.seed_episodes, start=0)
-    seed_planner = dataclasses.replace(cfg.planner, time_index=cfg.seed_time_index)
-    evaluations[cfg.seed_protocol] = stage_evaluate(cfg, seed_cfg, seed_planner, specs, spec_keys, opts, backend)
-    standard_cfg = dataclasses.replace(cfg.eval, protocol="standard")
-    evaluations["standard"] = stage_evaluate(cfg, standard_cfg, cfg.planner, specs, spec_keys, opts, backend)
+    if cfg.seed_protocol:
+        seed_cfg = dataclasses.replace(cfg.eval, protocol=cfg.seed_protocol, episodes=cfg.seed_episodes, start=0)
+        seed_planner = dataclasses.replace(cfg.planner, time_index=cfg.seed_time_index)
+        evaluations[cfg.seed_protocol] = stage_evaluate(cfg, seed_cfg, seed_planner, specs, spec_keys, opts, backend)
+    evaluations[cfg.eval.protocol] = stage_evaluate(cfg, cfg.eval, cfg.planner, specs, spec_keys, opts, backend)
 
     results = {
         "preset": cfg.name, "description": cfg.description, "provenance": cfg.provenance,
         "published": cfg.published, "smoke": opts.smoke,
         "forecasters": {s.name: {"checkpoint": s.checkpoint} for s in specs},
         "training": {m: trained[m] for m in cfg.models},
+        "primary_protocol": cfg.eval.protocol,
         "evaluations": evaluations,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
@@ -263,7 +263,7 @@ def _write_report(run_dir: Path) -> None:
 
 
 def print_summary(results: dict, cfg: ExperimentConfig) -> None:
-    seed = results["evaluations"].get(cfg.seed_protocol)
+    seed = results["evaluations"].get(cfg.seed_protocol) if cfg.seed_protocol else None
     if seed:
         print(f"\n{cfg.seed_protocol} (the original's protocol and episodes, planner time_index="
               f"{seed['planner']['time_index']}):")
@@ -272,4 +272,4 @@ def print_summary(results: dict, cfg: ExperimentConfig) -> None:
         if cfg.published:
             print("  published by the seed: " + ", ".join(f"{k}: {v}" for k, v in cfg.published.items()))
     print()
-    print(format_table(results["evaluations"]["standard"]))
+    print(format_table(results["evaluations"][results["primary_protocol"]]))

@@ -61,169 +61,181 @@ class ExpertConfig:
 
 
 @numba.njit(cache=True, nogil=True)
-def _heap_less(f, g, n, i, j):
-    if f[i] != f[j]:
-        return f[i] < f[j]
-    if g[i] != g[j]:
-        return g[i] < g[j]
-    return n[i] < n[j]
-
-
-@numba.njit(cache=True, nogil=True)
-def _heap_swap(f, g, n, i, j):
-    f[i], f[j] = f[j], f[i]
-    g[i], g[j] = g[j], g[i]
-    n[i], n[j] = n[j], n[i]
-
-
-@numba.njit(cache=True, nogil=True)
-def _blocked_cells(static, traj, max_steps, clearance):
-    """(max_steps, G, G) bool: a disc, or distance < clearance from an obstacle after t steps.
-
-    Rasterised once per search with the very comparison the seed made per neighbour, so the result
-    is identical and each neighbour test becomes one lookup."""
+def _fill_blocked_layer(blocked, static, traj, t, clearance):
+    """blocked[t] = disc cells, or distance < clearance from an obstacle after t steps — the very
+    comparison the seed made per neighbour, rasterised once per layer so a neighbour test is a lookup."""
     size = static.shape[0]
-    n_obs = traj.shape[1]
-    blocked = np.empty((max_steps, size, size), dtype=np.bool_)
-    for t in range(max_steps):
-        blocked[t] = static
-        for k in range(n_obs):
-            pr = traj[t, k, 0]
-            pc = traj[t, k, 1]
-            r0 = max(0, int(math.floor(pr - clearance)))
-            r1 = min(size - 1, int(math.ceil(pr + clearance)))
-            c0 = max(0, int(math.floor(pc - clearance)))
-            c1 = min(size - 1, int(math.ceil(pc + clearance)))
-            for r in range(r0, r1 + 1):
-                er = r - pr
-                for c in range(c0, c1 + 1):
-                    ec = c - pc
-                    if math.sqrt(er * er + ec * ec) < clearance:
-                        blocked[t, r, c] = True
-    return blocked
+    blocked[t] = static
+    for k in range(traj.shape[1]):
+        pr = traj[t, k, 0]
+        pc = traj[t, k, 1]
+        r0 = max(0, int(math.floor(pr - clearance)))
+        r1 = min(size - 1, int(math.ceil(pr + clearance)))
+        c0 = max(0, int(math.floor(pc - clearance)))
+        c1 = min(size - 1, int(math.ceil(pc + clearance)))
+        for r in range(r0, r1 + 1):
+            er = r - pr
+            for c in range(c0, c1 + 1):
+                ec = c - pc
+                if math.sqrt(er * er + ec * ec) < clearance:
+                    blocked[t, r, c] = True
 
 
 @numba.njit(cache=True, nogil=True)
-def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, clearance, goal_tolerance):
-    """Returns (path (L, 2) int64, expansions); L = 0 when no plan exists."""
+def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, clearance, goal_tolerance,
+                      ws_stamp, ws_closed, ws_seen, ws_best_g, ws_parent, ws_blocked, ws_layer):
+    """Returns (path (L, 2) int64, expansions); L = 0 when no plan exists.
+
+    The ws_* arrays are a reusable workspace (see `_Workspace`): entries are valid only where their
+    stamp equals this search's stamp, so nothing is cleared between searches. Per-node arrays are
+    indexed time-major (t·G² + cell) so that a node's neighbours share cache lines; the heap orders by
+    (f, g, node id) with node id = cell·(max_steps+1) + t, i.e. the seed's (f, g, row, col, t)."""
     size = static.shape[0]
-    horizon = max_steps + 1  # t in [0, max_steps]
-    n_nodes = size * size * horizon
-    blocked = _blocked_cells(static, traj, max_steps, clearance)
-    heuristic = np.empty((size, size))
+    horizon = max_steps + 1
+    cells = size * size
+    ws_stamp[0] += 1
+    stamp = ws_stamp[0]
+    heuristic = np.empty(cells)
     for r in range(size):
         for c in range(size):
-            heuristic[r, c] = math.sqrt(float((r - gr) * (r - gr) + (c - gc) * (c - gc)))
-    closed = np.zeros(n_nodes, dtype=np.bool_)
-    best_g = np.full(n_nodes, np.inf)
-    parent = np.full(n_nodes, -1, dtype=np.int64)
+            heuristic[r * size + c] = math.sqrt(float((r - gr) * (r - gr) + (c - gc) * (c - gc)))
     diagonal = math.sqrt(2.0)
-    cap = 4096
+    cap = 1 << 14
     hf = np.empty(cap)
     hg = np.empty(cap)
     hn = np.empty(cap, dtype=np.int64)
-    start = (sr * size + sc) * horizon
+    start_cell = sr * size + sc
     hf[0] = 0.0
     hg[0] = 0.0
-    hn[0] = start
-    best_g[start] = 0.0
-    size_heap = 1
+    hn[0] = start_cell * horizon
+    ws_seen[start_cell] = stamp
+    ws_best_g[start_cell] = 0.0
+    heap_size = 1
     expansions = 0
     found = -1
-    while size_heap > 0:
-        # pop the minimum
+    while heap_size > 0:
         g0 = hg[0]
         node = hn[0]
-        size_heap -= 1
-        if size_heap > 0:
-            hf[0] = hf[size_heap]
-            hg[0] = hg[size_heap]
-            hn[0] = hn[size_heap]
+        heap_size -= 1
+        if heap_size > 0:  # sift the last entry down from the root (hole method)
+            lf = hf[heap_size]
+            lg = hg[heap_size]
+            ln = hn[heap_size]
             i = 0
             while True:
-                left = 2 * i + 1
-                if left >= size_heap:
+                child = 2 * i + 1
+                if child >= heap_size:
                     break
-                child = left
-                right = left + 1
-                if right < size_heap and _heap_less(hf, hg, hn, right, left):
+                right = child + 1
+                if right < heap_size and (hf[right] < hf[child] or (hf[right] == hf[child] and (
+                        hg[right] < hg[child] or (hg[right] == hg[child] and hn[right] < hn[child])))):
                     child = right
-                if _heap_less(hf, hg, hn, child, i):
-                    _heap_swap(hf, hg, hn, child, i)
+                if hf[child] < lf or (hf[child] == lf and (hg[child] < lg or (hg[child] == lg and hn[child] < ln))):
+                    hf[i] = hf[child]
+                    hg[i] = hg[child]
+                    hn[i] = hn[child]
                     i = child
                 else:
                     break
+            hf[i] = lf
+            hg[i] = lg
+            hn[i] = ln
         t = node % horizon
         cell = node // horizon
-        r = cell // size
-        c = cell % size
         if t >= max_steps:
             continue
-        if heuristic[r, c] < goal_tolerance:
+        if heuristic[cell] < goal_tolerance:
             found = node
             break
-        if closed[node]:
+        slot = t * cells + cell
+        if ws_closed[slot] == stamp:
             continue
-        closed[node] = True
+        ws_closed[slot] = stamp
         expansions += 1
         nt = t + 1
         if nt >= max_steps:  # such children would only be dropped when popped
             continue
+        if ws_layer[nt] != stamp:
+            _fill_blocked_layer(ws_blocked, static, traj, nt, clearance)
+            ws_layer[nt] = stamp
+        r = cell // size
+        c = cell % size
         for dr in range(-1, 2):
             nr = r + dr
             if nr < 0 or nr >= size:
                 continue
             for dc in range(-1, 2):
                 nc = c + dc
-                if nc < 0 or nc >= size or blocked[nt, nr, nc]:
+                if nc < 0 or nc >= size or ws_blocked[nt, nr, nc]:
                     continue
-                child_node = (nr * size + nc) * horizon + nt
-                if closed[child_node]:
+                child_cell = nr * size + nc
+                child_slot = nt * cells + child_cell
+                if ws_closed[child_slot] == stamp:
                     continue
                 if dr == 0 and dc == 0:
-                    step_cost = wait_cost
+                    ng = g0 + wait_cost
                 elif dr == 0 or dc == 0:
-                    step_cost = 1.0
+                    ng = g0 + 1.0
                 else:
-                    step_cost = diagonal
-                ng = g0 + step_cost
-                if ng >= best_g[child_node]:
+                    ng = g0 + diagonal
+                if ws_seen[child_slot] == stamp and ng >= ws_best_g[child_slot]:
                     continue
-                best_g[child_node] = ng
-                parent[child_node] = node
-                nf = ng + heuristic[nr, nc]
-                if size_heap == cap:
+                ws_seen[child_slot] = stamp
+                ws_best_g[child_slot] = ng
+                ws_parent[child_slot] = slot
+                nf = ng + heuristic[child_cell]
+                child_node = child_cell * horizon + nt
+                if heap_size == cap:
                     cap *= 2
                     hf2 = np.empty(cap)
                     hg2 = np.empty(cap)
                     hn2 = np.empty(cap, dtype=np.int64)
-                    hf2[:size_heap] = hf[:size_heap]
-                    hg2[:size_heap] = hg[:size_heap]
-                    hn2[:size_heap] = hn[:size_heap]
+                    hf2[:heap_size] = hf[:heap_size]
+                    hg2[:heap_size] = hg[:heap_size]
+                    hn2[:heap_size] = hn[:heap_size]
                     hf, hg, hn = hf2, hg2, hn2
-                j = size_heap
-                hf[j] = nf
-                hg[j] = ng
-                hn[j] = child_node
-                size_heap += 1
+                j = heap_size  # sift the new entry up (hole method)
+                heap_size += 1
                 while j > 0:
                     up = (j - 1) // 2
-                    if _heap_less(hf, hg, hn, j, up):
-                        _heap_swap(hf, hg, hn, j, up)
+                    if nf < hf[up] or (nf == hf[up] and (ng < hg[up] or (ng == hg[up] and child_node < hn[up]))):
+                        hf[j] = hf[up]
+                        hg[j] = hg[up]
+                        hn[j] = hn[up]
                         j = up
                     else:
                         break
+                hf[j] = nf
+                hg[j] = ng
+                hn[j] = child_node
     if found < 0:
         return np.empty((0, 2), dtype=np.int64), expansions
     length = found % horizon + 1  # one cell per time step, start included
     path = np.empty((length, 2), dtype=np.int64)
-    node = found
+    slot = (found % horizon) * cells + found // horizon
     for i in range(length - 1, -1, -1):
-        cell = node // horizon
+        cell = slot % cells
         path[i, 0] = cell // size
         path[i, 1] = cell % size
-        node = parent[node]
+        slot = ws_parent[slot]
     return path, expansions
+
+
+class _Workspace:
+    """Per-process search arrays for one (map size, max_steps), reused by every search (stamped)."""
+
+    _cache: dict = {}
+
+    @classmethod
+    def get(cls, size: int, max_steps: int) -> tuple:
+        key = (size, max_steps)
+        if key not in cls._cache:
+            nodes = size * size * (max_steps + 1)
+            cls._cache[key] = (np.zeros(1, dtype=np.int64), np.zeros(nodes, dtype=np.int64),
+                               np.zeros(nodes, dtype=np.int64), np.empty(nodes), np.empty(nodes, dtype=np.int64),
+                               np.empty((max_steps + 1, size, size), dtype=np.bool_),
+                               np.zeros(max_steps + 1, dtype=np.int64))
+        return cls._cache[key]
 
 
 def plan(static: np.ndarray, traj: np.ndarray, start, goal, cfg: ExpertConfig) -> np.ndarray | None:
@@ -231,10 +243,11 @@ def plan(static: np.ndarray, traj: np.ndarray, start, goal, cfg: ExpertConfig) -
     0, 1, … physics steps. Returns the (L, 2) int64 cell path (start included) or None."""
     if traj.shape[0] < cfg.max_steps:
         raise ValueError(f"trajectory has {traj.shape[0]} steps, the planner needs {cfg.max_steps}")
-    path, _ = _space_time_astar(np.ascontiguousarray(static, dtype=np.bool_),
-                                np.ascontiguousarray(traj, dtype=np.float64), int(start[0]), int(start[1]),
-                                int(goal[0]), int(goal[1]), int(cfg.max_steps), float(cfg.wait_cost),
-                                float(cfg.clearance), float(cfg.goal_tolerance))
+    static = np.ascontiguousarray(static, dtype=np.bool_)
+    path, _ = _space_time_astar(static, np.ascontiguousarray(traj, dtype=np.float64), int(start[0]),
+                                int(start[1]), int(goal[0]), int(goal[1]), int(cfg.max_steps),
+                                float(cfg.wait_cost), float(cfg.clearance), float(cfg.goal_tolerance),
+                                *_Workspace.get(static.shape[0], int(cfg.max_steps)))
     return path if len(path) else None
 
 

@@ -40,6 +40,21 @@ class Protocol:
 
 V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian", velocity_std=0.5)
 
+# Scenario suites (docs/suites.md): worlds where forecasting matters. Each is the `standard` protocol
+# (test split, crash test first) on its own world; the preset of the same name trains on that world.
+SUITE_WORLDS = {
+    "suite-patrol": BounceGridConfig(num_obstacles=16, patrol=True, patrol_min_side=2, patrol_max_side=5),
+    "suite-rush": BounceGridConfig(num_obstacles=10, speed=1.2),
+    "suite-mixed": BounceGridConfig(num_obstacles=12, speed=1.0, speed_min=0.4),
+    "suite-turning": BounceGridConfig(num_obstacles=10, turn_prob=0.1),
+}
+SUITE_DESCRIPTIONS = {
+    "suite-patrol": "16 obstacles walking rectangular loops (sides 2–5 cells): the history shows the route",
+    "suite-rush": "10 obstacles at speed 1.2: frequent border bounces that constant velocity misses",
+    "suite-mixed": "12 obstacles with speeds uniform in [0.4, 1.0]",
+    "suite-turning": "10 obstacles turning at random (p = 0.1 per step): unpredictable by design (a control)",
+}
+
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
     for p in (
@@ -53,6 +68,8 @@ PROTOCOLS: dict[str, Protocol] = {
                  seed_offset=100, goal_radius=1.5, crash_radius=1.0),
         Protocol("standard", "held-out test split, 20 warm-up steps, 80 moves, crash test first",
                  seed_offset=None, goal_first=False),
+        *(Protocol(name, SUITE_DESCRIPTIONS[name], seed_offset=None, goal_first=False, world=world)
+          for name, world in SUITE_WORLDS.items()),
     )
 }
 

@@ -9,7 +9,7 @@ watching: one forecaster succeeds where another crashes. `render_diffusion` anim
 planner's record: obstacles moving while the chosen path is traced, with the samples and the oracle.
 
 Frames are drawn with matplotlib's Agg backend by updating artists in place (fast, headless) and
-written with imageio: GIF always, MP4 when imageio-ffmpeg is installed.
+written by `video.py`: GIF always, MP4 when imageio-ffmpeg is installed.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from hrmlab.forecast.registry import ForecasterSpec, parse_forecasters  # noqa: 
 from hrmlab.report.plots import forecaster_colors  # noqa: E402
 from hrmlab.report.replay import EpisodeReplay, ForecasterTrack, replay_episode  # noqa: E402
 from hrmlab.report.rundir import RunDir, load_run  # noqa: E402
+from hrmlab.report.video import FrameGrabber, check_output_path, write_frames  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -112,82 +113,9 @@ def pick_disagreements(results: dict, k: int = 2, max_forecasters: int = 3) -> l
             d.forecasters = _choose_forecasters([d.succeeded, d.timed_out], max_forecasters)
         else:
             d.forecasters = _priority(names)[:max_forecasters]
+        d.forecasters.sort(key=names.index)  # panels in the results' order, whatever the choice order
         picks.append(d)
     return picks
-
-
-# ---------------------------------------------------------------------------------------- writing video
-def _mp4_available() -> bool:
-    try:
-        import imageio_ffmpeg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def check_output_path(out_path: str | Path) -> Path:
-    """Refuse an unsupported suffix (or MP4 without imageio-ffmpeg) before any rendering work."""
-    out_path = Path(out_path)
-    suffix = out_path.suffix.lower()
-    if suffix not in (".gif", ".mp4"):
-        raise UserError(f"cannot write {out_path.name}: animations are .gif or .mp4")
-    if suffix == ".mp4" and not _mp4_available():
-        raise UserError(f"writing {out_path.name} needs imageio-ffmpeg (pip install imageio-ffmpeg); "
-                        f"or write a GIF instead: --out {out_path.with_suffix('.gif')}")
-    return out_path
-
-
-def _write_gif(frames: list[np.ndarray], out_path: Path, fps: float, hold_last: float) -> None:
-    """GIF through Pillow (imageio's own GIF backend) with one palette shared by all frames: taken from
-    the first, middle and last frames so late colours (crash, goal) are in it; 4x faster than
-    quantizing each frame, and no colour flicker between frames."""
-    from PIL import Image
-
-    sample = np.concatenate([frames[0], frames[len(frames) // 2], frames[-1]], axis=0)
-    palette = Image.fromarray(sample).quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    images = [Image.fromarray(f).quantize(palette=palette, dither=Image.Dither.NONE) for f in frames]
-    durations = [int(round(1000.0 / fps))] * len(images)
-    durations[-1] = max(durations[-1], int(round(1000.0 * hold_last)))
-    # Pillow merges identical consecutive frames; callers put the step in a title, so none are identical
-    images[0].save(out_path, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
-
-
-def write_frames(frames: list[np.ndarray], out_path: str | Path, fps: float = 4.0, hold_last: float = 1.5) -> Path:
-    """GIF (looping; the last frame held `hold_last` s) or MP4 (H.264) from equal-sized RGB frames."""
-    import imageio.v2 as imageio
-
-    out_path = check_output_path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if out_path.suffix.lower() == ".gif":
-        _write_gif(frames, out_path, fps, hold_last)
-    else:
-        h, w = frames[0].shape[:2]
-        frames = [np.pad(f, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") for f in frames]  # yuv420 needs even sizes
-        frames += [frames[-1]] * int(round(hold_last * fps))
-        imageio.mimsave(out_path, frames, format="FFMPEG", fps=fps, macro_block_size=1, codec="libx264",
-                        pixelformat="yuv420p")
-    log.info("wrote %s (%d frames)", out_path, len(frames))
-    return out_path
-
-
-class _FrameGrabber:
-    """Blitting: the static picture (walls, legend, ...) is drawn once; each frame redraws only the
-    moving artists over a copy of it — an order of magnitude faster than redrawing the figure."""
-
-    def __init__(self, fig, artists: list):
-        self.fig = fig
-        self.artists = sorted(artists, key=lambda a: a.get_zorder())
-        for artist in self.artists:
-            artist.set_animated(True)
-        fig.canvas.draw()
-        self.background = fig.canvas.copy_from_bbox(fig.bbox)
-
-    def grab(self) -> np.ndarray:
-        canvas = self.fig.canvas
-        canvas.restore_region(self.background)
-        for artist in self.artists:
-            self.fig.draw_artist(artist)
-        return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 # ------------------------------------------------------------------------------------ closed-loop panels
@@ -306,7 +234,7 @@ def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4
     length = max(t.steps for t in tracks)
     frames = []
     try:
-        grabber = _FrameGrabber(fig, [a for p in panels for a in p.artists] + [suptitle])
+        grabber = FrameGrabber(fig, [a for p in panels for a in p.artists] + [suptitle])
         for frame in range(length + 1):
             for p in panels:
                 p.update(frame, trail)
@@ -434,7 +362,7 @@ def render_diffusion(record: dict, out_path: str | Path, *, fps: float = 6.0, ti
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=7, frameon=False)
     frames = []
     try:
-        grabber = _FrameGrabber(fig, [*zones, *bodies, traced, oracle_traced, head, ax.title])
+        grabber = FrameGrabber(fig, [*zones, *bodies, traced, oracle_traced, head, ax.title])
         for k in range(length):
             t = min(k, len(obstacles) - 1)
             for i, (zone, body) in enumerate(zip(zones, bodies)):

@@ -48,6 +48,8 @@ class BounceGridConfig:
     """Patrol: each obstacle walks a closed loop of waypoints (a rectangle) at its speed."""
     patrol_min_side: int = 3
     """Smallest side (cells) of a patrol rectangle."""
+    patrol_max_side: int = 0
+    """Largest side (cells) of a patrol rectangle; 0 = grid_size // 2."""
     seed: int = 0
     """Base seed of split-based episodes: changing it gives a different, equally disjoint, episode set."""
 
@@ -194,25 +196,25 @@ def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
 
 
 def _init_patrol(cfg: BounceGridConfig, state: WorldState) -> None:
-    """Give each obstacle a rectangle loop with one corner at its start cell, walked at its speed."""
+    """Give each obstacle a rectangular loop with one corner at its start cell, walked at its speed in
+    a random direction. Side lengths are drawn in [patrol_min_side, patrol_max_side]."""
     g = cfg.grid_size
     b, n, _ = state.pos.shape
     wps = np.zeros((b, n, 4, 2))
     side = cfg.patrol_min_side
+    longest = cfg.patrol_max_side or g // 2
     for k in range(n):
-        u = seeding.uniform(state.keys, 10_000 + 4 * k + np.arange(4)[:, None]).T  # (B, 4)
-        height = side + np.floor(u[:, 0] * (g // 2 - side + 1))
-        width = side + np.floor(u[:, 1] * (g // 2 - side + 1))
+        u = seeding.uniform(state.keys[:, None], 10_000 + 4 * k + np.arange(3)[None, :])  # (B, 3)
+        height = side + np.floor(u[:, 0] * (longest - side + 1))
+        width = side + np.floor(u[:, 1] * (longest - side + 1))
         r0, c0 = state.pos[:, k, 0], state.pos[:, k, 1]
-        dr = np.where(r0 + height <= g - 1, height, -height)
+        dr = np.where(r0 + height <= g - 1, height, -height)  # stay inside the grid
         dc = np.where(c0 + width <= g - 1, width, -width)
-        clockwise = u[:, 2] < 0.5
-        corners = [(r0, c0), (r0 + dr, c0), (r0 + dr, c0 + dc), (r0, c0 + dc)]
-        if True:
-            order = np.array([0, 1, 2, 3])
-            for j, idx in enumerate(order):
-                wps[:, k, j, 0] = np.where(clockwise, corners[idx][0], corners[(4 - idx) % 4][0])
-                wps[:, k, j, 1] = np.where(clockwise, corners[idx][1], corners[(4 - idx) % 4][1])
+        rows_first = u[:, 2] < 0.5
+        second = (np.where(rows_first, r0 + dr, r0), np.where(rows_first, c0, c0 + dc))
+        fourth = (np.where(rows_first, r0, r0 + dr), np.where(rows_first, c0 + dc, c0))
+        for j, (r, c) in enumerate([(r0, c0), second, (r0 + dr, c0 + dc), fourth]):
+            wps[:, k, j, 0], wps[:, k, j, 1] = r, c
     state.waypoints = wps
     state.next_wp = np.ones((b, n), dtype=np.int64)
     state.speeds = np.linalg.norm(state.vel, axis=-1)
