@@ -83,3 +83,65 @@ def test_index_out_of_range_is_rejected():
         seeding.episode_ids("train", [-1])
     with pytest.raises(UserError):
         seeding.episode_ids("holdout", [0])
+
+
+# ------------------------------------------------------------------ dynamics options (scenario suites)
+def test_patrol_obstacles_walk_their_rectangle_at_constant_speed():
+    cfg = BounceGridConfig(patrol=True, num_obstacles=4, patrol_min_side=2, patrol_max_side=5)
+    state = bounce_grid.reset_split(cfg, "train", np.arange(20))
+    corners = state.waypoints.copy()
+    assert np.array_equal(corners[:, :, 0], state.pos)  # a loop starts at the obstacle's cell
+    sides = np.abs(np.diff(np.concatenate([corners, corners[:, :, :1]], axis=2), axis=2)).sum(-1)
+    assert ((sides >= 2) & (sides <= 5)).all()  # axis-aligned sides within the configured range
+    traj = bounce_grid.rollout(cfg, state, 200)
+    lo, hi = corners.min(axis=2), corners.max(axis=2)
+    assert ((traj >= lo[:, :, None] - 1e-9) & (traj <= hi[:, :, None] + 1e-9)).all()  # stays on its loop
+    steps = np.linalg.norm(np.diff(traj, axis=2), axis=-1)
+    assert steps.max() <= 0.7 + 1e-9 and np.median(steps) == pytest.approx(0.7)
+    # it goes round the loop: every corner is visited (snapped onto exactly) within 200 steps
+    hits = np.linalg.norm(traj[:, :, :, None] - corners[:, :, None], axis=-1).min(axis=2)  # (B, N, 4)
+    assert (hits < 1e-9).all()
+
+
+def test_random_turning_keeps_speed_and_is_reproducible():
+    cfg = BounceGridConfig(turn_prob=0.2)
+    a = bounce_grid.rollout(cfg, bounce_grid.reset_split(cfg, "train", np.arange(30)), 40)
+    b = bounce_grid.rollout(cfg, bounce_grid.reset_split(cfg, "train", np.arange(30)), 40)
+    assert np.array_equal(a, b)
+    straight = bounce_grid.rollout(BounceGridConfig(), bounce_grid.reset_split(BounceGridConfig(), "train", np.arange(30)), 40)
+    assert not np.allclose(a, straight)
+    steps = np.linalg.norm(np.diff(a, axis=2), axis=-1)
+    assert steps.max() <= 0.7 + 1e-9
+
+
+def test_mixed_speeds_more_obstacles_and_larger_grid():
+    cfg = BounceGridConfig(speed=1.0, speed_min=0.4, num_obstacles=12, grid_size=32)
+    state = bounce_grid.reset_split(cfg, "test", np.arange(50))
+    speed = np.linalg.norm(state.vel, axis=-1)
+    assert state.pos.shape == (50, 12, 2) and state.walls.shape == (50, 32, 32)
+    assert speed.min() >= 0.4 and speed.max() <= 1.0 and speed.std() > 0.1
+    assert (state.goal == 31).all()
+    traj = bounce_grid.rollout(cfg, state, 100)
+    assert traj.min() >= 0 and traj.max() < 32
+
+
+def test_wall_bounce_reflects_off_wall_cells():
+    cfg = BounceGridConfig(wall_bounce=True)
+    state = bounce_grid.reset_split(cfg, "train", np.arange(1))
+    state.walls[:] = False
+    state.walls[0, 5, 8] = True
+    state.pos[0, 0] = [5.0, 6.0]
+    state.vel[0, 0] = [0.0, 0.7]
+    bounce_grid.step(cfg, state)  # 6.7 rounds to cell 7: free
+    bounce_grid.step(cfg, state)  # 7.4 rounds to cell 7: free
+    bounce_grid.step(cfg, state)  # 8.1 → wall cell (5, 8): reflected, stays put
+    assert state.vel[0, 0, 1] == pytest.approx(-0.7)
+    assert state.pos[0, 0, 1] == pytest.approx(7.4)
+    no_bounce = BounceGridConfig()
+    other = bounce_grid.reset_split(no_bounce, "train", np.arange(1))
+    other.walls[:] = False
+    other.walls[0, 5, 8] = True
+    other.pos[0, 0], other.vel[0, 0] = [5.0, 6.0], [0.0, 0.7]
+    for _ in range(3):
+        bounce_grid.step(no_bounce, other)
+    assert other.pos[0, 0, 1] == pytest.approx(8.1)  # the seed's obstacles pass through walls
