@@ -261,3 +261,39 @@ def test_serial_and_process_pool_give_identical_datasets(tmp_path):
     # and the sharding does not matter either: one big shard gives the same bytes
     single = collect(WORLD, tiny(episodes_per_shard=1000), tmp_path / "single", progress=False)
     assert merged_sha(single) == merged_sha(serial)
+
+
+def test_reference_statistics_of_the_seed_data(tmp_path):
+    """SPEC §3 reference losses: zero motion MSE 6.0e-4, constant velocity 4.8e-5, 8.6% bounce samples."""
+    data = DataConfig(train_episodes=1_000, val_episodes=0, workers=1)
+    source = collect(WORLD, data, tmp_path, progress=False).open("train")
+    assert len(source) == 1_000 * 300
+    x, y = (a.astype(np.float64) for a in source.get_batch(np.arange(len(source))))
+    constant_velocity = x[:, -1] - x[:, -2]
+    bounced = np.any(np.abs(y - constant_velocity) > 1e-6, axis=1)
+    assert np.mean(y ** 2) == pytest.approx(6.0e-4, rel=0.03)
+    assert np.mean((y - constant_velocity) ** 2) == pytest.approx(4.8e-5, rel=0.1)
+    assert np.mean(bounced) == pytest.approx(0.086, abs=0.006)
+
+
+def test_shard_changed_after_verification_is_caught_by_the_merge(tmp_path, caplog):
+    reference = collect(WORLD, TINY, tmp_path / "reference", progress=False)
+    root = tmp_path / "run"
+    run_killed_collect(root, TINY, after=2)
+    victim = root / "data" / dataset_key(WORLD, TINY) / shards.SHARD_DIR / f"{TRAIN_SHARDS[0]}.npy"
+
+    class CorruptsFirstShardThenRuns(SerialBackend):
+        """Damages an already verified shard while the missing ones are generated."""
+
+        def map(self, fn, items):
+            if victim.exists():
+                blob = bytearray(victim.read_bytes())
+                blob[-1] ^= 0x01
+                victim.write_bytes(bytes(blob))
+            yield from super().map(fn, items)
+
+    with caplog.at_level(logging.WARNING, logger=DATA_LOGGER):
+        resumed = collect(WORLD, TINY, root, backend=CorruptsFirstShardThenRuns(), progress=False)
+    assert any(TRAIN_SHARDS[0] in m and "changed since it was verified" in m for m in warnings_of(caplog))
+    assert TRAIN_SHARDS[0] in resumed.shards_generated and TRAIN_SHARDS[0] not in resumed.shards_reused
+    assert merged_sha(resumed) == merged_sha(reference)

@@ -39,9 +39,10 @@ def _make_run(run_dir):
     settings = _settings()
     specs = parse_forecasters(FORECASTERS)
     evaluations = {}
-    for protocol in ("standard", "seed-v3"):
+    for protocol, time_index in (("standard", "aligned"), ("seed-v3", "seed")):  # as the pipeline runs them
         cfg = EvalConfig(protocol=protocol, episodes=EPISODES, chunk_size=EPISODES)
-        evaluations[protocol] = evaluate(cfg, settings.world, settings.planner, specs, SerialBackend())
+        evaluations[protocol] = evaluate(cfg, settings.world, PlannerConfig(time_index=time_index), specs,
+                                         SerialBackend())
     run_dir.mkdir(parents=True, exist_ok=True)
     save_yaml(settings, run_dir / "config.yaml")
     metrics = run_dir / "train" / "hrm" / "metrics.jsonl"
@@ -53,9 +54,13 @@ def _make_run(run_dir):
             if step % 10 == 0:
                 fh.write(json.dumps({"epoch": (step - 1) // 10, "val_loss": 2.5 / step}) + "\n")
         fh.write('{"step": 31, "loss"')  # a run killed mid-write leaves a torn last line
+    forecast_metrics = {"model": {"one_step_mse": 0.01, "ade": 0.5, "fde": 1.2, "samples": 100},
+                        "zero": {"one_step_mse": 0.5, "ade": 6.0, "fde": 10.0, "samples": 100}}
     results = {"preset": "tiny", "description": "physics forecasters on a 12-cell world",
-               "evaluations": evaluations, "forecasters": {s.name: {"checkpoint": None} for s in specs},
-               "training": {"hrm": {"metrics": "train/hrm/metrics.jsonl", "parameters": 1234}}}
+               "primary_protocol": "standard", "evaluations": evaluations,
+               "forecasters": {s.name: {"checkpoint": None} for s in specs},
+               "training": {"hrm": {"parameters": 1234, "checkpoint": "/somewhere/best.pt", "key": "abc123",
+                                    "seconds": 12.5, "forecast_metrics": forecast_metrics}}}
     (run_dir / "results.json").write_text(json.dumps(results))
     return run_dir
 
@@ -80,8 +85,9 @@ def test_report_writes_markdown_html_charts_and_animations(run_dir, report):
     assert all(p.exists() and p.stat().st_size > 0 for p in report)
     text = md.read_text()
     for needle in ("## Results: protocol standard", "## Results: protocol seed-v3", "95% CI", "McNemar",
-                   "## Training", "## Episode animations"):
+                   "## Training", "## Episode animations", "Forecast quality of hrm"):
         assert needle in text
+    assert "/somewhere/best.pt" not in text and "abc123" not in text  # paths and cache keys are not results
     pngs = sorted((run_dir / "plots").glob("*.png"))
     names = {p.name for p in pngs}
     assert {"success_rate-standard.png", "outcomes-standard.png", "success_rate-seed-v3.png",
@@ -125,11 +131,13 @@ def test_replay_gives_the_evaluators_outcomes(run_dir, protocol):
     run = load_run(run_dir)
     res = run.evaluations[protocol]
     specs = parse_forecasters(FORECASTERS)
-    steps = {s.name: run_closed_loop(get_protocol(protocol), run.world(), run.planner(), PHYSICS_FORECASTERS[s.name](),
+    planner = run.planner(protocol)
+    assert planner.time_index == res["planner"]["time_index"]  # seed-v3 ran with the seed's time index
+    steps = {s.name: run_closed_loop(get_protocol(protocol), run.world(), planner, PHYSICS_FORECASTERS[s.name](),
                                      np.array(res["per_episode"]["indices"]), forecast_error=False).steps
              for s in specs}
     for j, episode in enumerate(res["per_episode"]["indices"]):
-        replay = replay_episode(protocol, run.world(), run.planner(), specs, episode, history_len=run.history_len())
+        replay = replay_episode(protocol, run.world(), planner, specs, episode, history_len=run.history_len())
         for s in specs:
             track = replay.tracks[s.name]
             assert track.outcome == res["per_episode"][s.name][j], (protocol, episode, s.name)
@@ -144,9 +152,11 @@ def test_render_episode_from_run_dir_and_from_settings(run_dir, tmp_path):
     res = run.evaluations["seed-v3"]
     episode = res["per_episode"]["indices"][0]
     out = render_episode(run_dir, episode, "zero,oracle", tmp_path / "ep.gif", protocol="seed-v3")
-    replay = replay_episode("seed-v3", run.world(), run.planner(), parse_forecasters("zero,oracle"), episode)
+    replay = replay_episode("seed-v3", run.world(), run.planner("seed-v3"), parse_forecasters("zero,oracle"), episode)
     assert len(_gif_frames(out)) == replay.length + 1
-    out = render_episode(_settings(), episode, ["oracle"], tmp_path / "settings.gif", protocol="seed-v3")
+    settings = _settings()
+    settings.planner.time_index = "seed"
+    out = render_episode(settings, episode, ["oracle"], tmp_path / "settings.gif", protocol="seed-v3")
     assert len(_gif_frames(out)) == replay.tracks["oracle"].steps + 1
     with pytest.raises(UserError, match="unknown forecaster"):
         render_episode(run_dir, 0, "nonsense", tmp_path / "x.gif")

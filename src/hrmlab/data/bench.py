@@ -53,7 +53,7 @@ def bench_collect(episodes: int = 5_120, repeats: int = 3, world: BounceGridConf
             "collect_shard_episodes": episodes, "collect_shard_seconds": best}
 
 
-def bench_loader(episodes: int = 10_240, batch_size: int = 2_048, batches: int = 500,
+def bench_loader(episodes: int = 60_000, batch_size: int = 2_048, batches: int = 500,
                  cache_root: str | Path | None = None) -> dict:
     """Samples/s of `get_batch` with uniformly random indices from a merged on-disk dataset (memory-mapped)."""
     world = BounceGridConfig()

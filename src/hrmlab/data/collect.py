@@ -266,11 +266,14 @@ def _collect_locked(world, data, root: Path, key: str, backend, progress: bool) 
                 record = manifest["shards"].get(spec.name)
                 ok, reason = shards.file_matches(Path(spec.path), record)
                 if ok and record["episodes"] == spec.episodes:
-                    paths.shards_reused.append(spec.name)
+                    if spec.name not in paths.shards_reused:
+                        paths.shards_reused.append(spec.name)
                     continue
-                if record is not None and (Path(spec.path).exists() or data.keep_shards):
+                if record is not None and Path(spec.path).exists():
                     log.warning("dataset %s: shard %s failed verification (%s); regenerating it",
                                 key, spec.name, reason)
+                elif Path(spec.path).exists():  # killed between its rename and the manifest update
+                    log.info("dataset %s: shard %s has no recorded checksum; regenerating it", key, spec.name)
                 manifest["shards"].pop(spec.name, None)
                 todo.append(spec)
         if todo:
@@ -294,7 +297,7 @@ def _collect_locked(world, data, root: Path, key: str, backend, progress: bool) 
         for specs in all_plans.values():
             for spec in specs:
                 Path(spec.path).unlink(missing_ok=True)
-    (root / done_marker.name).write_text(f"{key}\n")
+    shards.write_json_atomic(done_marker, {"key": key})  # last: only now does the dataset look finished
     log.info("dataset %s: finished at %s (%d shards generated, %d reused)", key, root,
              len(paths.shards_generated), len(paths.shards_reused))
     return paths

@@ -133,6 +133,10 @@ def directory_lock(root: Path):
         except BlockingIOError:
             log.info("waiting for another process collecting %s", root)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without locks (some network volumes): go on unlocked
+            log.debug("no lock on %s (%s)", root, exc)
+            yield
+            return
         try:
             yield
         finally:

@@ -7,8 +7,9 @@ obstacle's position after t+1 physics steps. A popped node with t ≥ `max_steps
 node within `goal_tolerance` (2) of the goal ends the search. Ties in f are broken by g, then by
 (row, col, t), exactly like the seed's `heapq` tuples, so path lengths match the original bit for bit.
 
-Everything lives in flat preallocated arrays: a (row, col, t) node is one integer, a closed flag, a best g
-and a parent per node, and a binary heap of (f, g, node) in three parallel arrays. Pushes that the seed
+Everything lives in flat preallocated arrays (a per-process workspace, reused through stamps): a
+(row, col, t) node is one integer with a closed flag, a best g and a parent, obstacle clearance is
+rasterised once per time layer, and the open list is a binary heap of (f, g, node) rows. Pushes that the seed
 would only discard when popped (closed nodes, dominated g, t ≥ max_steps) are never made, which changes
 nothing but the work done. Among equal-cost parents the first found is kept (the seed kept the
 lexicographically smaller path list), so the cells of a path can differ in rare ties, never its length.
@@ -89,7 +90,8 @@ def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, cleara
     The ws_* arrays are a reusable workspace (see `_Workspace`): entries are valid only where their
     stamp equals this search's stamp, so nothing is cleared between searches. Per-node arrays are
     indexed time-major (t·G² + cell) so that a node's neighbours share cache lines; the heap orders by
-    (f, g, node id) with node id = cell·(max_steps+1) + t, i.e. the seed's (f, g, row, col, t)."""
+    (f, g, node id) with node id = cell·(max_steps+1) + t, i.e. the seed's (f, g, row, col, t); its
+    entries are rows (f, g, node id) of one float64 array so that a sift touches one cache line."""
     size = static.shape[0]
     horizon = max_steps + 1
     cells = size * size
@@ -101,45 +103,43 @@ def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, cleara
             heuristic[r * size + c] = math.sqrt(float((r - gr) * (r - gr) + (c - gc) * (c - gc)))
     diagonal = math.sqrt(2.0)
     cap = 1 << 14
-    hf = np.empty(cap)
-    hg = np.empty(cap)
-    hn = np.empty(cap, dtype=np.int64)
+    hp = np.empty((cap, 3))
     start_cell = sr * size + sc
-    hf[0] = 0.0
-    hg[0] = 0.0
-    hn[0] = start_cell * horizon
+    hp[0, 0] = 0.0
+    hp[0, 1] = 0.0
+    hp[0, 2] = start_cell * horizon
     ws_seen[start_cell] = stamp
     ws_best_g[start_cell] = 0.0
     heap_size = 1
     expansions = 0
     found = -1
     while heap_size > 0:
-        g0 = hg[0]
-        node = hn[0]
+        g0 = hp[0, 1]
+        node = np.int64(hp[0, 2])
         heap_size -= 1
         if heap_size > 0:  # sift the last entry down from the root (hole method)
-            lf = hf[heap_size]
-            lg = hg[heap_size]
-            ln = hn[heap_size]
+            lf = hp[heap_size, 0]
+            lg = hp[heap_size, 1]
+            ln = hp[heap_size, 2]
             i = 0
             while True:
                 child = 2 * i + 1
                 if child >= heap_size:
                     break
                 right = child + 1
-                if right < heap_size and (hf[right] < hf[child] or (hf[right] == hf[child] and (
-                        hg[right] < hg[child] or (hg[right] == hg[child] and hn[right] < hn[child])))):
+                if right < heap_size and (hp[right, 0] < hp[child, 0] or (hp[right, 0] == hp[child, 0] and (
+                        hp[right, 1] < hp[child, 1] or (hp[right, 1] == hp[child, 1] and hp[right, 2] < hp[child, 2])))):
                     child = right
-                if hf[child] < lf or (hf[child] == lf and (hg[child] < lg or (hg[child] == lg and hn[child] < ln))):
-                    hf[i] = hf[child]
-                    hg[i] = hg[child]
-                    hn[i] = hn[child]
+                if hp[child, 0] < lf or (hp[child, 0] == lf and (hp[child, 1] < lg or (hp[child, 1] == lg and hp[child, 2] < ln))):
+                    hp[i, 0] = hp[child, 0]
+                    hp[i, 1] = hp[child, 1]
+                    hp[i, 2] = hp[child, 2]
                     i = child
                 else:
                     break
-            hf[i] = lf
-            hg[i] = lg
-            hn[i] = ln
+            hp[i, 0] = lf
+            hp[i, 1] = lg
+            hp[i, 2] = ln
         t = node % horizon
         cell = node // horizon
         if t >= max_steps:
@@ -187,27 +187,23 @@ def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, cleara
                 child_node = child_cell * horizon + nt
                 if heap_size == cap:
                     cap *= 2
-                    hf2 = np.empty(cap)
-                    hg2 = np.empty(cap)
-                    hn2 = np.empty(cap, dtype=np.int64)
-                    hf2[:heap_size] = hf[:heap_size]
-                    hg2[:heap_size] = hg[:heap_size]
-                    hn2[:heap_size] = hn[:heap_size]
-                    hf, hg, hn = hf2, hg2, hn2
+                    hp2 = np.empty((cap, 3))
+                    hp2[:heap_size] = hp[:heap_size]
+                    hp = hp2
                 j = heap_size  # sift the new entry up (hole method)
                 heap_size += 1
                 while j > 0:
                     up = (j - 1) // 2
-                    if nf < hf[up] or (nf == hf[up] and (ng < hg[up] or (ng == hg[up] and child_node < hn[up]))):
-                        hf[j] = hf[up]
-                        hg[j] = hg[up]
-                        hn[j] = hn[up]
+                    if nf < hp[up, 0] or (nf == hp[up, 0] and (ng < hp[up, 1] or (ng == hp[up, 1] and child_node < hp[up, 2]))):
+                        hp[j, 0] = hp[up, 0]
+                        hp[j, 1] = hp[up, 1]
+                        hp[j, 2] = hp[up, 2]
                         j = up
                     else:
                         break
-                hf[j] = nf
-                hg[j] = ng
-                hn[j] = child_node
+                hp[j, 0] = nf
+                hp[j, 1] = ng
+                hp[j, 2] = child_node
     if found < 0:
         return np.empty((0, 2), dtype=np.int64), expansions
     length = found % horizon + 1  # one cell per time step, start included
@@ -222,20 +218,26 @@ def _space_time_astar(static, traj, sr, sc, gr, gc, max_steps, wait_cost, cleara
 
 
 class _Workspace:
-    """Per-process search arrays for one (map size, max_steps), reused by every search (stamped)."""
+    """Per-process search arrays for one (map size, max_steps), reused by every search (stamped).
+    Not shared between threads: parallelism comes from processes (the backends)."""
 
     _cache: dict = {}
 
     @classmethod
     def get(cls, size: int, max_steps: int) -> tuple:
         key = (size, max_steps)
-        if key not in cls._cache:
+        ws = cls._cache.get(key)
+        if ws is None or ws[0][0] >= np.iinfo(np.int32).max - 1:  # new, or stamps about to wrap
             nodes = size * size * (max_steps + 1)
-            cls._cache[key] = (np.zeros(1, dtype=np.int64), np.zeros(nodes, dtype=np.int64),
-                               np.zeros(nodes, dtype=np.int64), np.empty(nodes), np.empty(nodes, dtype=np.int64),
-                               np.empty((max_steps + 1, size, size), dtype=np.bool_),
-                               np.zeros(max_steps + 1, dtype=np.int64))
-        return cls._cache[key]
+            ws = (np.zeros(1, dtype=np.int64),  # stamp of the current search
+                  np.zeros(nodes, dtype=np.int32),  # closed stamp per node
+                  np.zeros(nodes, dtype=np.int32),  # best-g-valid stamp per node
+                  np.empty(nodes),  # best g per node
+                  np.empty(nodes, dtype=np.int32),  # parent slot per node
+                  np.empty((max_steps + 1, size, size), dtype=np.bool_),  # blocked cells per time step
+                  np.zeros(max_steps + 1, dtype=np.int64))  # stamp of each blocked layer
+            cls._cache[key] = ws
+        return ws
 
 
 def plan(static: np.ndarray, traj: np.ndarray, start, goal, cfg: ExpertConfig) -> np.ndarray | None:

@@ -63,3 +63,39 @@ def plan_reference(static: np.ndarray, traj: np.ndarray, start, goal, max_steps:
                 h = math.sqrt((nr - gr) ** 2 + (nc - gc) ** 2)
                 heapq.heappush(open_heap, (ng + h, ng, nr, nc, nt))
     return None
+
+
+def plan_seed_style(static: np.ndarray, traj: np.ndarray, start, goal, max_steps: int = 64,
+                    wait_cost: float = 0.0, clearance: float = 3.0,
+                    goal_tolerance: float = 2.0) -> np.ndarray | None:
+    """The same search with the original script's per-node costs: every heap entry carries its whole
+    path as a list, every distance is a `np.linalg.norm` call, and nothing is pruned on push (stale
+    entries are only skipped when popped). Results equal `plan_reference`; it exists so that
+    `hrmlab bench` can quote the speed-up over the seed's own implementation style."""
+    size = static.shape[0]
+    goal_cell = (int(goal[0]), int(goal[1]))
+    first = (int(start[0]), int(start[1]))
+    open_heap = [(0.0, 0.0, first[0], first[1], 0, [first])]
+    visited = set()
+    while open_heap:
+        _f, g, r, c, t, path = heapq.heappop(open_heap)
+        if t >= max_steps:
+            continue
+        if np.linalg.norm([r - goal_cell[0], c - goal_cell[1]]) < goal_tolerance:
+            return np.array(path, dtype=np.int64)
+        if (r, c, t) in visited:
+            continue
+        visited.add((r, c, t))
+        nt = t + 1
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                nr, nc = r + dr, c + dc
+                if not (0 <= nr < size and 0 <= nc < size) or static[nr, nc]:
+                    continue
+                if any(np.linalg.norm([nr - p[0], nc - p[1]]) < clearance for p in traj[min(nt, len(traj) - 1)]):
+                    continue
+                step = wait_cost if dr == 0 and dc == 0 else float(np.linalg.norm([dr, dc]))
+                ng = g + step
+                h = float(np.linalg.norm([nr - goal_cell[0], nc - goal_cell[1]]))
+                heapq.heappush(open_heap, (ng + h, ng, nr, nc, nt, path + [(nr, nc)]))
+    return None

@@ -170,7 +170,7 @@ class _Panel:
             past = replay.obstacles[max(0, now - trail):now + 1, i]
             line.set_data(past[:, 1], past[:, 0])
             body.center = (replay.obstacles[now, i, 1], replay.obstacles[now, i, 0])
-        if not ended and k < len(track.forecasts):
+        if k < len(track.forecasts):  # the decision made at step k (seed-v1's one-shot plan: frame 0)
             fc = track.forecasts[k]  # (N', horizon, 2)
             for i, line in enumerate(self.forecast_lines):
                 line.set_data(fc[i, :, 1], fc[i, :, 0])
@@ -203,7 +203,7 @@ def _legend_handles(tracks: list[ForecasterTrack], colors: dict[str, str]) -> li
         Line2D([], [], marker="o", color=OBSTACLE_COLOR, linestyle="none", label="obstacle (true)"),
         Line2D([], [], color=OBSTACLE_COLOR, alpha=0.35, linewidth=1.5, label="obstacle trail"),
     ]
-    handles += [Line2D([], [], color=colors[t.name], marker="o", markersize=4, label=f"{t.name} forecast (fades with horizon)")
+    handles += [Line2D([], [], color=colors[t.name], marker="o", markersize=4, label=f"forecast: {t.name}")
                 for t in tracks if t.forecasts.ndim == 4 and t.forecasts.shape[1] > 0]
     handles += [
         Line2D([], [], color=PATH_COLOR, linewidth=2.2, marker="o", markersize=3, label="planned path"),
@@ -222,13 +222,13 @@ def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4
         raise UserError("nothing to render: no forecasters in this replay")
     colors = forecaster_colors([t.name for t in tracks])
     n = len(tracks)
-    fig_w, fig_h = PANEL_INCHES * n + 0.2, PANEL_INCHES + 1.6
+    fig_w, fig_h = max(4.6, PANEL_INCHES * n + 0.2), PANEL_INCHES + 1.8
     fig, axes = plt.subplots(1, n, figsize=(fig_w, fig_h), dpi=DPI, squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, top=(fig_h - 0.65) / fig_h, bottom=1.0 / fig_h, wspace=0.06)
+    fig.subplots_adjust(left=0.02, right=0.98, top=(fig_h - 0.85) / fig_h, bottom=1.0 / fig_h, wspace=0.06)
     g = replay.walls.shape[0]
     cell_points = axes[0, 0].get_position().width * fig_w * 72 / g
     panels = [_Panel(ax, replay, t, colors[t.name], cell_points) for ax, t in zip(axes[0], tracks)]
-    fig.legend(handles=_legend_handles(tracks, colors), loc="lower center", ncol=min(5, 3 + n), fontsize=7,
+    fig.legend(handles=_legend_handles(tracks, colors), loc="lower center", ncol=min(5, 2 + n), fontsize=7,
                frameon=False)
     suptitle = fig.suptitle("", fontsize=11)
     length = max(t.steps for t in tracks)
@@ -238,8 +238,8 @@ def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4
         for frame in range(length + 1):
             for p in panels:
                 p.update(frame, trail)
-            suptitle.set_text(f"protocol {replay.protocol}, episode {replay.episode} — step {frame}/{length}"
-                              f" (planning horizon {replay.horizon})")
+            suptitle.set_text(f"protocol {replay.protocol}, episode {replay.episode} — step {frame}/{length}\n"
+                              f"forecasts fade over the {replay.horizon}-step planning horizon")
             frames.append(grabber.grab())
     finally:
         plt.close(fig)
@@ -262,7 +262,8 @@ def _resolve_source(source, forecasters, protocol):
                 known = ", ".join(sorted(set(source.results.get("forecasters") or {}) | set(PHYSICS_FORECASTERS)))
                 raise UserError(f"unknown forecaster {name!r} for this run; valid choices: {known}")
             specs.append(spec)
-        return source.world(), source.planner(), source.history_len(), specs, protocol or "standard", source
+        protocol = protocol or source.primary_protocol
+        return source.world(), source.planner(protocol), source.history_len(), specs, protocol, source
     # an EvaluateSettings-like object: world, planner, eval
     history = getattr(getattr(source, "eval", None), "history", 20)
     protocol = protocol or getattr(getattr(source, "eval", None), "protocol", "standard")
@@ -275,8 +276,8 @@ def _resolve_source(source, forecasters, protocol):
 
 def render_episode(source, episode: int | None, forecasters, out_path: str | Path, *,
                    protocol: str | None = None, fps: float = 4.0) -> Path:
-    """Replay episode `episode` of `protocol` (default: the settings' protocol, else `standard`) and
-    animate it to `out_path` (.gif, or .mp4 with imageio-ffmpeg).
+    """Replay episode `episode` of `protocol` and animate it to `out_path` (.gif, or .mp4 with
+    imageio-ffmpeg). The protocol defaults to the run's primary one (or the settings' protocol).
 
     `source` is a run directory (forecaster checkpoints come from its results.json) or an
     `EvaluateSettings`. `forecasters` is a list of names or "a,b"; None picks, from the run's

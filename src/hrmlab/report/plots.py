@@ -80,7 +80,7 @@ def plot_success_rates(results: dict, path: Path) -> Path | None:
     err = np.stack([np.clip(rates - ci[:, 0], 0, None), np.clip(ci[:, 1] - rates, 0, None)])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4.2))
     x = np.arange(len(names))
-    ax.bar(x, rates, color=[colors[n] for n in names], edgecolor="black", linewidth=0.6, label="success rate")
+    ax.bar(x, rates, color=[colors[n] for n in names], edgecolor="black", linewidth=0.6)
     ax.errorbar(x, rates, yerr=err, fmt="none", ecolor="black", capsize=5, linewidth=1.2, label="95% Wilson interval")
     for xi, (name, r) in zip(x, rows.items()):
         ax.text(xi, 2, f"{r.get('successes', '?')}/{r['episodes']}", ha="center", va="bottom", fontsize=8,

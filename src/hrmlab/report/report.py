@@ -78,9 +78,27 @@ def _evaluation_section(md, written, run: RunDir, protocol: str, res: dict, plot
                "succeeded count.", "", pairs, ""]
 
 
+_NOT_RESULTS = {"checkpoint", "checkpoint_path", "key", "metrics", "kind"}
+"""Training-summary keys that locate things rather than describe the training."""
+
+
+def _metrics_table(rows: dict) -> str:
+    """A table of {name: {metric: number}}; numeric columns in first-seen order."""
+    rows = {k: v for k, v in rows.items() if isinstance(v, dict)}
+    keys: list[str] = []
+    for v in rows.values():
+        keys += [k for k, x in v.items() if k not in keys and isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if not rows or not keys:
+        return ""
+    return tables.markdown_table(["forecaster"] + [tables.label(k) for k in keys],
+                                 [[f"**{n}**"] + [tables.format_number(v.get(k)) for k in keys] for n, v in rows.items()])
+
+
 def _training_section(md, written, run: RunDir, plots_dir: Path) -> None:
     curves = run.training_curves()
-    training = {k: dict(v) for k, v in (run.results.get("training") or {}).items() if isinstance(v, dict)}
+    summaries = {k: v for k, v in (run.results.get("training") or {}).items() if isinstance(v, dict)}
+    training = {k: {key: x for key, x in v.items() if key not in _NOT_RESULTS and not isinstance(x, (dict, list))}
+                for k, v in summaries.items()}
     for name, rows in curves.items():
         info = training.setdefault(name, {})
         losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
@@ -97,20 +115,22 @@ def _training_section(md, written, run: RunDir, plots_dir: Path) -> None:
         md += [table, ""]
     _image(md, written, plots.plot_training_curves(curves, plots_dir / "training_loss.png"), run.path,
            "Training and validation loss (log scale)")
+    for name, summary in summaries.items():
+        metrics = summary.get("forecast_metrics") or {}
+        table = _metrics_table({(name if k == "model" else k): v for k, v in metrics.items()})
+        if table:
+            md += [f"### Forecast quality of {name} (validation windows)", "",
+                   f"{name} beside physics baselines on the same validation windows.", "", table, ""]
 
 
 def _forecast_metrics_section(md, run: RunDir) -> None:
     metrics = run.results.get("forecast_metrics")
     if not isinstance(metrics, dict) or not metrics:
         return
-    md += ["## Forecast metrics (offline, test windows)", ""]
-    rows = {k: v for k, v in metrics.items() if isinstance(v, dict)}
-    if rows:
-        keys: list[str] = []
-        for v in rows.values():
-            keys += [k for k, x in v.items() if k not in keys and isinstance(x, (int, float)) and not isinstance(x, bool)]
-        md += [tables.markdown_table(["forecaster"] + keys,
-                                     [[f"**{n}**"] + [tables._fmt(v.get(k), ".4g") for k in keys] for n, v in rows.items()]), ""]
+    md += ["## Forecast metrics", ""]
+    table = _metrics_table(metrics)
+    if table:
+        md += [table, ""]
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     md += [f"- {k}: {v}" for k, v in scalars.items()] + ([""] if scalars else [])
 
@@ -125,6 +145,7 @@ def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps:
     if not picks:
         return
     anim_dir = run.path / ANIMATIONS_DIR
+    world, planner, history = run.world(), run.planner(protocol), run.history_len()
     lines = []
     for pick in picks:
         specs = [run.forecaster_spec(name) for name in pick.forecasters]
@@ -134,8 +155,7 @@ def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps:
             return
         out = anim_dir / f"{_slug(protocol)}-episode-{pick.episode}.{fmt}"
         try:
-            replay = replay_episode(protocol, run.world(), run.planner(), specs, pick.episode,
-                                    history_len=run.history_len())
+            replay = replay_episode(protocol, world, planner, specs, pick.episode, history_len=history)
             render_replay(replay, out, fps=fps)
         except UserError as exc:  # e.g. a checkpoint that was moved away: the rest of the report stands
             log.warning("animation of %s episode %d skipped: %s", protocol, pick.episode, exc)
@@ -189,7 +209,14 @@ def write_report(run_dir: str | Path, *, animations: int = 2, animation_format: 
     if run.results.get("description"):
         md += [str(run.results["description"]), ""]
     md += [f"Run directory `{run.path}` · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", ""]
+    if run.results.get("smoke"):
+        md += ["**Smoke run** (tiny sizes, to test the machinery): the numbers below say nothing about the models.", ""]
     summary = _summary_lines(run)
+    published = run.results.get("published")
+    if isinstance(published, dict) and published:
+        summary += ["- the seed's published result for this experiment: "
+                    + "; ".join(f"{k}: {v}" for k, v in published.items() if k != "note")
+                    + (f" ({published['note']})" if published.get("note") else "")]
     if summary:
         md += ["## Summary", ""] + summary + [""]
     for protocol, res in run.evaluations.items():

@@ -44,16 +44,30 @@ class RunDir:
 
     @property
     def evaluations(self) -> dict[str, dict]:
-        """Protocol name → results dict, `standard` first."""
+        """Protocol name → results dict: the run's primary protocol first, then `standard`, then by name."""
         evals = self.results.get("evaluations") or {}
-        order = sorted(evals, key=lambda name: (name != "standard", name))
+        primary = self.results.get("primary_protocol")
+        order = sorted(evals, key=lambda name: (name != primary, name != "standard", name))
         return {name: evals[name] for name in order if isinstance(evals[name], dict)}
+
+    @property
+    def primary_protocol(self) -> str:
+        """The protocol the run is judged on (results.json's `primary_protocol`, else `standard`)."""
+        return next(iter(self.evaluations), "standard")
 
     def world(self) -> BounceGridConfig:
         return _section(self.config, "world", BounceGridConfig)
 
-    def planner(self) -> PlannerConfig:
-        return _section(self.config, "planner", PlannerConfig)
+    def planner(self, protocol: str | None = None) -> PlannerConfig:
+        """The planner settings an evaluation ran with: config.yaml's planner, overridden by the settings
+        the evaluation recorded (a seed protocol may run with the seed's time index)."""
+        planner = _section(self.config, "planner", PlannerConfig)
+        recorded = (self.evaluations.get(protocol) or {}).get("planner") if protocol else None
+        if isinstance(recorded, dict):
+            names = {f.name for f in dataclasses.fields(PlannerConfig)}
+            known = {k: v for k, v in recorded.items() if k in names and v is not None}
+            planner = from_dict(PlannerConfig, {**dataclasses.asdict(planner), **known}, "planner")
+        return planner
 
     def history_len(self) -> int:
         """Positions of history the forecasters saw (the evaluation's `history`, default 20)."""

@@ -8,6 +8,13 @@ forecasts, oracle paths or timings.
 from __future__ import annotations
 
 DASH = "—"
+LABELS = {"seconds": "training time (s)", "one_step_mse": "one-step MSE", "ade": "ADE (cells)",
+          "fde": "FDE (cells)", "samples": "windows", "epochs_completed": "epochs", "steps": "optimizer steps"}
+"""Column headers for the summary keys whose plain names would need explaining."""
+
+
+def label(key: str) -> str:
+    return LABELS.get(key, key.replace("_", " "))
 
 
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
@@ -95,15 +102,16 @@ def training_table(training: dict) -> str:
         return ""
     for name, info in training.items():
         if isinstance(info, dict):
-            rows.append([f"**{name}**"] + [_cell(info.get(k)) for k in keys])
-    return markdown_table(["model"] + [k.replace("_", " ") for k in keys], rows)
+            rows.append([f"**{name}**"] + [format_number(info.get(k)) for k in keys])
+    return markdown_table(["model"] + [label(k) for k in keys], rows)
 
 
 def _scalar(value) -> bool:
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
-def _cell(value) -> str:
+def format_number(value) -> str:
+    """Integers with thousands separators, floats to 4 significant digits, None as —."""
     if isinstance(value, bool) or value is None:
         return DASH if value is None else str(value)
     if isinstance(value, int):

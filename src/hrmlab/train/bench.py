@@ -22,6 +22,8 @@ from hrmlab.train.optim import make_optimizer
 
 BENCH_MODEL = HRMConfig(variant="deep", d_model=512, n_layers=4, heads=8, h_period=2, block="gated", init_std=0.01)
 """The RobustFix / split / 8gpu model: 28,969,474 parameters."""
+WARMUP_BATCH = 32
+"""Samples per warm-up step: enough to touch every kernel, cheap enough to keep the bench short."""
 
 
 def _train_step(model, optimizer, x, y, autocast_dtype) -> float:
@@ -46,13 +48,17 @@ class _null:
         return False
 
 
-def bench_hrm_training(batch: int = 256, steps: int = 2, warmup: int = 1, history: int = 20, seed: int = 0,
+def bench_hrm_training(batch: int = 256, steps: int = 1, warmup: int = 1, history: int = 20, seed: int = 0,
                        device: str = "cpu", precision: str = "fp32", threads: int | None = None,
                        model_cfg: HRMConfig = BENCH_MODEL) -> dict:
     """Samples/s of training steps, ours vs the original formulation, on identical weights and data.
 
     Returns hrm_train_samples_per_s, reference_train_samples_per_s, speedup, the max output/gradient
-    differences of the equivalence check, and the setup. precision: fp32 or bf16 (autocast)."""
+    differences of the equivalence check, and the setup. precision: fp32 or bf16 (autocast).
+
+    One full-batch fp32 step of this model is ~0.5 TFLOP, several seconds on a laptop-class CPU, so the
+    defaults time one step per formulation after `warmup` steps on a small batch (allocators, kernels);
+    raise `steps` on faster machines for a median."""
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
@@ -79,12 +85,14 @@ def bench_hrm_training(batch: int = 256, steps: int = 2, warmup: int = 1, histor
 
     opt = make_optimizer("adamw", model.parameters(), 1e-4, 0.01, dev)
     ref_opt = make_optimizer("adamw", reference.parameters(), 1e-4, 0.01, dev)
+    warm = min(batch, WARMUP_BATCH)
+    for _ in range(warmup):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            _train_step(m, o, x[:warm], y[:warm], autocast_dtype)
     times: dict[str, list[float]] = {"ours": [], "reference": []}
-    for i in range(warmup + steps):
+    for _ in range(steps):  # interleaved: machine load hits both formulations alike
         for name, m, o in (("ours", model, opt), ("reference", reference, ref_opt)):
-            elapsed = _train_step(m, o, x, y, autocast_dtype)
-            if i >= warmup:
-                times[name].append(elapsed)
+            times[name].append(_train_step(m, o, x, y, autocast_dtype))
     ours_s, ref_s = statistics.median(times["ours"]), statistics.median(times["reference"])
     return {
         "hrm_train_samples_per_s": batch / ours_s,

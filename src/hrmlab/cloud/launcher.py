@@ -1,0 +1,82 @@
+"""`hrmlab run PRESET --backend modal`: check what Modal needs, run the pipeline there, say how to fetch results.
+
+modal is imported only inside functions: without the optional extra the CLI still works and
+`--backend modal` says how to install it; without a token it says how to authenticate.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+from hrmlab.cloud.orchestrate import resolve_config, run_dir_name
+from hrmlab.errors import UserError
+
+
+VOLUME_NAME = "hrmlab-cache"  # the same name as modal_app.VOLUME_NAME (kept here so this module needs no modal)
+
+
+def require_modal():
+    """The modal module, or a one-line UserError naming the install command."""
+    try:
+        import modal
+    except ImportError:
+        raise UserError("the Modal backend needs the modal package; install it with pip install 'hrmlab[modal]'") from None
+    return modal
+
+
+def modal_config_path() -> Path:
+    return Path(os.environ.get("MODAL_CONFIG_PATH") or Path.home() / ".modal.toml")
+
+
+def has_modal_token() -> bool:
+    """A token in the environment or in Modal's config file (any profile); checked before anything starts."""
+    if os.environ.get("MODAL_TOKEN_ID"):
+        return True
+    try:
+        profiles = tomllib.loads(modal_config_path().read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return any(isinstance(profile, dict) and profile.get("token_id") for profile in profiles.values())
+
+
+def require_token() -> None:
+    if not has_modal_token():
+        raise UserError("no Modal token found; run `modal setup` (or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET)")
+
+
+def fetch_command(preset: str, smoke: bool = False, out: str | Path | None = None) -> str:
+    name = run_dir_name(preset, smoke)
+    return f"modal volume get {VOLUME_NAME} runs/{name} {out or Path('runs') / name}"
+
+
+def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
+    """Run the preset's pipeline on Modal (the CLI's `--backend modal`); returns the exit code."""
+    resolve_config(preset, overrides, smoke)  # a bad preset or key fails here, before anything starts
+    modal = require_modal()
+    require_token()
+    from hrmlab.cloud import modal_app
+
+    if not modal_app.PYPROJECT.is_file():
+        raise UserError(f"the Modal image is built from the project's pyproject.toml, not found at "
+                        f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
+    with modal.enable_output(), modal_app.app.run():
+        return run_in_app(preset, overrides, smoke, out)
+
+
+def run_in_app(preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
+    """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary."""
+    from hrmlab.cloud import modal_app
+    from hrmlab.pipeline import print_summary
+
+    try:
+        cfg = resolve_config(preset, overrides, smoke)
+    except UserError as exc:
+        print(f"hrmlab: error: {exc}")
+        return 2
+    results = modal_app.run_pipeline.remote(preset, list(overrides), smoke)
+    if getattr(cfg, "family", "grid") == "grid":
+        print_summary(results, cfg)
+    print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
+    return 0
