@@ -163,3 +163,21 @@ def test_learned_forecaster_batches_match_single_episodes_and_pads_short_history
                                forecaster.forecast(Observation(padded, state, world), 5), rtol=1e-6, atol=1e-6)
     bf16 = LearnedForecaster(model, grid_size=world.grid_size, history=20, device="cpu", dtype="bf16")
     assert bf16.forecast(Observation(history, state, world), 5).shape == batched.shape
+
+
+def test_forecast_metrics_reproduce_reference_baselines_and_score_learned_models():
+    from hrmlab.evaluate.forecast_metrics import ForecastEvalConfig, forecast_metrics, format_forecast_table
+    from hrmlab.forecast.physics import OracleForecaster
+
+    world = bounce_grid.BounceGridConfig()
+    learned = LearnedForecaster(_constant_step_lstm([0.0, 0.0]), grid_size=world.grid_size, history=20,
+                                device="cpu", name="learned-zero")
+    results = forecast_metrics([learned, OracleForecaster()], world, ForecastEvalConfig(episodes=60))
+    assert list(results) == ["learned-zero", "oracle", "zero", "constant-velocity"]
+    # SPEC §3: zero motion 6.0e-4 and constant velocity 4.8e-5 on the training distribution
+    assert results["zero"]["one_step_mse"] == pytest.approx(6.0e-4, rel=0.1)
+    assert results["constant-velocity"]["one_step_mse"] == pytest.approx(4.8e-5, rel=0.5)
+    assert results["oracle"]["one_step_mse"] == 0 and results["oracle"]["ade"] == 0
+    assert results["learned-zero"]["ade"] == pytest.approx(results["zero"]["ade"], rel=1e-5)
+    assert results["constant-velocity"]["ade"] < results["zero"]["ade"]
+    assert "× below zero-motion" in format_forecast_table(results)

@@ -138,9 +138,9 @@ def cmd_train(args) -> int:
     print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, (list, dict))}, indent=2))
     metrics = summary.get("forecast_metrics")
     if metrics:
-        from hrmlab.evaluate.forecast_metrics import format_forecast_metrics
+        from hrmlab.evaluate.forecast_metrics import format_forecast_table
 
-        print(format_forecast_metrics(metrics))
+        print(format_forecast_table(metrics))
     return 0
 
 

@@ -269,7 +269,8 @@ def print_summary(results: dict, cfg: ExperimentConfig) -> None:
               f"{seed['planner']['time_index']}):")
         for line in seed_style_lines(seed, cfg.models):
             print(f"  {line}")
-        if cfg.published:
-            print("  published by the seed: " + ", ".join(f"{k}: {v}" for k, v in cfg.published.items()))
+        published = {k: v for k, v in cfg.published.items() if k in cfg.models}
+        if published:
+            print("  published by the seed: " + ", ".join(f"{k.upper()}: {v}" for k, v in published.items()))
     print()
     print(format_table(results["evaluations"][results["primary_protocol"]]))

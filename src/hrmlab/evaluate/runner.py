@@ -167,7 +167,7 @@ def format_table(results: dict) -> str:
             f"{name:<22}{r['successes']:>7}/{r['episodes']:<6}{100 * r['success_rate']:>7.1f}%"
             f"{'[' + format(100 * r['ci95'][0], '.1f') + ', ' + format(100 * r['ci95'][1], '.1f') + ']':>16}"
             f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}"
-            f"{(format(ratio, '.3f') if ratio is not None else '—'):>11}{(format(ade, '.2f') if ade is not None else '—'):>7}"
+            f"{(format(ratio, '.3f') if ratio is not None else '—'):>11}{(format(ade, '.3g') if ade is not None else '—'):>7}"
             f"{r['plan_ms_per_step']:>9.3f}")
     if results["pairwise"]:
         lines.append("")

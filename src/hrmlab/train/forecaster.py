@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from hrmlab.config import to_dict
+from hrmlab.evaluate.forecast_metrics import format_forecast_table
 from hrmlab.data.collect import DataConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
@@ -62,13 +63,16 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
                    parameters=count_parameters(build_model(model_cfg)))
     if has_val:
         summary["forecast_metrics"] = score_on_validation(summary["checkpoint"], world, data)
+        log.info("forecast metrics on validation episodes:\n%s", format_forecast_table(summary["forecast_metrics"]))
     return summary
 
 
 def score_on_validation(checkpoint: str, world: BounceGridConfig, data: DataConfig, episodes: int = 200) -> dict:
     """One-step MSE and ADE/FDE over the horizon on validation episodes, beside the physics baselines."""
-    from hrmlab.evaluate.forecast_metrics import forecast_metrics_table
+    from hrmlab.evaluate.forecast_metrics import ForecastEvalConfig, forecast_metrics
     from hrmlab.forecast.loading import load_forecaster
 
     forecaster = load_forecaster(checkpoint, name="model")
-    return forecast_metrics_table(forecaster, world, episodes=min(episodes, max(1, data.val_episodes)))
+    cfg = ForecastEvalConfig(episodes=min(episodes, max(1, data.val_episodes)), history=data.history,
+                             steps=max(data.steps_per_episode, data.history + 21))
+    return forecast_metrics(forecaster, world, cfg)
