@@ -26,6 +26,9 @@ from hrmlab.experiment import smoke  # noqa: E402
 from hrmlab.forecast.registry import ForecasterSpec  # noqa: E402
 from hrmlab.presets import PRESET_DIR, load_preset  # noqa: E402
 
+# `.local()` is the point here: no Volume, no containers
+pytestmark = pytest.mark.filterwarnings("ignore:.*executing locally.*:UserWarning")
+
 MODAL_FUNCTIONS = ("collect_shard", "evaluate_chunk", "train", "run_task", "run_pipeline")
 
 
@@ -157,9 +160,15 @@ def ddp_pipeline(tmp_path_factory):
             job = dataclasses.replace(job, gpus=2)  # as in an "H100:2" container: torchrun inside the function
         return modal_app.train.local(job, commit_every_s)
 
-    results = orchestrate.run_pipeline_with("quick", [], True, map_collect, map_eval, train_remote,
-                                            cache_root=cache, sync=sync)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("hrmlab.pipeline._write_report", _skip_report)
+        results = orchestrate.run_pipeline_with("quick", [], True, map_collect, map_eval, train_remote,
+                                                cache_root=cache, sync=sync)
     return cache, results, seen, sync
+
+
+def _skip_report(run_dir):
+    """The report (plots, animations) is tested with the report; here it would only double the runtime."""
 
 
 def test_whole_smoke_pipeline_with_ddp_inside_the_training_function(ddp_pipeline):
@@ -181,13 +190,25 @@ def test_whole_smoke_pipeline_with_ddp_inside_the_training_function(ddp_pipeline
     assert Path(results["training"]["hrm"]["checkpoint"]).is_file()
 
 
-def test_run_pipeline_local_reuses_the_cached_stages(ddp_pipeline, monkeypatch):
+def test_entrypoint_runs_the_orchestrator_function_and_reuses_the_cache(ddp_pipeline, monkeypatch, capsys):
     cache, first, _, _ = ddp_pipeline
-    monkeypatch.setenv("HRMLAB_CACHE", str(cache))
-    results = modal_app.run_pipeline.local("quick", [], True)
+    monkeypatch.setenv("HRMLAB_CACHE", str(cache))  # where functions run under .local()
+    monkeypatch.setattr("hrmlab.pipeline._write_report", _skip_report)
+    returned = []
+
+    class LocalOrchestrator:  # stands in for modal_app.run_pipeline inside a running app
+        @staticmethod
+        def remote(*args):
+            returned.append(modal_app.run_pipeline.local(*args))
+            return returned[-1]
+
+    assert launcher.run_in_app(LocalOrchestrator, "quick", [], smoke=True) == 0
     for model in ("hrm", "lstm"):  # the same summary: training was skipped, not redone
-        assert results["training"][model] == first["training"][model]
-    assert results["evaluations"]["standard"]["results"].keys() == first["evaluations"]["standard"]["results"].keys()
+        assert returned[0]["training"][model] == first["training"][model]
+    assert returned[0]["evaluations"]["standard"] == first["evaluations"]["standard"]
+    printed = capsys.readouterr().out
+    assert "HRM: " in printed and "modal volume get hrmlab-cache runs/quick-smoke runs/quick-smoke" in printed
+    assert launcher.run_in_app(LocalOrchestrator, "no-such-preset") == 2 and len(returned) == 1
 
 
 # ------------------------------------------------------------------------------- launching, errors

@@ -193,7 +193,7 @@ def cmd_render(args) -> int:
     if not (run_dir / "results.json").is_file():
         raise UserError(f"{run_dir} has no results.json; run `hrmlab run` first")
     forecasters = args.forecasters.split(",") if args.forecasters else None
-    path = render_episode(run_dir, args.episode, forecasters, Path(args.out))
+    path = render_episode(run_dir, args.episode, forecasters, Path(args.out), protocol=args.protocol)
     print(path)
     return 0
 
@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("render", help="animate one closed-loop episode of a run")
     p.add_argument("run_dir")
     p.add_argument("--episode", type=int, default=None, help="episode index (default: one where forecasters disagree)")
-    p.add_argument("--forecasters", help="comma list (default: the run's learned models and the oracle)")
+    p.add_argument("--forecasters", help="comma list (default: the forecasters that disagree in that episode)")
+    p.add_argument("--protocol", help="which of the run's evaluations (default: its main protocol)")
     p.add_argument("--out", required=True, help="output .gif or .mp4")
     p.set_defaults(func=cmd_render)
 

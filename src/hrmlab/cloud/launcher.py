@@ -62,12 +62,13 @@ def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path
         raise UserError(f"the Modal image is built from the project's pyproject.toml, not found at "
                         f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
     with modal.enable_output(), modal_app.app.run():
-        return run_in_app(preset, overrides, smoke, out)
+        return run_in_app(modal_app.run_pipeline, preset, overrides, smoke, out)
 
 
-def run_in_app(preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
-    """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary."""
-    from hrmlab.cloud import modal_app
+def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
+    """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary.
+
+    run_pipeline: the app's orchestrator function (passed in, so this module never imports modal itself)."""
     from hrmlab.pipeline import print_summary
 
     try:
@@ -75,7 +76,7 @@ def run_in_app(preset: str, overrides=(), smoke: bool = False, out: str | Path |
     except UserError as exc:
         print(f"hrmlab: error: {exc}")
         return 2
-    results = modal_app.run_pipeline.remote(preset, list(overrides), smoke)
+    results = run_pipeline.remote(preset, list(overrides), smoke)
     if getattr(cfg, "family", "grid") == "grid":
         print_summary(results, cfg)
     print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")

@@ -47,6 +47,7 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
     .pip_install_from_pyproject(str(PYPROJECT))  # torch>=… is already met by the CUDA build above
+    .env({"PYTHONPATH": "/root"})  # torchrun's worker processes import hrmlab from where the source is added
     .add_local_python_source("hrmlab", ignore=lambda path: not is_shipped_source(Path(path)))
 )
 cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
@@ -120,9 +121,10 @@ def train_remote(job, resources: dict, commit_every_s: float):
     return train.with_options(**resources).remote(job, commit_every_s)
 
 
-@app.function(volumes=VOLUMES, cpu=2.0, memory=8192, timeout=DAY_S)
+@app.function(volumes=VOLUMES, cpu=2.0, memory=8192, timeout=DAY_S, nonpreemptible=True)
 def run_pipeline(preset: str, overrides: list[str], smoke: bool = False) -> dict:
-    """The orchestrator: the local pipeline, with each stage's work sent to the functions above."""
+    """The orchestrator: the local pipeline, each stage's work sent to the functions above. A CPU container
+    that mostly waits; non-preemptible so a restart never re-submits a long training."""
     return orchestrate.run_pipeline_with(preset, overrides, smoke, map_collect=fan_out(collect_shard),
                                          map_eval=fan_out(evaluate_chunk), train_remote=train_remote,
                                          cache_root=cache_root(), sync=volume_sync, map_task=fan_out(run_task))
@@ -133,6 +135,6 @@ def main(preset: str = "quick", smoke: bool = False, set: str = ""):
     """modal run -m hrmlab.cloud.modal_app --preset PRESET [--smoke] [--set 'key=value key=value']"""
     from hrmlab.cloud.launcher import run_in_app
 
-    code = run_in_app(preset, shlex.split(set), smoke)
+    code = run_in_app(run_pipeline, preset, shlex.split(set), smoke)
     if code:
         raise SystemExit(code)

@@ -17,7 +17,7 @@ from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, run_clos
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
-from hrmlab.planning.spacetime_astar import PlannerConfig
+from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -60,6 +60,7 @@ class ChunkResult:
 def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
     """Run every forecaster of `spec` on the chunk's episodes (top-level: picklable for any backend)."""
     protocol = get_protocol(spec.protocol)
+    warm_up_compiled()  # keep JIT compilation out of the planning-time figures
     indices = np.asarray(spec.indices)
     result = ChunkResult(list(spec.indices))
     for fspec in spec.forecasters:

@@ -266,3 +266,9 @@ def plan_path(walls: np.ndarray, agent, goal, forecast: np.ndarray, cfg: Planner
     if status == STATUS_WAIT:
         path[0] = agent
     return path, int(status)
+
+
+def warm_up_compiled() -> None:
+    """Compile (or load from numba's cache) the planner before anything is timed."""
+    plan(np.zeros((1, 4, 4), dtype=bool), np.zeros((1, 2), dtype=np.int64), np.full((1, 2), 3, dtype=np.int64),
+         np.zeros((1, 1, 4, 2)), PlannerConfig(horizon=4))

@@ -71,9 +71,13 @@ def _priority(names: list[str]) -> list[str]:
 
 
 def _choose_forecasters(groups: list[list[str]], limit: int) -> list[str]:
-    """Up to `limit` names, taking in turn from each non-empty group (best first within a group)."""
+    """Up to `limit` names: the first (learned-first) of each non-empty group, so both sides of the
+    disagreement show; then the other learned models; then the rest, taking from the groups in turn."""
     queues = [_priority(g) for g in groups if g]
-    chosen: list[str] = []
+    chosen = [q.pop(0) for q in queues][:limit]
+    learned = [n for q in queues for n in q if n not in PHYSICS_FORECASTERS]
+    chosen += learned[:max(0, limit - len(chosen))]
+    queues = [[n for n in q if n not in chosen] for q in queues]
     while len(chosen) < limit and any(queues):
         for q in queues:
             if q and len(chosen) < limit:
@@ -193,7 +197,15 @@ class _Panel:
         won = ended and track.outcome == "success"
         self.goal_ring.set_data(([replay.goal[1]], [replay.goal[0]]) if won else ([], []))
         status = track.end_label if ended else f"step {k}"
-        self.ax.set_title(f"{track.name}: {status}", color="black", fontsize=10,
+        title = f"{track.name}: {status}"
+        if k < len(track.forecasts) and track.forecasts[k].size:
+            # a forecast that leaves the map is invisible here; say so, or the panel looks like `ignore`
+            g = replay.walls.shape[0]
+            fc = track.forecasts[k]
+            off = ~np.all((fc > -0.5) & (fc < g - 0.5), axis=-1)
+            if off.any():
+                title += f"\n{100 * off.mean():.0f}% of forecast points off the map"
+        self.ax.set_title(title, color="black", fontsize=9 if "\n" in title else 10,
                           fontweight="bold" if ended else "normal")
 
 

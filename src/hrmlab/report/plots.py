@@ -128,13 +128,20 @@ def plot_forecast_error(results: dict, path: Path) -> Path | None:
     if not rows:
         return None
     colors = forecaster_colors(_rows(results))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
     for name, err in rows.items():
         steps = np.arange(1, len(err) + 1)
         ax.plot(steps, err, marker="o", markersize=3, color=colors[name], label=name)
+    top = max(max(err) for err in rows.values())
+    floor = min((v for err in rows.values() for v in err if v > 0), default=top)
+    scale = ""
+    if top > 100 * max(floor, 0.1):  # one diverged model would flatten every other line
+        ax.set_yscale("symlog", linthresh=0.1)
+        scale = ", log scale"
     ax.set_xlabel("steps ahead (physics steps)")
-    ax.set_ylabel("mean distance to the true position (cells)")
-    ax.set_title(f"Forecast error (ADE) against horizon step — {_title_suffix(results)}")
+    ax.set_ylabel(f"mean error (cells{scale})")
+    ax.set_title(f"Forecast error against horizon step — {_title_suffix(results)}\n"
+                 "(distance between predicted and true obstacle position, mean over planning steps)", fontsize=10)
     ax.set_xlim(left=1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylim(bottom=0)
@@ -213,6 +220,7 @@ def plot_training_curves(curves: dict[str, list[dict]], path: Path) -> Path | No
         plt.close(fig)
         return None
     ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step" if units == {"step"} else "epoch" if units == {"epoch"} else "step / epoch")
     ax.set_ylabel("loss (log scale)")
     ax.set_title("Training and validation loss")

@@ -97,7 +97,8 @@ def _metrics_table(rows: dict) -> str:
 def _training_section(md, written, run: RunDir, plots_dir: Path) -> None:
     curves = run.training_curves()
     summaries = {k: v for k, v in (run.results.get("training") or {}).items() if isinstance(v, dict)}
-    training = {k: {key: x for key, x in v.items() if key not in _NOT_RESULTS and not isinstance(x, (dict, list))}
+    training = {k: {key: x for key, x in v.items() if key not in _NOT_RESULTS and not key.endswith("path")
+                    and not isinstance(x, (dict, list)) and not (isinstance(x, str) and "/" in x)}
                 for k, v in summaries.items()}
     for name, rows in curves.items():
         info = training.setdefault(name, {})
@@ -214,9 +215,10 @@ def write_report(run_dir: str | Path, *, animations: int = 2, animation_format: 
     summary = _summary_lines(run)
     published = run.results.get("published")
     if isinstance(published, dict) and published:
-        summary += ["- the seed's published result for this experiment: "
-                    + "; ".join(f"{k}: {v}" for k, v in published.items() if k != "note")
-                    + (f" ({published['note']})" if published.get("note") else "")]
+        numbers = "; ".join(f"{k}: {v}" for k, v in published.items() if k != "note")
+        note = published.get("note")
+        summary += [f"- the seed's published result: {numbers}" + (f" ({note})" if note else "") if numbers
+                    else f"- published: {note}"]
     if summary:
         md += ["## Summary", ""] + summary + [""]
     for protocol, res in run.evaluations.items():

@@ -141,4 +141,9 @@ def comparison_table(runs: list[tuple[str, dict]], protocol: str) -> str:
             cells.append(f"{_fmt(rate, '.1f', 100)}% [{_ci(r)}] ({r.get('successes', '?')}/{r.get('episodes', '?')})"
                          if rate is not None else DASH)
         rows.append(cells)
+    # what makes two columns comparable at all: the same episodes and the same planner
+    rows.append(["*episodes (first index)*"] + [f"{(res.get('episodes') or {}).get('count', DASH)} "
+                                               f"({(res.get('episodes') or {}).get('start', DASH)})" for _, res in present])
+    rows.append(["*planner*"] + [", ".join(f"{k}={v}" for k, v in (res.get("planner") or {}).items()) or DASH
+                                 for _, res in present])
     return markdown_table(["forecaster / planner"] + [label for label, _ in present], rows)

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from hrmlab.data.base import SampleSource
 from hrmlab.errors import UserError
 from hrmlab.train import distributed as dist_utils
-from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
+from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint
 from hrmlab.train.optim import make_optimizer, make_scheduler
 from hrmlab.train.precision import Precision, make_precision
 

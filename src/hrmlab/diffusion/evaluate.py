@@ -1,0 +1,217 @@
+"""Evaluation of the diffusion planner and its baselines on BlobWorld (SPEC §8), paired per episode.
+
+Methods, all on the same episodes: `diffusion` (best of N refined samples), `diffusion-raw` (best of the
+same N samples before refinement), `line` (straight start → goal), `line+refine` (the line through the
+same refinement, no network) and `oracle` (the expert space-time A* with perfect knowledge).
+
+Protocols:
+
+* `seed` — the original evaluation: legacy seeds 1000–1049, open loop. Path point k (k = 0 … L−1) is
+  checked against the world after k + 1 physics steps: it fails off the map, on a disc cell (truncated
+  coordinates) or closer than 2 to an obstacle. The oracle "succeeds" when a plan exists (it is not
+  executed, as in the seed).
+* `standard` — held-out test-split episodes, every path executed on the grid: points are rounded to
+  cells, the agent is at cell k at time k (after k physics steps), and fails if a move spans more than
+  one cell per axis (infeasible), leaves the map, enters a disc, comes closer than 2 to an obstacle
+  (points k ≥ 1), or ends farther than the expert's goal tolerance from the goal. The oracle's own path
+  is executed the same way.
+
+Each method reports successes, a 95% Wilson interval, outcomes by first failure, and planning time;
+every pair of methods gets an exact McNemar test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hrmlab.diffusion import expert as expert_mod
+from hrmlab.diffusion.expert import ExpertConfig
+from hrmlab.diffusion.noise import PathDiffusion
+from hrmlab.diffusion.refine import distance_field, refine_paths
+from hrmlab.diffusion.sample import SamplingConfig, line_paths, plan_with_diffusion
+from hrmlab.errors import UserError
+from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
+from hrmlab.worlds import blob_world
+from hrmlab.worlds.blob_world import BlobWorldConfig
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = ("success", "no_plan", "infeasible", "off_map", "static", "collision", "not_at_goal")
+METHODS = ("diffusion", "diffusion-raw", "line", "line+refine", "oracle")
+
+
+@dataclass
+class DiffusionEvalConfig:
+    """Which protocols to run and on how many episodes."""
+
+    protocols: list[str] = field(default_factory=lambda: ["seed", "standard"])
+    """Protocols to run, in order (the first is the headline in results): seed, standard."""
+    seed_first: int = 1000
+    """First legacy seed of the seed protocol (the original: 1000)."""
+    seed_episodes: int = 50
+    """Episodes of the seed protocol (the original: 50, seeds 1000–1049)."""
+    test_episodes: int = 500
+    """Test-split episodes of the standard protocol."""
+    collision_radius: float = 2.0
+    """A point closer than this to an obstacle fails (the seed: the obstacle radius 2)."""
+
+
+def protocol_episodes(protocol: str, world: BlobWorldConfig, cfg: DiffusionEvalConfig) -> tuple:
+    """(state at t = 0, human-readable description of the episode set)."""
+    if protocol == "seed":
+        seeds = range(cfg.seed_first, cfg.seed_first + cfg.seed_episodes)
+        return blob_world.reset_seed_exact(world, seeds), f"legacy seeds {seeds.start}–{seeds.stop - 1}"
+    if protocol == "standard":
+        return (blob_world.reset_split(world, "test", np.arange(cfg.test_episodes)),
+                f"test split, episodes 0–{cfg.test_episodes - 1}")
+    raise UserError(f"unknown diffusion protocol {protocol!r}; valid choices: seed, standard")
+
+
+def check_seed_protocol(paths: np.ndarray, world: BlobWorldConfig, state: blob_world.BlobState,
+                        collision_radius: float) -> np.ndarray:
+    """Outcome per episode for paths (B, L, 2): point k against the world after k + 1 steps."""
+    b, length, _ = paths.shape
+    traj = blob_world.trajectory(world, state, length)[:, 1:]  # (B, L, N, 2): point k after k + 1 steps
+    g = world.map_size
+    off = ((paths < 0) | (paths >= g)).any(axis=-1)
+    cells = np.clip(np.trunc(paths), 0, g - 1).astype(np.int64)
+    on_static = state.static[np.arange(b)[:, None], cells[..., 0], cells[..., 1]] & ~off
+    dist = np.linalg.norm(paths[:, :, None, :] - traj, axis=-1).min(axis=-1)
+    hit = (dist < collision_radius) & ~off & ~on_static
+    return _first_failure({"off_map": off, "static": on_static, "collision": hit})
+
+
+def execute_standard(paths: list, world: BlobWorldConfig, state: blob_world.BlobState,
+                     collision_radius: float, goal_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Execute each path (list of (L_b, 2) arrays, None = no plan) on the grid from t = 0.
+    Returns (outcome per episode, steps per episode)."""
+    b = state.batch
+    g = world.map_size
+    lengths = np.array([0 if p is None else len(p) for p in paths])
+    horizon = max(1, int(lengths.max()))
+    cells = np.zeros((b, horizon, 2), dtype=np.int64)
+    for e, p in enumerate(paths):
+        if p is not None:
+            c = np.floor(np.asarray(p, dtype=np.float64) + 0.5).astype(np.int64)
+            cells[e, :len(c)] = c
+            cells[e, len(c):] = c[-1]
+    valid = np.arange(horizon)[None, :] < lengths[:, None]
+    moving = valid.copy()
+    moving[:, 0] = False  # the start cell is given, not chosen
+    traj = blob_world.trajectory(world, state, horizon - 1)  # (B, H, N, 2): after k steps
+    jump = np.zeros((b, horizon), dtype=bool)
+    jump[:, 1:] = np.abs(np.diff(cells, axis=1)).max(axis=-1) > 1
+    off = ((cells < 0) | (cells >= g)).any(axis=-1)
+    clipped = np.clip(cells, 0, g - 1)
+    on_static = state.static[np.arange(b)[:, None], clipped[..., 0], clipped[..., 1]] & ~off
+    dist = np.linalg.norm(cells[:, :, None, :].astype(np.float64) - traj, axis=-1).min(axis=-1)
+    hit = (dist < collision_radius) & ~off & ~on_static
+    outcome = _first_failure({"infeasible": jump & moving, "off_map": off & moving, "static": on_static & moving,
+                              "collision": hit & moving})
+    last = cells[np.arange(b), np.maximum(lengths - 1, 0)]
+    far = np.linalg.norm((last - state.goal).astype(np.float64), axis=-1) >= goal_tolerance
+    outcome = np.where((outcome == "success") & far, "not_at_goal", outcome)
+    outcome = np.where(lengths == 0, "no_plan", outcome)
+    return outcome, np.maximum(lengths - 1, 0)
+
+
+def _first_failure(checks: dict) -> np.ndarray:
+    """Per episode, the check that fails at the earliest step (ties in dict order), else 'success'."""
+    names = list(checks)
+    stacked = np.stack([checks[n] for n in names], axis=-1)  # (B, L, C)
+    b, length, _ = stacked.shape
+    any_fail = stacked.any(axis=-1)
+    out = np.full(b, "success", dtype=object)
+    failed = any_fail.any(axis=1)
+    first_step = any_fail.argmax(axis=1)
+    for e in np.nonzero(failed)[0]:
+        out[e] = names[int(stacked[e, first_step[e]].argmax())]
+    return out
+
+
+def summarise(outcomes: dict, steps: dict, plan_seconds: dict) -> tuple[dict, list]:
+    """Per-method statistics and pairwise exact McNemar tests."""
+    results = {}
+    for name, outcome in outcomes.items():
+        success = outcome == "success"
+        n, k = len(outcome), int(success.sum())
+        lo, hi = wilson_interval(k, n)
+        results[name] = {
+            "successes": k, "episodes": n, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
+            "outcomes": {o: int((outcome == o).sum()) for o in OUTCOMES if (outcome == o).any()},
+            "mean_steps_success": float(steps[name][success].mean()) if k and name in steps else None,
+            "plan_ms_per_episode": 1000 * plan_seconds.get(name, 0.0) / max(1, n),
+            "per_episode_success": success.astype(int).tolist(),
+        }
+    pairwise = []
+    for a, b in itertools.combinations(outcomes, 2):
+        test = mcnemar_exact(outcomes[a] == "success", outcomes[b] == "success")
+        pairwise.append({"a": a, "b": b, **test})
+    return results, pairwise
+
+
+def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfig, sampling: SamplingConfig,
+                      cfg: DiffusionEvalConfig, planner=None, noise_cfg=None, path_points: int = 64,
+                      progress: bool = False) -> dict:
+    """Run every method on the protocol's episodes; `planner` (a PlannerModule) None skips diffusion."""
+    state, description = protocol_episodes(protocol, world, cfg)
+    occupancy = blob_world.occupancy_grid(world, state)
+    field_ = distance_field(occupancy)
+    paths: dict[str, object] = {}
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    line = line_paths(state.start, state.goal, path_points)
+    paths["line"] = line
+    seconds["line"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    paths["line+refine"] = refine_paths(line, field_, sampling.refine_steps, sampling.refine_step_size,
+                                        sampling.clearance_margin)
+    seconds["line+refine"] = time.perf_counter() - t0
+    if planner is not None:
+        t0 = time.perf_counter()
+        out = plan_with_diffusion(planner.denoiser, PathDiffusion(noise_cfg), occupancy, state.start, state.goal,
+                                  sampling, path_points, world.map_size, progress=progress)
+        paths["diffusion"], paths["diffusion-raw"] = out["paths"], out["raw_paths"]
+        seconds["diffusion"] = seconds["diffusion-raw"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    oracle = expert_mod.plan_episodes(world, state, expert)
+    seconds["oracle"] = time.perf_counter() - t0
+
+    outcomes: dict[str, np.ndarray] = {}
+    steps: dict[str, np.ndarray] = {}
+    order = [m for m in METHODS if m in paths or m == "oracle"]
+    for name in order:
+        if name == "oracle":
+            if protocol == "seed":
+                outcomes[name] = np.array(["success" if p is not None else "no_plan" for p in oracle], dtype=object)
+                steps[name] = np.array([0 if p is None else len(p) - 1 for p in oracle])
+            else:
+                outcomes[name], steps[name] = execute_standard(oracle, world, state, cfg.collision_radius,
+                                                               expert.goal_tolerance)
+        elif protocol == "seed":
+            outcomes[name] = check_seed_protocol(np.asarray(paths[name]), world, state, cfg.collision_radius)
+            steps[name] = np.full(state.batch, path_points - 1)
+        else:
+            outcomes[name], steps[name] = execute_standard(list(np.asarray(paths[name])), world, state,
+                                                           cfg.collision_radius, expert.goal_tolerance)
+    results, pairwise = summarise(outcomes, steps, seconds)
+    return {"protocol": protocol, "episodes": description, "num_episodes": state.batch, "results": results,
+            "pairwise": pairwise}
+
+
+def format_table(result: dict) -> str:
+    """Plain-text table of one protocol's results (for logs and the report)."""
+    lines = [f"protocol {result['protocol']} — {result['episodes']}",
+             f"{'method':<14} {'success':>9} {'rate':>6}  {'95% CI':<15} outcomes"]
+    for name, r in result["results"].items():
+        lo, hi = r["ci95"]
+        other = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if k != "success")
+        lines.append(f"{name:<14} {r['successes']:>4}/{r['episodes']:<4} {100 * r['success_rate']:>5.1f}%  "
+                     f"[{100 * lo:4.1f}, {100 * hi:5.1f}]  {other}")
+    return "\n".join(lines)
