@@ -72,7 +72,8 @@ def test_app_builds_and_sizes_come_from_the_preset():
     assert custom["train"]["gpu"] == "A100-80GB:4" and custom["train"]["timeout"] == 600
     assert custom["eval"]["gpu"] == "L4"
     assert orchestrate.resources_for(load_preset("quick"))["train"]["gpu"] is None  # CPU preset: CPU container
-    for stage, fn in (("collect", modal_app.collect_shard), ("train", modal_app.train), ("eval", modal_app.evaluate_chunk)):
+    for stage, fn in (("collect", modal_app.collect_shard), ("train", modal_app.train),
+                      ("eval", modal_app.evaluate_chunk)):
         fn.with_options(**res[stage])  # every key is a valid with_options argument
 
 

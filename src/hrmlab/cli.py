@@ -63,19 +63,9 @@ def cmd_evaluate(args) -> int:
 # ---------------------------------------------------------------------------------------- run & co.
 def _resolve(args):
     """Preset (default quick) + --set overrides, shrunk by --smoke."""
-    from hrmlab.presets import DEFAULT_PRESET, load_preset
+    from hrmlab.presets import resolve
 
-    cfg = load_preset(args.preset or DEFAULT_PRESET, args.set or [])
-    if getattr(args, "smoke", False):
-        if cfg.family == "diffusion":
-            from hrmlab.diffusion.experiment import smoke as diffusion_smoke
-
-            cfg = diffusion_smoke(cfg)
-        else:
-            from hrmlab.experiment import smoke
-
-            cfg = smoke(cfg)
-    return cfg
+    return resolve(args.preset, args.set or [], smoke=getattr(args, "smoke", False))
 
 
 def _options(args, cfg):

@@ -249,17 +249,15 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
         "seconds": round(time.perf_counter() - t_start, 1),
     }
     _write_json_atomic(opts.out / "results.json", results)
-    _write_report(opts.out)
+    _write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 
 
-def _write_report(run_dir: Path) -> None:
-    try:
-        from hrmlab.report.report import write_report
-    except ImportError:  # the report module is optional at this layer
-        log.warning("report module unavailable; results.json written without report.md")
-        return
-    write_report(run_dir)
+def _write_report(run_dir: Path, animations: int = 2) -> None:
+    """report.md / report.html with charts and (outside smoke runs) episode animations."""
+    from hrmlab.report.report import write_report
+
+    write_report(run_dir, animations=animations)
 
 
 def print_summary(results: dict, cfg: ExperimentConfig) -> None:

@@ -22,7 +22,8 @@ def require_modal():
     try:
         import modal
     except ImportError:
-        raise UserError("the Modal backend needs the modal package; install it with pip install 'hrmlab[modal]'") from None
+        raise UserError("the Modal backend needs the modal package; "
+                        "install it with pip install 'hrmlab[modal]'") from None
     return modal
 
 

@@ -102,7 +102,8 @@ def store_shard(spec, payload: tuple[dict, np.ndarray]) -> dict:
     written = shards.write_npy_atomic(path, array)
     if written["sha256"] != record["sha256"]:
         path.unlink(missing_ok=True)
-        raise RuntimeError(f"shard {record['name']} changed in transit (sha256 {written['sha256']} ≠ {record['sha256']})")
+        raise RuntimeError(f"shard {record['name']} changed in transit "
+                           f"(sha256 {written['sha256']} ≠ {record['sha256']})")
     return record
 
 
@@ -212,18 +213,9 @@ def remote_train_runner(train_remote: TrainRemote, resources: dict, commit_every
 # ------------------------------------------------------------------------------------------- pipeline
 def resolve_config(preset: str, overrides=(), smoke: bool = False):
     """Preset + overrides, shrunk by smoke: the same config `hrmlab run` resolves."""
-    from hrmlab.presets import load_preset
+    from hrmlab.presets import resolve
 
-    cfg = load_preset(preset, list(overrides or ()))
-    if not smoke:
-        return cfg
-    if getattr(cfg, "family", "grid") == "diffusion":
-        from hrmlab.diffusion.experiment import smoke as diffusion_smoke
-
-        return diffusion_smoke(cfg)
-    from hrmlab.experiment import smoke as grid_smoke
-
-    return grid_smoke(cfg)
+    return resolve(preset, overrides, smoke)
 
 
 def run_dir_name(preset: str, smoke: bool = False) -> str:

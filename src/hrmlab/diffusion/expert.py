@@ -351,9 +351,14 @@ def expert_shard(task: dict) -> dict:
     }
 
 
+DATA_FORMAT_VERSION = 1
+"""Part of the data cache key: bump it when episode generation or the shard layout changes."""
+
+
 def expert_data_key(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig) -> str:
     """Hash of exactly the settings that determine the expert data set."""
-    return config_hash({"world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data)})
+    return config_hash({"world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data),
+                        "format": DATA_FORMAT_VERSION})
 
 
 def generate_expert_data(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig,

@@ -34,3 +34,17 @@ def load_preset(name: str, overrides=()):
     from hrmlab.experiment import load_experiment
 
     return load_experiment(data, name, overrides)
+
+
+def resolve(name: str | None, overrides=(), smoke: bool = False):
+    """What `hrmlab run` runs: preset (default `quick`) + `key=value` overrides, shrunk by `smoke`."""
+    cfg = load_preset(name or DEFAULT_PRESET, list(overrides or ()))
+    if not smoke:
+        return cfg
+    if cfg.family == "diffusion":
+        from hrmlab.diffusion.experiment import smoke as diffusion_smoke
+
+        return diffusion_smoke(cfg)
+    from hrmlab.experiment import smoke as grid_smoke
+
+    return grid_smoke(cfg)

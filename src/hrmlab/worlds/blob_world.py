@@ -118,6 +118,10 @@ def reset_seed_exact(cfg: BlobWorldConfig, seeds) -> BlobState:
     return BlobState(static, pos, vel, start, goal)
 
 
+_ENDPOINT_CANDIDATES = 32
+"""Candidate cells drawn for start (and goal): a fixed count, so episodes do not depend on the batch."""
+
+
 def reset_split(cfg: BlobWorldConfig, split: str, indices) -> BlobState:
     """Episodes `indices` of `split` ('train', 'val', 'test'), vectorised; the same whatever the batch."""
     return reset_ids(cfg, seeding.episode_ids(split, indices))
@@ -154,17 +158,14 @@ def reset_ids(cfg: BlobWorldConfig, ids: np.ndarray) -> BlobState:
             vel[:, k, axis] = (draw() - 0.5) * (2 * cfg.max_speed)
     rows = np.arange(b)
     ends = []
-    for _endpoint in range(2):  # start, then goal: redraw (vectorised) while on a disc
-        cell = draw_cell()
-        for _attempt in range(256):
-            bad = static[rows, cell[:, 0], cell[:, 1]]
-            if not bad.any():
-                break
-            cell = np.where(bad[:, None], draw_cell(), cell)
-        else:  # pragma: no cover - needs a map with almost no free cell
-            bad = static[rows, cell[:, 0], cell[:, 1]]
+    for _endpoint in range(2):  # start, then goal: the first of a fixed number of candidates not on a disc
+        candidates = np.stack([draw_cell() for _ in range(_ENDPOINT_CANDIDATES)], axis=1)  # (B, K, 2)
+        free = ~static[rows[:, None], candidates[..., 0], candidates[..., 1]]
+        cell = candidates[rows, free.argmax(axis=1)]
+        none_free = ~free.any(axis=1)
+        if none_free.any():  # pragma: no cover - needs a map almost covered by discs
             first_free = np.argmax(~static.reshape(b, -1), axis=1)
-            cell = np.where(bad[:, None], np.stack([first_free // g, first_free % g], 1), cell)
+            cell = np.where(none_free[:, None], np.stack([first_free // g, first_free % g], 1), cell)
         ends.append(cell.astype(np.int64))
     return BlobState(static, pos, vel, ends[0], ends[1])
 

@@ -1,0 +1,261 @@
+"""Diffusion planner: expert A* (fixture, reference), model sizes, sampler, refinement, evaluation
+protocols, expert shards, training resume and a smoke run of every preset."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hrmlab.backends.local import SerialBackend
+from hrmlab.config import from_dict, to_dict
+from hrmlab.diffusion import evaluate as evaluation
+from hrmlab.diffusion import expert as expert_mod
+from hrmlab.diffusion import train as train_mod
+from hrmlab.diffusion.expert import ExpertConfig, ExpertDataConfig
+from hrmlab.diffusion.expert_reference import plan_reference
+from hrmlab.diffusion.experiment import (DIFFUSION_PRESETS, DiffusionExperimentConfig, diffusion_preset,
+                                         run_diffusion, smoke_config)
+from hrmlab.diffusion.noise import NoiseConfig, PathDiffusion
+from hrmlab.diffusion.refine import distance_field, path_penalty, refine_paths
+from hrmlab.diffusion.sample import SamplingConfig, line_paths, plan_with_diffusion
+from hrmlab.diffusion.unet1d import ModelConfig, build_denoiser, count_parameters
+from hrmlab.worlds import blob_world
+from hrmlab.worlds.blob_world import BlobWorldConfig
+
+WORLD = BlobWorldConfig()
+
+
+# ---------------------------------------------------------------------------------------- expert
+
+
+@pytest.mark.parametrize("forecast_clip", [False, True])
+def test_expert_reproduces_the_fixture_oracle(fixture_path, forecast_clip):
+    data = json.loads(fixture_path("blob_world_seed_episodes.json").read_text())
+    state = blob_world.reset_seed_exact(WORLD, [ep["seed"] for ep in data["episodes"]])
+    paths = expert_mod.plan_episodes(WORLD, state, ExpertConfig(forecast_clip=forecast_clip))
+    for ep, path in zip(data["episodes"], paths):
+        assert (path is not None) == ep["oracle_plan_exists"], ep["seed"]
+        if path is not None:
+            assert len(path) == ep["oracle_path_len"], ep["seed"]
+
+
+def _assert_valid_plan(path, static, traj, start, goal, cfg):
+    assert tuple(path[0]) == tuple(start)
+    assert np.abs(np.diff(path, axis=0)).max() <= 1
+    assert not static[path[:, 0], path[:, 1]].any()
+    for t in range(1, len(path)):
+        assert np.linalg.norm(traj[t] - path[t], axis=-1).min() >= cfg.clearance
+    assert np.linalg.norm(path[-1] - goal) < cfg.goal_tolerance
+    assert len(path) <= cfg.max_steps
+
+
+@pytest.mark.parametrize("wait_cost", [0.0, 0.5])
+def test_numba_expert_equals_the_python_reference(wait_cost):
+    cfg = ExpertConfig(wait_cost=wait_cost)
+    state = blob_world.reset_split(WORLD, "val", np.arange(6))
+    traj = blob_world.trajectory(WORLD, state, cfg.max_steps)
+    for e in range(state.batch):
+        fast = expert_mod.plan(state.static[e], traj[e], state.start[e], state.goal[e], cfg)
+        slow = plan_reference(state.static[e], traj[e], state.start[e], state.goal[e], cfg.max_steps, wait_cost,
+                              cfg.clearance, cfg.goal_tolerance)
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert np.array_equal(fast, slow)
+            _assert_valid_plan(fast, state.static[e], traj[e], state.start[e], state.goal[e], cfg)
+
+
+def test_expert_data_shards_manifest_and_resume(tmp_path):
+    data_cfg = ExpertDataConfig(num_paths=12, paths_per_shard=5)
+    manifest = expert_mod.generate_expert_data(WORLD, ExpertConfig(), data_cfg, tmp_path, SerialBackend(),
+                                               progress=False)
+    info = json.loads(manifest.read_text())
+    assert info["complete"] and info["total_paths"] == 12 and len(info["shards"]) == 3
+    first = expert_mod.load_expert_data(manifest)
+    assert first["paths"].shape == (12, 64, 2) and first["grids"].shape == (12, 64, 64)
+    assert (first["path_cells"] >= data_cfg.min_path_cells).all()
+    assert np.allclose(first["paths"][:, 0], first["start_goal"][:, :2])
+    (tmp_path / info["shards"]["1"]["file"]).unlink()  # a lost shard is regenerated, the rest reused
+    kept = (tmp_path / info["shards"]["0"]["file"]).stat().st_mtime_ns
+    expert_mod.generate_expert_data(WORLD, ExpertConfig(), data_cfg, tmp_path, SerialBackend(), progress=False)
+    assert (tmp_path / info["shards"]["0"]["file"]).stat().st_mtime_ns == kept
+    again = expert_mod.load_expert_data(manifest)
+    for key in first:
+        assert np.array_equal(first[key], again[key])
+
+
+def test_seed_protocol_baselines_and_oracle():
+    """Done-when numbers: oracle 49/50 (1001 has no plan); line + refinement 33/50 (the seed's 66 %)."""
+    result = evaluation.evaluate_protocol("seed", WORLD, ExpertConfig(forecast_clip=False), SamplingConfig(),
+                                          evaluation.DiffusionEvalConfig())
+    r = result["results"]
+    assert r["oracle"]["successes"] == 49 and r["oracle"]["per_episode_success"][1] == 0
+    assert r["line+refine"]["successes"] == 33
+    assert r["line"]["successes"] == 23
+    lo, hi = r["oracle"]["ci95"]
+    assert lo < 0.98 < hi
+    assert {(p["a"], p["b"]) for p in result["pairwise"]} >= {("line", "oracle"), ("line+refine", "oracle")}
+
+
+def test_standard_execution_outcomes():
+    state = blob_world.reset_split(WORLD, "test", np.arange(3))
+    cfg = ExpertConfig()
+    oracle = expert_mod.plan_episodes(WORLD, state, cfg)
+    outcome, steps = evaluation.execute_standard(oracle, WORLD, state, 2.0, cfg.goal_tolerance)
+    assert [o for o, p in zip(outcome, oracle) if p is not None] == ["success"] * sum(p is not None for p in oracle)
+    jumpy = line_paths(state.start, state.goal, 64)
+    jumpy[:, 10:] += 3.0  # a teleport at point 10 (and a wrong end)
+    jumpy[:, -1] = state.goal
+    outcome, _ = evaluation.execute_standard(list(jumpy), WORLD, state, 2.0, cfg.goal_tolerance)
+    assert set(outcome) <= {"infeasible", "static", "collision", "off_map"}
+    outcome, _ = evaluation.execute_standard([None] * 3, WORLD, state, 2.0, cfg.goal_tolerance)
+    assert list(outcome) == ["no_plan"] * 3
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def test_parameter_counts():
+    assert count_parameters(build_denoiser(ModelConfig(conditioning="seed"))) == 4_128_258
+    full = count_parameters(build_denoiser(ModelConfig(conditioning="full")))
+    assert full == 4_128_258 + 512 * 128 + 128
+    assert count_parameters(build_denoiser(ModelConfig(architecture="conv-v1"))) == 528_706
+
+
+def test_seed_conditioning_ignores_start_goal_and_full_uses_it():
+    torch.manual_seed(0)
+    grid = torch.rand(2, 1, 64, 64)
+    sg = torch.rand(2, 4)
+    x, t = torch.randn(2, 2, 64), torch.rand(2, 1)
+    for conditioning, same in (("seed", True), ("full", False)):
+        net = build_denoiser(ModelConfig(conditioning=conditioning, base_channels=16)).eval()
+        with torch.no_grad():
+            a, b = net(x, t, grid, sg), net(x, t, grid, sg + 0.3)
+        assert torch.equal(a, b) == same
+
+
+@pytest.mark.parametrize("formulation", ["interpolation", "seed", "ddpm"])
+def test_sampler_shapes_and_pinned_endpoints(formulation):
+    torch.manual_seed(0)
+    net = build_denoiser(ModelConfig(base_channels=16)).eval()
+    diffusion = PathDiffusion(NoiseConfig(formulation=formulation, steps=3))
+    state = blob_world.reset_split(WORLD, "val", np.arange(3))
+    occupancy = blob_world.occupancy_grid(WORLD, state)
+    out = plan_with_diffusion(net, diffusion, occupancy, state.start, state.goal,
+                              SamplingConfig(num_samples=4, refine_steps=2, episodes_per_batch=2), 32, 64)
+    for key in ("paths", "raw_paths"):
+        assert out[key].shape == (3, 32, 2)
+        assert np.allclose(out[key][:, 0], state.start, atol=1e-4)
+        assert np.allclose(out[key][:, -1], state.goal, atol=1e-4)
+    assert out["scores"].shape == (3,)
+    x0 = torch.rand(5, 2, 16)
+    x_t, t, eps = diffusion.training_example(x0, torch.Generator().manual_seed(0))
+    assert x_t.shape == eps.shape == x0.shape and t.shape == (5, 1) and (t >= 0).all() and (t < 1).all()
+
+
+# ---------------------------------------------------------------------------------------- refinement
+
+
+def _seed_refine_loop(traj, sdf, steps, lr=0.5, margin=3.0):
+    """The seed's per-point loops, as a test oracle for the vectorised refinement."""
+    traj = traj.copy()
+    g = sdf.shape[0]
+    for _ in range(steps):
+        for t in range(1, len(traj) - 1):
+            px, py = int(traj[t, 0]), int(traj[t, 1])
+            if 0 <= px < g and 0 <= py < g and sdf[px, py] < margin:
+                traj[t, 0] += (sdf[min(px + 1, g - 1), py] - sdf[max(px - 1, 0), py]) * lr
+                traj[t, 1] += (sdf[px, min(py + 1, g - 1)] - sdf[px, max(py - 1, 0)]) * lr
+        traj[1:-1] = 0.5 * traj[1:-1] + 0.25 * traj[:-2] + 0.25 * traj[2:]
+    return traj
+
+
+def test_refinement_matches_the_seed_loops_and_reduces_penetration():
+    state = blob_world.reset_seed_exact(WORLD, [1000, 1002])
+    field = distance_field(blob_world.occupancy_grid(WORLD, state))
+    rng = np.random.default_rng(0)
+    paths = line_paths(state.start, state.goal, 64) + rng.normal(0, 1.5, (2, 64, 2))
+    paths[:, 0], paths[:, -1] = state.start, state.goal
+    refined = refine_paths(paths, field, 15)
+    for e in range(2):
+        assert np.allclose(refined[e], _seed_refine_loop(paths[e], field[e], 15))
+    assert np.array_equal(refined[:, [0, -1]], paths[:, [0, -1]])
+    # a straight line grazing a disc: refinement lowers the penalty
+    static = np.zeros((1, 64, 64), dtype=bool)
+    blob_world._stamp_discs(static, np.array([[32, 32]]), np.array([5]))
+    field = distance_field(static)
+    line = line_paths(np.array([[10, 36]]), np.array([[54, 36]]), 64)
+    before = path_penalty(line, field)
+    after = path_penalty(refine_paths(line, field, 40), field)
+    assert after[0] < 0.5 * before[0]
+
+
+# ---------------------------------------------------------------------------------------- training, pipeline
+
+
+def _tiny_data(n=12):
+    rng = np.random.default_rng(0)
+    start_goal = rng.integers(0, 64, (n, 4)).astype(np.float32)
+    paths = np.stack([line_paths(start_goal[:, :2], start_goal[:, 2:], 16)[i] for i in range(n)]).astype(np.float32)
+    return {"grids": rng.random((n, 64, 64)) < 0.1, "start_goal": start_goal, "paths": paths}
+
+
+def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
+    data = _tiny_data()
+    model = ModelConfig(base_channels=16)
+    noise = NoiseConfig(steps=2)
+    cfg = train_mod.DiffusionTrainConfig(steps=4, batch_size=4, checkpoint_every_steps=2, log_every_steps=1)
+    straight = train_mod.train_diffusion(data, model, noise, cfg, 64, tmp_path / "straight", progress=False)
+
+    original = train_mod.DiffusionHooks.after_step
+
+    def killed_at_step_3(self, m, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        original(self, m, step)
+
+    monkeypatch.setattr(train_mod.DiffusionHooks, "after_step", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train_diffusion(data, model, noise, cfg, 64, tmp_path / "resumed", progress=False)
+    assert (tmp_path / "resumed" / "last.pt").exists() and not (tmp_path / "resumed" / "planner.pt").exists()
+    monkeypatch.setattr(train_mod.DiffusionHooks, "after_step", original)
+    resumed = train_mod.train_diffusion(data, model, noise, cfg, 64, tmp_path / "resumed", progress=False)
+    a, _, _ = train_mod.load_planner(straight)
+    b, _, _ = train_mod.load_planner(resumed)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert float(b.coord_scale) == 64.0
+
+
+def test_configs_round_trip_through_plain_dicts():
+    for name in DIFFUSION_PRESETS:
+        cfg = diffusion_preset(name)
+        assert from_dict(DiffusionExperimentConfig, to_dict(cfg)) == cfg
+    assert diffusion_preset("diffusion-v2").model.conditioning == "seed"
+    assert diffusion_preset("diffusion-cpu").noise.formulation == "interpolation"
+
+
+def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
+    cfg = diffusion_preset("diffusion-cpu")
+    results = run_diffusion(cfg, tmp_path / "run", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
+    json.dumps(results)  # serialisable
+    assert results["protocol"] == "seed" and set(results["by_protocol"]) == {"seed", "standard"}
+    small = smoke_config(cfg)
+    for name in ("diffusion", "diffusion-raw", "line", "line+refine", "oracle"):
+        r = results["results"][name]
+        assert r["episodes"] == small.eval.seed_episodes and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
+        assert results["by_protocol"]["standard"]["results"][name]["episodes"] == small.eval.test_episodes
+    assert (tmp_path / "run" / "results.json").exists()
+    planner = next((tmp_path / "cache" / "diffusion" / "train").glob("*/planner.pt"))
+    stamp = planner.stat().st_mtime_ns
+    again = run_diffusion(cfg, tmp_path / "run2", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
+    assert planner.stat().st_mtime_ns == stamp  # every stage came from the cache
+    assert again["results"] == results["results"]
+
+
+@pytest.mark.parametrize("name", ["diffusion-v0", "diffusion-v2"])
+def test_smoke_run_of_the_seed_presets(tmp_path, name):
+    results = run_diffusion(diffusion_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
+                            smoke=True, progress=False)
+    assert results["model"]["architecture"] == ("conv-v1" if name == "diffusion-v0" else "unet-v2")
+    assert results["results"]["oracle"]["episodes"] == 4
