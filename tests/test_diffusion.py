@@ -233,19 +233,33 @@ def test_configs_round_trip_through_plain_dicts():
         assert from_dict(DiffusionExperimentConfig, to_dict(cfg)) == cfg
     assert diffusion_preset("diffusion-v2").model.conditioning == "seed"
     assert diffusion_preset("diffusion-cpu").noise.formulation == "interpolation"
+    from hrmlab.diffusion.experiment import stage_keys
+
+    base = diffusion_preset("diffusion-cpu")
+    resampled = diffusion_preset("diffusion-cpu")
+    resampled.noise.eta, resampled.noise.steps, resampled.sampling.num_samples = 0.0, 50, 3
+    a, b = stage_keys(base), stage_keys(resampled)
+    assert a["expert_data"] == b["expert_data"] and a["train"] == b["train"] and a["eval"] != b["eval"]
 
 
 def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
     cfg = diffusion_preset("diffusion-cpu")
     results = run_diffusion(cfg, tmp_path / "run", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
     json.dumps(results)  # serialisable
-    assert results["protocol"] == "seed" and set(results["by_protocol"]) == {"seed", "standard"}
+    assert results["primary_protocol"] == results["protocol"] == "standard"
+    assert set(results["evaluations"]) == {"seed", "standard"}
     small = smoke_config(cfg)
     for name in ("diffusion", "diffusion-raw", "line", "line+refine", "oracle"):
         r = results["results"][name]
-        assert r["episodes"] == small.eval.seed_episodes and 0 <= r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
-        assert results["by_protocol"]["standard"]["results"][name]["episodes"] == small.eval.test_episodes
-    assert (tmp_path / "run" / "results.json").exists()
+        assert r["episodes"] == small.eval.test_episodes
+        assert 0 <= r["ci95"][0] <= r["success_rate"] + 1e-12 and r["success_rate"] <= r["ci95"][1]
+        assert results["evaluations"]["seed"]["results"][name]["episodes"] == small.eval.seed_episodes
+    assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "config.yaml").exists()
+    assert len(results["records"]) == 2  # one per protocol in a smoke run
+    from hrmlab.report.animate import load_diffusion_record
+
+    record = load_diffusion_record(tmp_path / "run" / results["records"][0])
+    assert record["best"].shape == (64, 2) and record["obstacles"].shape[0] == 64
     planner = next((tmp_path / "cache" / "diffusion" / "train").glob("*/planner.pt"))
     stamp = planner.stat().st_mtime_ns
     again = run_diffusion(cfg, tmp_path / "run2", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
@@ -258,4 +272,23 @@ def test_smoke_run_of_the_seed_presets(tmp_path, name):
     results = run_diffusion(diffusion_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
                             smoke=True, progress=False)
     assert results["model"]["architecture"] == ("conv-v1" if name == "diffusion-v0" else "unet-v2")
-    assert results["results"]["oracle"]["episodes"] == 4
+    assert results["primary_protocol"] == "seed" and results["results"]["oracle"]["episodes"] == 4
+
+
+def test_preset_loading_and_the_cli_pipeline_entry(tmp_path):
+    from hrmlab.diffusion.experiment import (describe_diffusion, load_diffusion_experiment, print_diffusion_summary,
+                                             run_diffusion_pipeline, smoke)
+    from hrmlab.errors import UserError
+    from hrmlab.pipeline import RunOptions
+
+    data = {k: v for k, v in to_dict(diffusion_preset("diffusion-v2")).items() if k != "name"}
+    cfg = load_diffusion_experiment(data, "diffusion-v2", ["model.conditioning=full"])
+    assert cfg.name == "diffusion-v2" and cfg.family == "diffusion" and cfg.model.conditioning == "full"
+    assert "4,193,922 params" in describe_diffusion(cfg)
+    with pytest.raises(UserError):
+        load_diffusion_experiment({"family": "diffusion", "eval": {"protocols": ["seed-v9"]}}, "bad")
+    opts = RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1, progress=False)
+    results = run_diffusion_pipeline(smoke(cfg), opts)
+    assert results["smoke"] and results["seconds"] >= 0
+    assert (tmp_path / "run" / "report.md").exists()
+    print_diffusion_summary(results)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from hrmlab.diffusion import expert as expert_mod
 from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.expert_reference import plan_reference, plan_seed_style

@@ -49,8 +49,8 @@ METHODS = ("diffusion", "diffusion-raw", "line", "line+refine", "oracle")
 class DiffusionEvalConfig:
     """Which protocols to run and on how many episodes."""
 
-    protocols: list[str] = field(default_factory=lambda: ["seed", "standard"])
-    """Protocols to run, in order (the first is the headline in results): seed, standard."""
+    protocols: list[str] = field(default_factory=lambda: ["standard", "seed"])
+    """Protocols to run, in order; the first is the run's primary (headline) protocol: standard, seed."""
     seed_first: int = 1000
     """First legacy seed of the seed protocol (the original: 1000)."""
     seed_episodes: int = 50
@@ -59,6 +59,8 @@ class DiffusionEvalConfig:
     """Test-split episodes of the standard protocol."""
     collision_radius: float = 2.0
     """A point closer than this to an obstacle fails (the seed: the obstacle radius 2)."""
+    records: int = 2
+    """Episodes per protocol saved as .npz records for the report's animations (0: none)."""
 
 
 def protocol_episodes(protocol: str, world: BlobWorldConfig, cfg: DiffusionEvalConfig) -> tuple:
@@ -157,13 +159,18 @@ def summarise(outcomes: dict, steps: dict, plan_seconds: dict) -> tuple[dict, li
 
 def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfig, sampling: SamplingConfig,
                       cfg: DiffusionEvalConfig, planner=None, noise_cfg=None, path_points: int = 64,
-                      progress: bool = False) -> dict:
-    """Run every method on the protocol's episodes; `planner` (a PlannerModule) None skips diffusion."""
+                      progress: bool = False, record_dir=None, records: int = 0) -> dict:
+    """Run every method on the protocol's episodes; `planner` (a PlannerModule) None skips diffusion.
+
+    With `record_dir` and `records` > 0, that many episodes (those where diffusion and line+refine
+    disagree first) are saved as `.npz` records for `hrmlab.report.animate.render_diffusion`; their
+    file names are listed under the result's `records`."""
     state, description = protocol_episodes(protocol, world, cfg)
     occupancy = blob_world.occupancy_grid(world, state)
     field_ = distance_field(occupancy)
     paths: dict[str, object] = {}
     seconds: dict[str, float] = {}
+    samples = None
 
     t0 = time.perf_counter()
     line = line_paths(state.start, state.goal, path_points)
@@ -178,6 +185,7 @@ def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfi
         out = plan_with_diffusion(planner.denoiser, PathDiffusion(noise_cfg), occupancy, state.start, state.goal,
                                   sampling, path_points, world.map_size, progress=progress)
         paths["diffusion"], paths["diffusion-raw"] = out["paths"], out["raw_paths"]
+        samples = out["samples"]
         seconds["diffusion"] = seconds["diffusion-raw"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     oracle = expert_mod.plan_episodes(world, state, expert)
@@ -201,13 +209,47 @@ def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfi
             outcomes[name], steps[name] = execute_standard(list(np.asarray(paths[name])), world, state,
                                                            cfg.collision_radius, expert.goal_tolerance)
     results, pairwise = summarise(outcomes, steps, seconds)
-    return {"protocol": protocol, "episodes": description, "num_episodes": state.batch, "results": results,
-            "pairwise": pairwise}
+    first = cfg.seed_first if protocol == "seed" else 0
+    result = {"protocol": protocol, "episodes": {"start": first, "count": state.batch, "description": description},
+              "results": results, "pairwise": pairwise}
+    if record_dir is not None and records > 0 and "diffusion" in paths:
+        result["records"] = write_records(record_dir, protocol, world, state, paths["diffusion"], samples, oracle,
+                                          outcomes, records, cfg.collision_radius)
+    return result
+
+
+def write_records(record_dir, protocol: str, world: BlobWorldConfig, state: blob_world.BlobState,
+                  best: np.ndarray, samples: np.ndarray, oracle: list, outcomes: dict, count: int,
+                  radius: float) -> list[str]:
+    """Save `count` episodes as render_diffusion records; returns the file names."""
+    from pathlib import Path
+
+    record_dir = Path(record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    disagree = outcomes["diffusion"] != outcomes["line+refine"]
+    order = np.concatenate([np.nonzero(disagree)[0], np.nonzero(~disagree)[0]])[:count]
+    length = best.shape[1]
+    offset = 1 if protocol == "seed" else 0  # point k is checked after k + offset physics steps
+    traj = blob_world.trajectory(world, state, length + offset)[:, offset:offset + length]
+    names = []
+    for e in order:
+        e = int(e)
+        record = {"static": state.static[e], "obstacles": traj[e], "samples": samples[e], "best": best[e],
+                  "start": state.start[e], "goal": state.goal[e], "radius": np.float64(radius),
+                  "title": f"{protocol} episode {e}: diffusion {outcomes['diffusion'][e]}, "
+                           f"line+refine {outcomes['line+refine'][e]}",
+                  "outcome": str(outcomes["diffusion"][e])}
+        if oracle[e] is not None:
+            record["oracle"] = oracle[e]
+        name = f"{protocol}-episode-{e:04d}.npz"
+        np.savez(record_dir / name, **record)
+        names.append(name)
+    return names
 
 
 def format_table(result: dict) -> str:
     """Plain-text table of one protocol's results (for logs and the report)."""
-    lines = [f"protocol {result['protocol']} — {result['episodes']}",
+    lines = [f"protocol {result['protocol']} — {result['episodes']['description']}",
              f"{'method':<14} {'success':>9} {'rate':>6}  {'95% CI':<15} outcomes"]
     for name, r in result["results"].items():
         lo, hi = r["ci95"]

@@ -19,14 +19,16 @@ import copy
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from hrmlab.config import config_hash, to_dict
+from hrmlab.config import apply_overrides, config_hash, from_dict, save_yaml, to_dict
 from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion.evaluate import DiffusionEvalConfig
 from hrmlab.diffusion.expert import (ExpertConfig, ExpertDataConfig, expert_data_key, generate_expert_data,
@@ -46,11 +48,15 @@ class DiffusionExperimentConfig:
     """One diffusion-planner experiment. Defaults: the seed's v2 recipe with its bugs fixed."""
 
     name: str = "diffusion"
-    """Experiment name (shown in results and reports)."""
+    """Preset name (set by the loader; shown in results and reports)."""
     description: str = ""
-    """One line on what this configuration is and where its numbers come from."""
-    published_success: float | None = None
-    """The seed README's success rate for this configuration (50 episodes), for comparison; None if none."""
+    """One line for `hrmlab presets`."""
+    provenance: str = ""
+    """Which seed script this preset re-creates, and any deliberate deviation."""
+    published: dict = field(default_factory=dict)
+    """The seed's published numbers for this experiment (free text, quoted in reports)."""
+    family: Literal["diffusion"] = "diffusion"
+    """Experiment family (grid presets use `hrmlab.experiment`)."""
     torch_threads: int = 0
     """Torch CPU threads for training and sampling; 0 leaves torch's default (one per core)."""
     world: BlobWorldConfig = field(default_factory=BlobWorldConfig)
@@ -81,13 +87,18 @@ def diffusion_v2() -> DiffusionExperimentConfig:
         name="diffusion-v2",
         description="the seed's diffusion_cloud.py: ConditionalUnet1D (4,128,258 params), 5,000 expert paths, "
                     "2,000 full-batch steps with EMA, 10 samples × 100 DDPM steps, 40 refinement steps",
-        published_success=0.60,
+        provenance="diffusion_cloud.py (v2); seed conditioning, clipped-cosine DDPM sampler and the planner's "
+                   "unclipped roll-out kept as the seed had them; expert paths come from the train split (the "
+                   "seed's worker streams contained its evaluation worlds)",
+        published={"diffusion": "60% (50 episodes)", "oracle": "98% (49/50)", "line+refine": "66% (not published; "
+                   "a straight line through the same refinement)"},
         expert=ExpertConfig(forecast_clip=False),
         data=ExpertDataConfig(num_paths=5000, paths_per_shard=100),
         model=ModelConfig(architecture="unet-v2", conditioning="seed"),
         noise=NoiseConfig(formulation="seed", steps=100),
         train=DiffusionTrainConfig(steps=2000, batch_size=0),
         sampling=SamplingConfig(num_samples=10, refine_steps=40),
+        eval=DiffusionEvalConfig(protocols=["seed", "standard"]),
     )
 
 
@@ -98,13 +109,15 @@ def diffusion_v1() -> DiffusionExperimentConfig:
         name="diffusion-v1",
         description="v1 rebuilt from the README (overwritten in the seed): 528,706-param conv denoiser, "
                     "2,500 paths, 1,000 full-batch steps, 50-step linear DDPM, 5 samples, 20 refinement steps",
-        published_success=0.64,
+        provenance="diffusion_cloud.py v1, overwritten in the seed; rebuilt from the README's description",
+        published={"diffusion": "64% (50 episodes)"},
         expert=ExpertConfig(forecast_clip=False),
         data=ExpertDataConfig(num_paths=2500, paths_per_shard=100),
         model=ModelConfig(architecture="conv-v1", conditioning="full"),
         noise=NoiseConfig(formulation="ddpm", steps=50),
         train=DiffusionTrainConfig(steps=1000, batch_size=0, ema_decay=0.999),
         sampling=SamplingConfig(num_samples=5, refine_steps=20),
+        eval=DiffusionEvalConfig(protocols=["seed", "standard"]),
     )
 
 
@@ -114,7 +127,8 @@ def diffusion_v0() -> DiffusionExperimentConfig:
     cfg.name = "diffusion-v0"
     cfg.description = ("v0 rebuilt from the README (overwritten in the seed): v1's denoiser and sampler, "
                        "500 paths, 100 training steps")
-    cfg.published_success = 0.20
+    cfg.provenance = "diffusion_cloud.py v0, overwritten in the seed; rebuilt from the README's description"
+    cfg.published = {"diffusion": "20% (50 episodes)"}
     cfg.data = ExpertDataConfig(num_paths=500, paths_per_shard=100)
     cfg.train = DiffusionTrainConfig(steps=100, batch_size=0, checkpoint_every_steps=50)
     return cfg
@@ -126,12 +140,15 @@ def diffusion_cpu() -> DiffusionExperimentConfig:
         name="diffusion-cpu",
         description="corrected v2 recipe at CPU size: ConditionalUnet1D width 32 with start/goal conditioning, "
                     "consistent 20-step sampler, 2,000 expert paths, 1,500 steps of batch 64, 8 samples",
+        provenance="new; the v2 recipe with its bugs fixed, at laptop size",
+        published={"note": "no seed counterpart; compare diffusion with line+refine and the oracle"},
+        torch_threads=1,  # a shared 2-core machine: two torch threads oversubscribe as soon as anything else runs
         data=ExpertDataConfig(num_paths=2000, paths_per_shard=100),
         model=ModelConfig(architecture="unet-v2", conditioning="full", base_channels=32),
         noise=NoiseConfig(formulation="interpolation", steps=20),
         train=DiffusionTrainConfig(steps=1500, batch_size=64, checkpoint_every_steps=250),
         sampling=SamplingConfig(num_samples=8, refine_steps=40, episodes_per_batch=25),
-        eval=DiffusionEvalConfig(protocols=["seed", "standard"], test_episodes=500),
+        eval=DiffusionEvalConfig(protocols=["standard", "seed"], test_episodes=500),
     )
 
 
@@ -140,9 +157,20 @@ DIFFUSION_PRESETS = {"diffusion-v0": diffusion_v0, "diffusion-v1": diffusion_v1,
 
 
 def diffusion_preset(name: str) -> DiffusionExperimentConfig:
+    """One of the ready configs above (the YAML presets hold the same settings)."""
     if name not in DIFFUSION_PRESETS:
         raise UserError(f"unknown diffusion preset {name!r}; valid choices: {', '.join(DIFFUSION_PRESETS)}")
     return DIFFUSION_PRESETS[name]()
+
+
+def load_diffusion_experiment(data: dict, name: str, overrides=()) -> DiffusionExperimentConfig:
+    """Preset dict (a YAML file's contents) → config, with `key=value` overrides applied."""
+    cfg = from_dict(DiffusionExperimentConfig, {**data, "name": name})
+    cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    for protocol in cfg.eval.protocols:
+        if protocol not in ("seed", "standard"):
+            raise UserError(f"unknown diffusion protocol {protocol!r} in eval.protocols; valid choices: seed, standard")
+    return cfg
 
 
 def smoke_config(cfg: DiffusionExperimentConfig) -> DiffusionExperimentConfig:
@@ -157,7 +185,22 @@ def smoke_config(cfg: DiffusionExperimentConfig) -> DiffusionExperimentConfig:
     cfg.sampling.num_samples = 2
     cfg.sampling.refine_steps = min(cfg.sampling.refine_steps, 5)
     cfg.eval.seed_episodes, cfg.eval.test_episodes = 4, 6
+    cfg.eval.records = min(cfg.eval.records, 1)
     return cfg
+
+
+smoke = smoke_config  # the name `hrmlab.presets.resolve` calls
+
+
+def describe_diffusion(cfg: DiffusionExperimentConfig) -> str:
+    """One line for `hrmlab presets`: model size, data, training, sampling, protocols."""
+    from hrmlab.diffusion.unet1d import build_denoiser
+
+    params = count_parameters(build_denoiser(cfg.model, cfg.world.map_size))
+    batch = "full-batch" if cfg.train.batch_size <= 0 else f"batch {cfg.train.batch_size}"
+    return (f"{cfg.model.architecture} ({cfg.model.conditioning} conditioning) {params:,} params · "
+            f"{cfg.data.num_paths:,} expert paths · {cfg.train.steps:,} {batch} steps · {cfg.sampling.num_samples} "
+            f"samples × {cfg.noise.steps} {cfg.noise.formulation} steps · protocols {' + '.join(cfg.eval.protocols)}")
 
 
 # ------------------------------------------------------------------------------------------ pipeline
@@ -171,10 +214,18 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def training_noise(noise: NoiseConfig) -> dict:
+    """The noise settings training depends on (sampler-only settings change no trained weights)."""
+    fields = {"formulation": noise.formulation}
+    if noise.formulation == "ddpm":
+        fields.update(steps=noise.steps, beta_start=noise.beta_start, beta_end=noise.beta_end)
+    return fields
+
+
 def stage_keys(cfg: DiffusionExperimentConfig) -> dict:
     """Cache keys of the three stages (hashes of exactly the settings each depends on)."""
     data_key = expert_data_key(cfg.world, cfg.expert, cfg.data)
-    train_key = config_hash({"data": data_key, "model": to_dict(cfg.model), "noise": to_dict(cfg.noise),
+    train_key = config_hash({"data": data_key, "model": to_dict(cfg.model), "noise": training_noise(cfg.noise),
                              "train": to_dict(cfg.train)})
     eval_key = config_hash({"train": train_key, "world": to_dict(cfg.world), "expert": to_dict(cfg.expert),
                             "sampling": to_dict(cfg.sampling), "eval": to_dict(cfg.eval),
@@ -185,15 +236,20 @@ def stage_keys(cfg: DiffusionExperimentConfig) -> dict:
 def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, smoke: bool = False,
                   progress: bool = True) -> dict:
     """Expert data → training → evaluation; returns the JSON-serialisable results (also written to
-    run_dir/results.json). The headline protocol (eval.protocols[0]) is at the top level, every
-    protocol under `by_protocol`."""
+    run_dir/results.json, with the resolved config in run_dir/config.yaml).
+
+    Results: `evaluations` maps each protocol to {protocol, episodes, results: {method: {successes,
+    episodes, success_rate, ci95, outcomes, …}}, pairwise: [McNemar per pair]}; the headline protocol
+    (eval.protocols[0], `primary_protocol`) is repeated at the top level as `protocol`, `results`,
+    `pairwise`. `records` lists the .npz episode records written for animations."""
     if smoke:
         cfg = smoke_config(cfg)
     if not cfg.eval.protocols:
         raise UserError("eval.protocols is empty; valid protocols: seed, standard")
+    t_start = time.perf_counter()
     run_dir, cache = Path(run_dir), Path(cache_root) / "diffusion"
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "config.json", to_dict(cfg))
+    save_yaml(cfg, run_dir / "config.yaml")
     keys = stage_keys(cfg)
     old_threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
@@ -204,48 +260,98 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         manifest = generate_expert_data(cfg.world, cfg.expert, cfg.data, cache / "expert" / keys["expert_data"],
                                         backend, progress=progress)
         data = load_expert_data(manifest)
-        timings["expert_data_s"] = time.perf_counter() - t0
+        timings["expert_data_s"] = round(time.perf_counter() - t0, 1)
         log.info("expert data: %d paths (%s)", len(data["paths"]), manifest.parent)
 
         t0 = time.perf_counter()
-        planner_path = train_diffusion(data, cfg.model, cfg.noise, cfg.train, cfg.world.map_size,
-                                       cache / "train" / keys["train"], progress=progress)
-        timings["train_s"] = time.perf_counter() - t0
-        planner, model_cfg, noise_cfg = load_planner(planner_path)
+        train_dir = cache / "train" / keys["train"]
+        planner_path = train_diffusion(data, cfg.model, cfg.noise, cfg.train, cfg.world.map_size, train_dir,
+                                       progress=progress)
+        timings["train_s"] = round(time.perf_counter() - t0, 1)
+        device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
+            "cpu" if cfg.train.device == "auto" else cfg.train.device)
+        planner, model_cfg, trained_noise = load_planner(planner_path, device=device)
+        noise_cfg = cfg.noise  # sampling follows this run's settings; training fixed only these:
+        if training_noise(trained_noise) != training_noise(noise_cfg):
+            raise RuntimeError(f"{planner_path} was trained with {trained_noise}, not {noise_cfg}; corrupt cache?")
 
-        by_protocol = {}
+        evaluations, records = {}, []
         t0 = time.perf_counter()
+        eval_dir = cache / "eval" / keys["eval"]
         for protocol in cfg.eval.protocols:
-            cached = cache / "eval" / keys["eval"] / f"results-{protocol}.json"
+            cached = eval_dir / f"results-{protocol}.json"
             if cached.exists():
                 result = json.loads(cached.read_text())
             else:
                 result = evaluation.evaluate_protocol(protocol, cfg.world, cfg.expert, cfg.sampling, cfg.eval,
                                                       planner=planner, noise_cfg=noise_cfg,
-                                                      path_points=cfg.data.path_points, progress=progress)
+                                                      path_points=cfg.data.path_points, progress=progress,
+                                                      record_dir=eval_dir / "records", records=cfg.eval.records)
                 _write_json(cached, result)
+            for name in result.get("records", []):
+                (run_dir / "records").mkdir(exist_ok=True)
+                shutil.copyfile(eval_dir / "records" / name, run_dir / "records" / name)
+                records.append(f"records/{name}")
             log.info("%s\n%s", cfg.name, evaluation.format_table(result))
-            by_protocol[protocol] = result
-        timings["eval_s"] = time.perf_counter() - t0
+            evaluations[protocol] = result
+        timings["eval_s"] = round(time.perf_counter() - t0, 1)
     finally:
         torch.set_num_threads(old_threads)
-    head = by_protocol[cfg.eval.protocols[0]]
+    primary = cfg.eval.protocols[0]
+    head = evaluations[primary]
     results = {
-        "experiment": cfg.name,
+        "preset": cfg.name,
+        "family": "diffusion",
+        "description": cfg.description,
+        "provenance": cfg.provenance,
+        "published": cfg.published,
         "smoke": smoke,
         "config_hash": config_hash(cfg),
         "stage_keys": keys,
+        "primary_protocol": primary,
+        "evaluations": evaluations,
         "protocol": head["protocol"],
         "episodes": head["episodes"],
         "results": head["results"],
         "pairwise": head["pairwise"],
-        "by_protocol": by_protocol,
-        "published_success": cfg.published_success,
         "model": {"architecture": model_cfg.architecture, "conditioning": model_cfg.conditioning,
-                  "parameters": count_parameters(planner.denoiser)},
+                  "parameters": count_parameters(planner.denoiser), "checkpoint": str(planner_path)},
         "noise": to_dict(noise_cfg),
         "expert_paths": int(len(data["paths"])),
+        "training": {"diffusion": {"metrics": str(train_dir / "metrics.jsonl"), "steps": cfg.train.steps}},
+        "records": records,
         "timings": timings,
+        "seconds": round(time.perf_counter() - t_start, 1),
     }
     _write_json(run_dir / "results.json", results)
     return results
+
+
+def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts) -> dict:
+    """`hrmlab run` for a diffusion preset: `opts` is the pipeline's RunOptions (out, cache, smoke, workers,
+    progress); `cfg` is already shrunk when opts.smoke. Writes results.json and the report."""
+    from hrmlab.backends.local import make_backend
+    from hrmlab.report.report import write_report
+
+    results = run_diffusion(cfg, opts.out, opts.cache, make_backend(opts.workers), smoke=False,
+                            progress=opts.progress)
+    results["smoke"] = bool(opts.smoke)
+    _write_json(Path(opts.out) / "results.json", results)
+    write_report(opts.out, animations=0 if opts.smoke else 2)
+    return results
+
+
+def print_diffusion_summary(results: dict) -> None:
+    """The console summary of `hrmlab run` for a diffusion preset."""
+    for protocol, result in results["evaluations"].items():
+        print()
+        print(evaluation.format_table(result))
+        significant = [p for p in result["pairwise"] if p["p_value"] < 0.05 and "diffusion" in (p["a"], p["b"])]
+        for p in significant:
+            winner = p["a"] if p["a_only"] > p["b_only"] else p["b"]
+            print(f"  {p['a']} vs {p['b']}: {winner} better (exact McNemar p = {p['p_value']:.3g})")
+    if results.get("published"):
+        print("\npublished by the seed: " + "; ".join(f"{k}: {v}" for k, v in results["published"].items()))
+    model = results["model"]
+    print(f"model: {model['architecture']} ({model['conditioning']} conditioning), {model['parameters']:,} "
+          f"parameters; {results['expert_paths']:,} expert paths")

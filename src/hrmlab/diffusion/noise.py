@@ -3,9 +3,11 @@
 Three formulations, chosen by `NoiseConfig.formulation`:
 
 * `interpolation` (default): training draws t ~ U[0, 1) and x_t = (1 − t)·x₀ + t·ε and the network
-  predicts ε. Sampling is the matching deterministic sampler: from x₁ ~ N(0, I), for t → t' on a uniform
-  grid, x̂₀ = (x_t − t·ε̂)/(1 − t) (clipped to the map), endpoints pinned on x̂₀, then
-  x_t' = (1 − t')·x̂₀ + t'·ε̂ — DDIM for this interpolation, i.e. Euler steps of its probability-flow ODE.
+  predicts ε. Sampling is the matching sampler: from x₁ ~ N(0, I), for t → t' on a uniform grid,
+  x̂₀ = (x_t − t·ε̂)/(1 − t) (clipped to the map), endpoints pinned on x̂₀, then
+  x_t' = (1 − t')·x̂₀ + t'·ε̂ — DDIM for this interpolation, i.e. Euler steps of its probability-flow
+  ODE; with `eta` > 0 part of t'·ε̂ is replaced by fresh noise (η = 1: the DDPM posterior q(x_t' | x_t, x̂₀)
+  of this process).
 * `seed`: the seed's mismatch — the same training, but sampling with a DDPM whose betas come from a
   cosine ᾱ schedule clipped to [1e-4, 0.02], network time input i/steps, endpoints reset to the clean
   start/goal after every step.
@@ -40,6 +42,10 @@ class NoiseConfig:
     """ddpm: last beta of the linear schedule, given for 1000 steps (scaled by 1000/steps)."""
     clip_x0: bool = True
     """interpolation: clip the predicted clean path into the map [0, 1] before each step."""
+    eta: float = 1.0
+    """interpolation: 1 = ancestral steps, the DDPM posterior q(x_t' | x_t, x̂₀) of the same process;
+    0 = deterministic DDIM steps; in between scales the injected noise (DDIM's η). η = 1 is the default
+    because it measured better (diffusion-cpu: seed protocol 37/50 vs 35/50, standard 56/500 vs 18/500)."""
 
 
 def cosine_clipped_betas(steps: int, s: float = 0.008) -> torch.Tensor:
@@ -103,7 +109,14 @@ class PathDiffusion:
                 if self.cfg.clip_x0:
                     x0 = x0.clamp(0.0, 1.0)
                 x0 = _pin(x0, start, goal)
-                x = (1 - t_next) * x0 + t_next * eps
+                if self.cfg.eta > 0 and t_next > 0:
+                    # DDIM(η) for α_t = 1 − t, σ_t = t: c² = η² σ²_{t'} (1 − (α_t σ_{t'} / (α_{t'} σ_t))²)
+                    ratio = ((1 - t) * t_next) / ((1 - t_next) * t)
+                    c = self.cfg.eta * t_next * math.sqrt(max(0.0, 1 - ratio * ratio))
+                    noise = torch.randn(shape, generator=generator, device=device, dtype=dtype)
+                    x = (1 - t_next) * x0 + math.sqrt(max(0.0, t_next * t_next - c * c)) * eps + c * noise
+                else:
+                    x = (1 - t_next) * x0 + t_next * eps
             return _pin(x, start, goal)
         betas, alphas, alpha_bars = (a.to(device, dtype) for a in (self.betas, self.alphas, self.alpha_bars))
         for i in reversed(range(n)):

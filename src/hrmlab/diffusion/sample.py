@@ -52,7 +52,7 @@ def refine_and_pick(samples: np.ndarray, field: np.ndarray, cfg: SamplingConfig)
     raw_best = raw_scores.argmin(axis=1)
     rows = np.arange(b)
     return {"paths": refined.reshape(b, s, length, 2)[rows, best], "scores": scores[rows, best],
-            "raw_paths": samples[rows, raw_best], "raw_scores": raw_scores[rows, raw_best]}
+            "raw_paths": samples[rows, raw_best], "raw_scores": raw_scores[rows, raw_best], "samples": samples}
 
 
 @torch.no_grad()
@@ -76,8 +76,9 @@ def sample_paths(denoiser: torch.nn.Module, diffusion: PathDiffusion, occupancy:
 def plan_with_diffusion(denoiser: torch.nn.Module, diffusion: PathDiffusion, occupancy: np.ndarray,
                         start: np.ndarray, goal: np.ndarray, cfg: SamplingConfig, points: int,
                         map_size: int, progress: bool = False) -> dict:
-    """Best refined diffusion path per episode (B, points, 2) plus the best raw (unrefined) sample,
-    processed `episodes_per_batch` episodes at a time with a generator seeded by `cfg.seed`."""
+    """Best refined diffusion path per episode (`paths`, (B, points, 2)), its `scores`, the best raw
+    (unrefined) sample (`raw_paths`, `raw_scores`) and all raw `samples` (B, S, points, 2), processed
+    `episodes_per_batch` episodes at a time with a generator seeded by `cfg.seed`."""
     from tqdm import tqdm
 
     device = next(denoiser.parameters()).device
