@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from hrmlab.errors import UserError

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from hrmlab.config import config_hash, save_yaml, to_dict
 from hrmlab.errors import UserError
-from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
 from hrmlab.experiment import ExperimentConfig
 from hrmlab.forecast.registry import ForecasterSpec

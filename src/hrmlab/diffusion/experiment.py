@@ -80,87 +80,17 @@ class DiffusionExperimentConfig:
 # ------------------------------------------------------------------------------------------ presets
 
 
-def diffusion_v2() -> DiffusionExperimentConfig:
-    """The seed's diffusion_cloud.py (v2), quirks included; fix them with model.conditioning=full,
-    noise.formulation=interpolation, expert.forecast_clip=true."""
-    return DiffusionExperimentConfig(
-        name="diffusion-v2",
-        description="the seed's diffusion_cloud.py: ConditionalUnet1D (4,128,258 params), 5,000 expert paths, "
-                    "2,000 full-batch steps with EMA, 10 samples × 100 DDPM steps, 40 refinement steps",
-        provenance="diffusion_cloud.py (v2); seed conditioning, clipped-cosine DDPM sampler and the planner's "
-                   "unclipped roll-out kept as the seed had them; expert paths come from the train split (the "
-                   "seed's worker streams contained its evaluation worlds)",
-        published={"diffusion": "60% (50 episodes)", "oracle": "98% (49/50)", "line+refine": "66% (not published; "
-                   "a straight line through the same refinement)"},
-        expert=ExpertConfig(forecast_clip=False),
-        data=ExpertDataConfig(num_paths=5000, paths_per_shard=100),
-        model=ModelConfig(architecture="unet-v2", conditioning="seed"),
-        noise=NoiseConfig(formulation="seed", steps=100),
-        train=DiffusionTrainConfig(steps=2000, batch_size=0),
-        sampling=SamplingConfig(num_samples=10, refine_steps=40),
-        eval=DiffusionEvalConfig(protocols=["seed", "standard"]),
-    )
-
-
-def diffusion_v1() -> DiffusionExperimentConfig:
-    """v1 rebuilt from the seed README: ≈500k conv denoiser, 2,500 paths, 1,000 steps, 50-step linear
-    DDPM, 5 samples, 20 refinement steps."""
-    return DiffusionExperimentConfig(
-        name="diffusion-v1",
-        description="v1 rebuilt from the README (overwritten in the seed): 528,706-param conv denoiser, "
-                    "2,500 paths, 1,000 full-batch steps, 50-step linear DDPM, 5 samples, 20 refinement steps",
-        provenance="diffusion_cloud.py v1, overwritten in the seed; rebuilt from the README's description",
-        published={"diffusion": "64% (50 episodes)"},
-        expert=ExpertConfig(forecast_clip=False),
-        data=ExpertDataConfig(num_paths=2500, paths_per_shard=100),
-        model=ModelConfig(architecture="conv-v1", conditioning="full"),
-        noise=NoiseConfig(formulation="ddpm", steps=50),
-        train=DiffusionTrainConfig(steps=1000, batch_size=0, ema_decay=0.999),
-        sampling=SamplingConfig(num_samples=5, refine_steps=20),
-        eval=DiffusionEvalConfig(protocols=["seed", "standard"]),
-    )
-
-
-def diffusion_v0() -> DiffusionExperimentConfig:
-    """v0 rebuilt from the seed README: v1's model and sampler with 500 paths and 100 steps."""
-    cfg = diffusion_v1()
-    cfg.name = "diffusion-v0"
-    cfg.description = ("v0 rebuilt from the README (overwritten in the seed): v1's denoiser and sampler, "
-                       "500 paths, 100 training steps")
-    cfg.provenance = "diffusion_cloud.py v0, overwritten in the seed; rebuilt from the README's description"
-    cfg.published = {"diffusion": "20% (50 episodes)"}
-    cfg.data = ExpertDataConfig(num_paths=500, paths_per_shard=100)
-    cfg.train = DiffusionTrainConfig(steps=100, batch_size=0, checkpoint_every_steps=50)
-    return cfg
-
-
-def diffusion_cpu() -> DiffusionExperimentConfig:
-    """The corrected recipe at CPU size: ≈15 minutes on 2 cores, end to end."""
-    return DiffusionExperimentConfig(
-        name="diffusion-cpu",
-        description="corrected v2 recipe at CPU size: ConditionalUnet1D width 32 with start/goal conditioning, "
-                    "consistent 20-step sampler, 2,000 expert paths, 1,500 steps of batch 64, 8 samples",
-        provenance="new; the v2 recipe with its bugs fixed, at laptop size",
-        published={"note": "no seed counterpart; compare diffusion with line+refine and the oracle"},
-        torch_threads=1,  # a shared 2-core machine: two torch threads oversubscribe as soon as anything else runs
-        data=ExpertDataConfig(num_paths=2000, paths_per_shard=100),
-        model=ModelConfig(architecture="unet-v2", conditioning="full", base_channels=32),
-        noise=NoiseConfig(formulation="interpolation", steps=20),
-        train=DiffusionTrainConfig(steps=1500, batch_size=64, checkpoint_every_steps=250),
-        sampling=SamplingConfig(num_samples=8, refine_steps=40, episodes_per_batch=25),
-        eval=DiffusionEvalConfig(protocols=["standard", "seed"], test_episodes=500),
-    )
-
-
-DIFFUSION_PRESETS = {"diffusion-v0": diffusion_v0, "diffusion-v1": diffusion_v1, "diffusion-v2": diffusion_v2,
-                     "diffusion-cpu": diffusion_cpu}
+DIFFUSION_PRESETS = ("diffusion-v0", "diffusion-v1", "diffusion-v2", "diffusion-cpu")
+"""The diffusion presets; their settings live in presets/<name>.yaml like every other preset."""
 
 
 def diffusion_preset(name: str) -> DiffusionExperimentConfig:
-    """One of the ready configs above (the YAML presets hold the same settings)."""
+    """A diffusion preset's config, loaded from its YAML file."""
+    from hrmlab.presets import load_preset
+
     if name not in DIFFUSION_PRESETS:
         raise UserError(f"unknown diffusion preset {name!r}; valid choices: {', '.join(DIFFUSION_PRESETS)}")
-    return DIFFUSION_PRESETS[name]()
+    return load_preset(name)
 
 
 def load_diffusion_experiment(data: dict, name: str, overrides=()) -> DiffusionExperimentConfig:

@@ -497,8 +497,14 @@ class _Trainer:
             st.step_in_epoch = 0
         if improved:
             self._save(BEST_CHECKPOINT)
-        self._save(LAST_CHECKPOINT)
         stop = bool(cfg.early_stopping_patience) and st.epochs_without_improvement >= cfg.early_stopping_patience
+        # last.pt at every epoch end, except when epochs are shorter than the checkpoint interval (full-batch
+        # training: an epoch is one step) — then the step interval decides, plus the run's final step.
+        every = cfg.checkpoint_every_steps
+        short_epochs = every and self.sampler.steps_per_epoch < every
+        saved_this_step = every and st.step % every == 0
+        if stop or st.step >= self.total_steps or not (short_epochs or saved_this_step):
+            self._save(LAST_CHECKPOINT)
         if stop and self.info.is_main:
             log.info("early stopping: %d epochs without improvement", st.epochs_without_improvement)
         return stop

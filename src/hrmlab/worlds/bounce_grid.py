@@ -12,7 +12,7 @@ Coordinates are (row, col) in cell units; obstacle positions are continuous, the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
