@@ -187,6 +187,17 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_suites(args) -> int:
+    from hrmlab.pipeline import default_cache
+    from hrmlab.suites import run_suites
+
+    cache = Path(args.cache) if args.cache else default_cache()
+    text = run_suites(Path(args.out), Path(args.runs), cache, smoke=args.smoke, workers=args.workers,
+                      overrides=args.set or [])
+    print(text)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- bench
 def cmd_bench(args) -> int:
     from hrmlab.bench import BENCHMARKS, run_benchmarks
@@ -235,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p, preset_required=True)
     p.add_argument("--model", required=True, help="hrm | lstm")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("suites", help="train and evaluate every scenario suite; write the table (docs/suites.md)")
+    p.add_argument("--out", default="docs/suites.md", help="markdown file to write")
+    p.add_argument("--runs", default="runs", help="where the suite run directories go")
+    p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes")
+    p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every suite preset")
+    p.set_defaults(func=cmd_suites)
 
     p = sub.add_parser("results", help="put several runs side by side")
     p.add_argument("dirs", nargs="+", help="run directories")

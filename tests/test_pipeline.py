@@ -1,0 +1,122 @@
+"""The pipeline through its real entry points: every preset end to end at smoke size, the stage cache
+(reuse, recompute what changed), hardware refusal, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hrmlab.pipeline import RunOptions, run_experiment
+from hrmlab.presets import preset_names, resolve
+
+
+def hrmlab(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "hrmlab.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One stage cache for the module: presets that share data or models share the cached stage."""
+    return tmp_path_factory.mktemp("cache")
+
+
+GRID_PRESETS = [name for name in preset_names() if not name.startswith("diffusion")]
+DIFFUSION_PRESETS = [name for name in preset_names() if name.startswith("diffusion")]
+
+
+@pytest.mark.parametrize("name", GRID_PRESETS)
+def test_every_grid_preset_runs_end_to_end_at_smoke_size(name, cache, tmp_path):
+    cfg = resolve(name, smoke=True)
+    results = run_experiment(cfg, RunOptions(out=tmp_path / name, cache=cache, smoke=True, workers=1, progress=False))
+    main = results["evaluations"][results["primary_protocol"]]
+    assert set(main["results"]) == {"hrm", "lstm", *cfg.physics_forecasters}
+    for row in main["results"].values():
+        assert row["episodes"] == cfg.eval.episodes and sum(row["outcomes"].values()) == row["episodes"]
+    if cfg.seed_protocol:
+        assert results["evaluations"][cfg.seed_protocol]["planner"]["time_index"] == "seed"
+    for model in ("hrm", "lstm"):
+        assert Path(results["training"][model]["checkpoint"]).is_file()
+        assert (tmp_path / name / "train" / model / "metrics.jsonl").is_file()
+    assert (tmp_path / name / "report.md").is_file() and (tmp_path / name / "config.yaml").is_file()
+    saved = json.loads((tmp_path / name / "results.json").read_text())
+    assert saved["preset"] == name and saved["smoke"] is True
+
+
+@pytest.mark.parametrize("name", DIFFUSION_PRESETS)
+def test_every_diffusion_preset_runs_end_to_end_at_smoke_size(name, cache, tmp_path):
+    from hrmlab.diffusion.experiment import run_diffusion_pipeline
+
+    cfg = resolve(name, smoke=True)
+    results = run_diffusion_pipeline(cfg, RunOptions(out=tmp_path / name, cache=cache, smoke=True, workers=1,
+                                                     progress=False))
+    for protocol, evaluation in results["evaluations"].items():
+        assert {"diffusion", "oracle"} <= set(evaluation["results"]), protocol
+    assert (tmp_path / name / "results.json").is_file() and (tmp_path / name / "report.md").is_file()
+
+
+def test_cli_run_reuses_every_stage_and_recomputes_only_what_changed(tmp_path):
+    args = ["run", "--smoke", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--workers", "1",
+            "--no-progress"]
+    first = hrmlab(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "HRM:" in first.stdout and "LSTM:" in first.stdout and "oracle" in first.stdout
+    second = hrmlab(*args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    for stage in ("data", "train/hrm", "train/lstm", "evaluate/seed-v3", "evaluate/standard"):
+        assert f"stage {stage}: " in second.stderr
+    assert "stage train/hrm: cached" in second.stderr and "stage evaluate/standard: cached" in second.stderr
+    assert "generating" not in second.stderr
+    changed = hrmlab(*args, "--set", "eval.episodes=6")
+    assert changed.returncode == 0, changed.stderr[-2000:]
+    assert "stage train/lstm: cached" in changed.stderr and "stage evaluate/standard: done" in changed.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["evaluations"]["standard"]["episodes"]["count"] == 6
+
+
+def test_corrupt_cached_evaluation_is_recomputed_and_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    cfg = resolve("quick", ["physics_forecasters=[oracle]"], smoke=True)
+    opts = RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1, progress=False)
+    first = run_experiment(cfg, opts)
+    for path in (tmp_path / "cache" / "evals").glob("standard-*.json"):
+        path.write_text("{ truncated")
+    again = run_experiment(cfg, opts)
+    assert again["evaluations"]["standard"]["per_episode"] == first["evaluations"]["standard"]["per_episode"]
+    Path(first["training"]["hrm"]["checkpoint"]).write_bytes(b"not a checkpoint")
+    for path in (tmp_path / "cache" / "evals").glob("*.json"):
+        path.unlink()
+    proc = hrmlab("run", "--smoke", "--set", "physics_forecasters=[oracle]", "--out", str(tmp_path / "run"),
+                  "--cache", str(tmp_path / "cache"), "--workers", "1", "--no-progress")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "corrupt" in proc.stderr.splitlines()[-1]
+    assert (tmp_path / "cache" / "models").is_dir() and any((tmp_path / "cache" / "data").iterdir())  # nothing lost
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "hrm-cloud-8gpu"], "expects 8× H100"),
+    (["run", "no-such-preset"], "valid choices: diffusion-cpu"),
+    (["run", "--set", "train_hrm.speed=3"], "valid keys in train_hrm"),
+    (["train", "quick", "--model", "transformer"], "valid choices: hrm, lstm"),
+])
+def test_run_user_errors(args, needle, tmp_path):
+    proc = hrmlab(*args, "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert needle in proc.stderr.strip().splitlines()[-1]
+
+
+def test_presets_command_lists_exact_counts():
+    proc = hrmlab("presets")
+    assert proc.returncode == 0
+    assert "28,969,474" in proc.stdout and "1,550,082" in proc.stdout and "diffusion-v2" in proc.stdout
+
+
+def test_suites_command_tabulates_every_suite(cache, tmp_path):
+    from hrmlab.suites import gap_closed, run_suites
+
+    text = run_suites(tmp_path / "suites.md", tmp_path / "runs", cache, smoke=True, workers=1)
+    assert (tmp_path / "suites.md").read_text() == text
+    for suite in ("suite-patrol", "suite-rush", "suite-mixed", "suite-turning"):
+        assert f"| `{suite}` | 12 |" in text
+    best, share = gap_closed({"oracle": {"success_rate": 0.99}, "constant-velocity": {"success_rate": 0.69},
+                              "lstm": {"success_rate": 0.90}, "hrm": {"success_rate": 0.80}})
+    assert best == "lstm" and share == pytest.approx(0.7)
