@@ -168,7 +168,7 @@ def ddp_pipeline(tmp_path_factory):
     return cache, results, seen, sync
 
 
-def _skip_report(run_dir):
+def _skip_report(run_dir, animations=0):
     """The report (plots, animations) is tested with the report; here it would only double the runtime."""
 
 

@@ -139,4 +139,10 @@ def launch_torchrun(spec_path, nproc: int, *, timeout: float | None = None, env:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Leave without running interpreter teardown: native threads of the process group or of the
+    # data loader can abort ("terminate called without an active exception") while modules unload,
+    # after all work and files are already complete and flushed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
