@@ -267,11 +267,11 @@ def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
     assert again["results"] == results["results"]
 
 
-@pytest.mark.parametrize("name", ["diffusion-v0", "diffusion-v2"])
+@pytest.mark.parametrize("name", ["diffusion-v0", "diffusion-v1", "diffusion-v2"])
 def test_smoke_run_of_the_seed_presets(tmp_path, name):
     results = run_diffusion(diffusion_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
                             smoke=True, progress=False)
-    assert results["model"]["architecture"] == ("conv-v1" if name == "diffusion-v0" else "unet-v2")
+    assert results["model"]["architecture"] == ("unet-v2" if name == "diffusion-v2" else "conv-v1")
     assert results["primary_protocol"] == "seed" and results["results"]["oracle"]["episodes"] == 4
 
 

@@ -22,8 +22,8 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+# diffusion presets run at smoke size in tests/test_diffusion.py (every one of them)
 GRID_PRESETS = [name for name in preset_names() if not name.startswith("diffusion")]
-DIFFUSION_PRESETS = [name for name in preset_names() if name.startswith("diffusion")]
 
 
 @pytest.mark.parametrize("name", GRID_PRESETS)
@@ -42,18 +42,6 @@ def test_every_grid_preset_runs_end_to_end_at_smoke_size(name, cache, tmp_path):
     assert (tmp_path / name / "report.md").is_file() and (tmp_path / name / "config.yaml").is_file()
     saved = json.loads((tmp_path / name / "results.json").read_text())
     assert saved["preset"] == name and saved["smoke"] is True
-
-
-@pytest.mark.parametrize("name", DIFFUSION_PRESETS)
-def test_every_diffusion_preset_runs_end_to_end_at_smoke_size(name, cache, tmp_path):
-    from hrmlab.diffusion.experiment import run_diffusion_pipeline
-
-    cfg = resolve(name, smoke=True)
-    results = run_diffusion_pipeline(cfg, RunOptions(out=tmp_path / name, cache=cache, smoke=True, workers=1,
-                                                     progress=False))
-    for protocol, evaluation in results["evaluations"].items():
-        assert {"diffusion", "oracle"} <= set(evaluation["results"]), protocol
-    assert (tmp_path / name / "results.json").is_file() and (tmp_path / name / "report.md").is_file()
 
 
 def test_cli_run_reuses_every_stage_and_recomputes_only_what_changed(tmp_path):
