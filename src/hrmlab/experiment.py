@@ -107,12 +107,14 @@ class ExperimentConfig:
 
 def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
     """The same experiment at toy size: every stage runs for real in seconds."""
+    # fp32: reduced precisions are slow on CPU and are tested by the trainer's own tests
     train = dict(epochs=1, max_steps=3, batch_size=32, checkpoint_every_steps=2, log_every_steps=1,
-                 early_stopping_patience=0)
+                 early_stopping_patience=0, precision="fp32")
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, train_episodes=24, val_episodes=8, reset_batch=8, episodes_per_shard=8),
-        hrm=dataclasses.replace(cfg.hrm, d_model=min(cfg.hrm.d_model, 32), heads=min(cfg.hrm.heads, 4)),
+        hrm=dataclasses.replace(cfg.hrm, d_model=min(cfg.hrm.d_model, 32), heads=min(cfg.hrm.heads, 4),
+                                n_layers=min(cfg.hrm.n_layers, 1)),
         lstm=dataclasses.replace(cfg.lstm, hidden=min(cfg.lstm.hidden, 32)),
         train_hrm=dataclasses.replace(cfg.train_hrm, **train),
         train_lstm=dataclasses.replace(cfg.train_lstm, **train),
