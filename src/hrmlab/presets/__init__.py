@@ -45,6 +45,7 @@ def resolve(name: str | None, overrides=(), smoke: bool = False):
         from hrmlab.diffusion.experiment import smoke as diffusion_smoke
 
         return diffusion_smoke(cfg)
+    from hrmlab.config import apply_overrides
     from hrmlab.experiment import smoke as grid_smoke
 
-    return grid_smoke(cfg)
+    return apply_overrides(grid_smoke(cfg), list(overrides or ()))  # explicit settings win over smoke sizes
