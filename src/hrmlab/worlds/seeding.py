@@ -59,11 +59,3 @@ def uniform(keys: np.ndarray, counter) -> np.ndarray:
     with np.errstate(over="ignore"):
         mixed = splitmix64(keys ^ (np.asarray(counter, dtype=np.uint64) * _M2 + np.uint64(1)))
     return (mixed >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def normal(keys: np.ndarray, counter) -> np.ndarray:
-    """Standard normal doubles (Box-Muller on two counter draws)."""
-    c = np.asarray(counter, dtype=np.uint64) * np.uint64(2)
-    u1 = 1.0 - uniform(keys, c)
-    u2 = uniform(keys, c + np.uint64(1))
-    return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
