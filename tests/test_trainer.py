@@ -253,3 +253,15 @@ def test_early_stopping_and_custom_loss_hook(sources, tmp_path):
     assert result.stopped_early and result.epochs_completed == 3 and hooks.steps == 24
     assert calls and all(n == 2 for n in calls)
     assert load_checkpoint(tmp_path / "last.pt", model=small_lstm())["extra"]["hooks"] == {"steps": 24}
+
+
+def test_without_a_progress_bar_progress_goes_to_the_log(sources, tmp_path, monkeypatch, caplog):
+    import hrmlab.train.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
+    train_src, val_src = sources
+    with caplog.at_level("INFO", logger="hrmlab.train.trainer"):
+        train(small_lstm(), train_src, val_src, quick_cfg(epochs=1), tmp_path, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
+    assert lines[0].startswith("step 1/8 (epoch 0): loss ") and lines[-1].startswith("step 8/8 ")
+    assert lines[-1].endswith("about 0 s left")

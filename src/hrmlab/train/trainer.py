@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_FILE = "metrics.jsonl"
+PROGRESS_LOG_SECONDS = 60.0
+"""Without a progress bar (--no-progress, batch jobs), log one progress line at most this often."""
 
 
 @dataclass
@@ -270,6 +272,7 @@ class _Trainer:
                  progress: bool, loss_fn, hooks: TrainHooks):
         self.cfg, self.run_dir, self.loss_fn, self.hooks = cfg, run_dir, loss_fn, hooks
         self.show_progress = progress
+        self._last_progress_log = time.perf_counter()
         self.train_source, self.val_source = train_source, val_source
         self.info = dist_utils.init_distributed(cfg.device)
         self.device = self.info.device
@@ -518,6 +521,12 @@ class _Trainer:
         self.metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.3g}" if row["loss"] is not None else "nan", lr=f"{row['lr']:.2g}",
                         refresh=False)
+        now = time.perf_counter()
+        if self.info.is_main and not self.show_progress and now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
+            self._last_progress_log = now
+            left = (self.total_steps - st.step) * row["step_ms"] / 1000
+            log.info("step %d/%d (epoch %d): loss %s, %.0f samples/s, about %.0f s left", st.step, self.total_steps,
+                     st.epoch, f"{row['loss']:.4g}" if row["loss"] is not None else "nan", row["samples_per_s"], left)
 
 
 class _Window:
