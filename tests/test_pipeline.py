@@ -111,3 +111,12 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
     best, share = gap_closed({"oracle": {"success_rate": 0.99}, "constant-velocity": {"success_rate": 0.69},
                               "lstm": {"success_rate": 0.90}, "hrm": {"success_rate": 0.80}})
     assert best == "lstm" and share == pytest.approx(0.7)
+    from hrmlab.suites import meets_bar
+
+    rows = {"oracle": {"success_rate": 0.99, "ci95": (0.98, 0.995)},
+            "constant-velocity": {"success_rate": 0.69, "ci95": (0.66, 0.72)},
+            "lstm": {"success_rate": 0.90, "ci95": (0.88, 0.92)}}
+    assert meets_bar(rows)
+    assert not meets_bar({**rows, "lstm": {"success_rate": 0.80, "ci95": (0.77, 0.83)}})  # closes < half
+    assert not meets_bar({**rows, "lstm": {"success_rate": 0.85, "ci95": (0.71, 0.95)}})  # CIs overlap
+    assert not meets_bar({**rows, "oracle": {"success_rate": 0.96, "ci95": (0.95, 0.97)}})  # oracle < 97 %
