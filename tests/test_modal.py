@@ -212,6 +212,30 @@ def test_entrypoint_runs_the_orchestrator_function_and_reuses_the_cache(ddp_pipe
     assert launcher.run_in_app(LocalOrchestrator, "no-such-preset") == 2 and len(returned) == 1
 
 
+def test_diffusion_preset_on_modal_trains_in_the_gpu_container(tmp_path, monkeypatch):
+    """diffusion-cpu --smoke through the orchestrator: expert shards fan out through the generic task
+    function with the collect resources, the denoiser trains in one task with the train resources."""
+    monkeypatch.setattr("hrmlab.report.report.write_report", _skip_report)
+    tasks = []
+
+    def map_task(items, resources):
+        tasks.append(([item[0] for item in items], resources))
+        return map(modal_app.run_task.local, items)
+
+    def unused(*args):
+        raise AssertionError("grid-pipeline route used by a diffusion preset")
+
+    sync = CountingSync()
+    results = orchestrate.run_pipeline_with("diffusion-cpu", ["cloud.train_gpu=A10G"], True, unused, unused,
+                                            unused, cache_root=tmp_path, sync=sync, map_task=map_task)
+    trained = [(refs, res) for refs, res in tasks if refs == ["hrmlab.diffusion.experiment:run_train_task"]]
+    assert len(trained) == 1 and trained[0][1]["gpu"] == "A10G"
+    assert any(res["cpu"] == 2.0 and "gpu" not in res for refs, res in tasks if refs != trained[0][0])
+    assert Path(results["model"]["checkpoint"]).is_file() and results["family"] == "diffusion"
+    assert set(results["evaluations"]) == {"seed", "standard"}
+    assert (tmp_path / "runs" / "diffusion-cpu-smoke" / "results.json").is_file()
+
+
 # ------------------------------------------------------------------------------- launching, errors
 def test_modal_run_help_works_without_a_token(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "modal", "run", "-m", "hrmlab.cloud.modal_app", "--help"],

@@ -52,3 +52,12 @@ def test_unknown_preset_and_keys_are_user_errors():
     with pytest.raises(UserError, match="valid keys"):
         load_preset("quick", ["train_hrm.learning_rate=1"])
     assert load_preset("quick", ["train_hrm.epochs=7"]).train_hrm.epochs == 7
+
+
+def test_explicit_settings_win_over_smoke_sizes_in_both_families():
+    from hrmlab.presets import resolve
+
+    assert resolve("quick", [], smoke=True).eval.episodes != 7
+    assert resolve("quick", ["eval.episodes=7"], smoke=True).eval.episodes == 7
+    assert resolve("diffusion-cpu", [], smoke=True).eval.test_episodes != 5
+    assert resolve("diffusion-cpu", ["eval.test_episodes=5"], smoke=True).eval.test_episodes == 5

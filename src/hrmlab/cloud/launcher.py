@@ -80,5 +80,9 @@ def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out
     results = run_pipeline.remote(preset, list(overrides), smoke)
     if getattr(cfg, "family", "grid") == "grid":
         print_summary(results, cfg)
+    else:
+        from hrmlab.diffusion.experiment import print_diffusion_summary
+
+        print_diffusion_summary(results)
     print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
     return 0

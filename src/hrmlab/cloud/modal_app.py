@@ -100,7 +100,8 @@ def train(job, commit_every_s: float = 300.0):
 
 @app.function(volumes=VOLUMES, timeout=3600, retries=2)
 def run_task(task):
-    """Any other top-level core function fanned out by the pipeline (e.g. diffusion expert generation)."""
+    """Any other top-level core function the pipeline sends out (diffusion expert shards; the denoiser's
+    training, with the preset's cloud.train_gpu)."""
     return orchestrate.call_task(task, volume_sync)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 import logging
 import tempfile
 import threading
@@ -245,22 +244,26 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
     opts = RunOptions(out=out, cache=cache_root, smoke=smoke, allow_cpu=True)
     log.info("modal: preset %s → %s (train on %s)", cfg.name, out, resources["train"]["gpu"] or "CPU")
     try:
-        return _run_family(cfg, opts, backend, train_runner)
+        return _run_family(cfg, opts, backend, train_runner, map_task, resources["train"], sync)
     finally:
         sync.commit()  # results, report and stage markers persist even when a later stage failed
 
 
-def _run_family(cfg, opts: RunOptions, backend: ModalBackend, train_runner) -> dict:
+def _run_family(cfg, opts: RunOptions, backend: ModalBackend, train_runner, map_task: Mapper | None,
+                train_resources: dict, sync: VolumeSync) -> dict:
     if getattr(cfg, "family", "grid") != "diffusion":
         return run_experiment(cfg, opts, backend=backend, train_runner=train_runner)
-    from hrmlab.diffusion import experiment as diffusion
+    from hrmlab.diffusion.experiment import run_diffusion_pipeline, run_train_task
 
-    run = getattr(diffusion, "run_diffusion_pipeline", None) or getattr(diffusion, "run_diffusion", None)
-    params = inspect.signature(run).parameters if run is not None else {}
-    if "backend" not in params:
-        raise UserError(f"preset {cfg.name} is a diffusion preset, which does not run on Modal yet; "
-                        f"run it locally: hrmlab run {cfg.name}")
-    extra = {"train_runner": train_runner} if "train_runner" in params else {}
-    if not extra:
-        log.warning("diffusion training runs in the orchestrator container (its pipeline takes no train_runner)")
-    return run(cfg, opts, backend=backend, **extra)
+    if map_task is None:
+        raise UserError(f"preset {cfg.name} is a diffusion preset: its expert generation and training need the "
+                        "app's generic task function (modal_app.run_task)")
+
+    def train_diffusion_remote(task) -> str:
+        """The denoiser trains in its own container with cloud.train_gpu; the planner lands on the Volume."""
+        sync.commit()  # the training container reads the expert shards this container wrote
+        (planner,) = map_task([(function_ref(run_train_task), task)], train_resources)
+        sync.reload()  # and this container reads the planner it wrote
+        return planner
+
+    return run_diffusion_pipeline(cfg, opts, backend=backend, train_runner=train_diffusion_remote)

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -38,6 +38,7 @@ from hrmlab.diffusion.sample import SamplingConfig
 from hrmlab.diffusion.train import DiffusionTrainConfig, load_planner, train_diffusion
 from hrmlab.diffusion.unet1d import ModelConfig, count_parameters
 from hrmlab.errors import UserError
+from hrmlab.experiment import CloudConfig
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,30 @@ class DiffusionExperimentConfig:
     """Samples per episode, refinement and scoring."""
     eval: DiffusionEvalConfig = field(default_factory=DiffusionEvalConfig)
     """Protocols and episode counts."""
+    cloud: CloudConfig = field(default_factory=CloudConfig)
+    """Modal containers (`--backend modal`): expert generation uses the collect_* sizes, training runs in a
+    container with `cloud.train_gpu` (empty = CPU)."""
+
+
+@dataclass
+class DiffusionTrainTask:
+    """One denoiser training, self-contained so it can run in another process or a Modal container that
+    shares the cache: it reads the expert shards through their manifest and writes `out_dir/planner.pt`."""
+
+    manifest: str
+    model: ModelConfig
+    noise: NoiseConfig
+    train: DiffusionTrainConfig
+    map_size: int
+    out_dir: str
+    progress: bool = False
+
+
+def run_train_task(task: DiffusionTrainTask) -> str:
+    """Train (or resume, or skip when finished) the denoiser of `task`; returns the path of planner.pt."""
+    data = load_expert_data(Path(task.manifest))
+    return str(train_diffusion(data, task.model, task.noise, task.train, task.map_size, task.out_dir,
+                               progress=task.progress))
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -164,14 +189,15 @@ def stage_keys(cfg: DiffusionExperimentConfig) -> dict:
 
 
 def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, smoke: bool = False,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, train_runner: Callable[[DiffusionTrainTask], str] | None = None) -> dict:
     """Expert data → training → evaluation; returns the JSON-serialisable results (also written to
     run_dir/results.json, with the resolved config in run_dir/config.yaml).
 
     Results: `evaluations` maps each protocol to {protocol, episodes, results: {method: {successes,
     episodes, success_rate, ci95, outcomes, …}}, pairwise: [McNemar per pair]}; the headline protocol
     (eval.protocols[0], `primary_protocol`) is repeated at the top level as `protocol`, `results`,
-    `pairwise`. `records` lists the .npz episode records written for animations."""
+    `pairwise`. `records` lists the .npz episode records written for animations.
+    train_runner: runs the training task (default: in this process; on Modal: a GPU container)."""
     if smoke:
         cfg = smoke_config(cfg)
     if not cfg.eval.protocols:
@@ -195,8 +221,9 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
 
         t0 = time.perf_counter()
         train_dir = cache / "train" / keys["train"]
-        planner_path = train_diffusion(data, cfg.model, cfg.noise, cfg.train, cfg.world.map_size, train_dir,
-                                       progress=progress)
+        task = DiffusionTrainTask(str(manifest), cfg.model, cfg.noise, cfg.train, cfg.world.map_size,
+                                  str(train_dir), progress=progress)
+        planner_path = Path((train_runner or run_train_task)(task))
         timings["train_s"] = round(time.perf_counter() - t0, 1)
         device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
             "cpu" if cfg.train.device == "auto" else cfg.train.device)
@@ -257,14 +284,17 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
     return results
 
 
-def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts) -> dict:
+def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts, backend=None,
+                           train_runner: Callable[[DiffusionTrainTask], str] | None = None) -> dict:
     """`hrmlab run` for a diffusion preset: `opts` is the pipeline's RunOptions (out, cache, smoke, workers,
-    progress); `cfg` is already shrunk when opts.smoke. Writes results.json and the report."""
+    progress); `cfg` is already shrunk when opts.smoke. Writes results.json and the report.
+    backend / train_runner: where expert generation and training run (default: local processes, this
+    process; the Modal orchestrator passes its own)."""
     from hrmlab.backends.local import make_backend
     from hrmlab.report.report import write_report
 
-    results = run_diffusion(cfg, opts.out, opts.cache, make_backend(opts.workers), smoke=False,
-                            progress=opts.progress)
+    results = run_diffusion(cfg, opts.out, opts.cache, backend or make_backend(opts.workers), smoke=False,
+                            progress=opts.progress, train_runner=train_runner)
     results["smoke"] = bool(opts.smoke)
     _write_json(Path(opts.out) / "results.json", results)
     write_report(opts.out, animations=0 if opts.smoke else 2)

@@ -41,11 +41,10 @@ def resolve(name: str | None, overrides=(), smoke: bool = False):
     cfg = load_preset(name or DEFAULT_PRESET, list(overrides or ()))
     if not smoke:
         return cfg
-    if cfg.family == "diffusion":
-        from hrmlab.diffusion.experiment import smoke as diffusion_smoke
-
-        return diffusion_smoke(cfg)
     from hrmlab.config import apply_overrides
-    from hrmlab.experiment import smoke as grid_smoke
 
-    return apply_overrides(grid_smoke(cfg), list(overrides or ()))  # explicit settings win over smoke sizes
+    if cfg.family == "diffusion":
+        from hrmlab.diffusion.experiment import smoke as shrink
+    else:
+        from hrmlab.experiment import smoke as shrink
+    return apply_overrides(shrink(cfg), list(overrides or ()))  # explicit settings win over smoke sizes
