@@ -120,3 +120,16 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
     assert not meets_bar({**rows, "lstm": {"success_rate": 0.80, "ci95": (0.77, 0.83)}})  # closes < half
     assert not meets_bar({**rows, "lstm": {"success_rate": 0.85, "ci95": (0.71, 0.95)}})  # CIs overlap
     assert not meets_bar({**rows, "oracle": {"success_rate": 0.96, "ci95": (0.95, 0.97)}})  # oracle < 97 %
+
+
+def test_without_progress_bars_evaluation_progress_goes_to_the_log(caplog):
+    from hrmlab.pipeline import LogProgress
+
+    progress = LogProgress(10, "evaluate standard", every_s=0.0)
+    with caplog.at_level("INFO", logger="hrmlab.pipeline"):
+        for _ in range(4):
+            progress.update(2)
+        progress.update(2)  # the last update: the stage's own "done" line follows, no progress line
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split(",")[0] for line in lines] == [f"evaluate standard: {n}/10 episodes" for n in (2, 4, 6, 8)]
+    assert all(line.endswith(" s left") for line in lines)
