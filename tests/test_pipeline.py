@@ -108,6 +108,9 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
     assert (tmp_path / "suites.md").read_text() == text
     for suite in ("suite-patrol", "suite-rush", "suite-mixed", "suite-turning"):
         assert f"| `{suite}` | 12 |" in text
+        assert f"`{suite}` LSTM-only " in text  # the paired LSTM-vs-HRM line
+        assert f"- `{suite}`: " in text  # its training recipe
+    assert "suites meet the bar" in text
     best, share = gap_closed({"oracle": {"success_rate": 0.99}, "constant-velocity": {"success_rate": 0.69},
                               "lstm": {"success_rate": 0.90}, "hrm": {"success_rate": 0.80}})
     assert best == "lstm" and share == pytest.approx(0.7)
