@@ -136,3 +136,15 @@ def test_without_progress_bars_evaluation_progress_goes_to_the_log(caplog):
     lines = [r.getMessage() for r in caplog.records]
     assert [line.split(",")[0] for line in lines] == [f"evaluate standard: {n}/10 episodes" for n in (2, 4, 6, 8)]
     assert all(line.endswith(" s left") for line in lines)
+
+
+def test_suites_only_runs_the_named_suites_and_refuses_unknown_ones(cache, tmp_path):
+    from hrmlab.errors import UserError
+    from hrmlab.suites import run_suites
+
+    with pytest.raises(UserError, match="unknown suite 'suite-nope'; valid choices: suite-mixed"):
+        run_suites(tmp_path / "x.md", tmp_path / "runs", cache, smoke=True, only=["suite-nope"])
+    text = run_suites(tmp_path / "suites.md", tmp_path / "runs", cache, smoke=True, workers=1, only=["suite-rush"])
+    assert "| `suite-rush` | 12 |" in text and "| `suite-patrol` | 12 |" not in text
+    assert "1 of 1 suites meet the bar" in text or "0 of 1 suites meet the bar" in text
+    assert "is a control" not in text  # suite-turning was not run

@@ -193,7 +193,8 @@ def cmd_suites(args) -> int:
 
     cache = Path(args.cache) if args.cache else default_cache()
     text = run_suites(Path(args.out), Path(args.runs), cache, smoke=args.smoke, workers=args.workers,
-                      overrides=args.set or [], progress=not args.no_progress)
+                      overrides=args.set or [], progress=not args.no_progress,
+                      only=[n.strip() for n in args.only.split(",") if n.strip()] if args.only else None)
     print(text)
     return 0
 
@@ -255,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every suite preset")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (progress lines go to the log)")
+    p.add_argument("--only", help="comma-separated suites to run and tabulate, e.g. suite-rush,suite-patrol")
     p.set_defaults(func=cmd_suites)
 
     p = sub.add_parser("results", help="put several runs side by side")

@@ -122,8 +122,8 @@ def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[st
         suites_table(runs) + "\n\n",
         f"{len(passing)} of {len(runs)} suites meet the bar" + (": " + ", ".join(f"`{p}`" for p in passing)
                                                                  if passing else "")
-        + ". `suite-turning` is a control: its obstacles turn at random, so no forecaster (learned or not) "
-        "can close much of its gap.\n\n",
+        + (". `suite-turning` is a control: its obstacles turn at random, so no forecaster (learned or not) "
+           "can close much of its gap" if "suite-turning" in runs else "") + ".\n\n",
     ]
     comparison = learned_comparison(runs)
     if comparison:
@@ -139,13 +139,15 @@ def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[st
 
 
 def run_suites(out_md: Path, runs_dir: Path, cache: Path, smoke: bool = False, workers: int | None = None,
-               overrides=(), progress: bool = True) -> str:
-    """Run every suite preset (cached stages are reused) and write the table to `out_md`."""
+               overrides=(), progress: bool = True, only: list[str] | None = None) -> str:
+    """Run every suite preset, or those in `only` (cached stages are reused), and write the table to `out_md`."""
+    from hrmlab.errors import choose
     from hrmlab.pipeline import RunOptions, run_experiment
     from hrmlab.presets import resolve
 
     runs, recipes = {}, {}
-    for protocol in SUITE_WORLDS:
+    selected = [choose("suite", name, SUITE_WORLDS) for name in only] if only else list(SUITE_WORLDS)
+    for protocol in selected:
         cfg = resolve(protocol, overrides, smoke=smoke)
         recipes[protocol] = training_recipe(cfg)
         opts = RunOptions(out=runs_dir / (protocol + ("-smoke" if smoke else "")), cache=cache, smoke=smoke,
