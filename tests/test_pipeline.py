@@ -148,3 +148,15 @@ def test_suites_only_runs_the_named_suites_and_refuses_unknown_ones(cache, tmp_p
     assert "| `suite-rush` | 12 |" in text and "| `suite-patrol` | 12 |" not in text
     assert "1 of 1 suites meet the bar" in text or "0 of 1 suites meet the bar" in text
     assert "is a control" not in text  # suite-turning was not run
+
+
+def test_an_fp16_lstm_recipe_trains_in_fp32_on_cpu(cache, tmp_path, monkeypatch, caplog):
+    # the 8gpu presets train their LSTM in fp16; CPU has no fp16 LSTM kernel, so the recipe falls back
+    monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    cfg = resolve("quick", ["physics_forecasters=[oracle]", "train_lstm.precision=fp16", "eval.episodes=2",
+                            "seed_protocol="], smoke=True)
+    with caplog.at_level("WARNING", logger="hrmlab.train"):
+        results = run_experiment(cfg, RunOptions(out=tmp_path / "run", cache=cache, smoke=True, workers=1,
+                                                 progress=False))
+    assert "precision fp16 for the LSTM is not available on CPU; training it in fp32" in caplog.text
+    assert Path(results["training"]["lstm"]["checkpoint"]).is_file()

@@ -22,12 +22,6 @@ from hrmlab.worlds.bounce_grid import BounceGridConfig
 log = logging.getLogger("hrmlab.train")
 
 
-def _cuda_training(device: str) -> bool:
-    import torch
-
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-
-
 def open_sources(dataset: str, history: int, has_val: bool):
     """(train, val) sample sources of a collected dataset; the torchrun spec's data callable."""
     from hrmlab.data.dataset import open_dataset
@@ -50,7 +44,9 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
-    if kind == "lstm" and train_cfg.precision == "fp16" and not _cuda_training(device):
+    from hrmlab.train.distributed import pick_device
+
+    if kind == "lstm" and train_cfg.precision == "fp16" and pick_device(device).type != "cuda":
         # oneDNN has no fp16 LSTM kernel on CPU; the recipe's fp16 applies on GPUs only
         log.warning("precision fp16 for the LSTM is not available on CPU; training it in fp32")
         train_cfg = dataclasses.replace(train_cfg, precision="fp32")
