@@ -109,7 +109,8 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
     for suite in ("suite-patrol", "suite-rush", "suite-mixed", "suite-turning"):
         assert f"| `{suite}` | 12 |" in text
         assert f"`{suite}` LSTM-only " in text  # the paired LSTM-vs-HRM line
-        assert f"- `{suite}`: " in text  # its training recipe
+        assert f"- `{suite}`: 24 training episodes; " in text  # its training recipe (smoke size)
+        assert f"- `{suite}`: HRM training " in text and "evaluation " in text  # its measured stage times
     assert "suites meet the bar" in text
     best, share = gap_closed({"oracle": {"success_rate": 0.99}, "constant-velocity": {"success_rate": 0.69},
                               "lstm": {"success_rate": 0.90}, "hrm": {"success_rate": 0.80}})

@@ -92,6 +92,16 @@ def describe_suites() -> str:
     return "\n".join(lines)
 
 
+def stage_minutes(run: dict, protocol: str) -> str:
+    """'HRM training 8.7 min, LSTM 9.2 min, evaluation 12.9 min' from a run's results.json."""
+    parts = [f"{model.upper()} training {info['seconds'] / 60:.1f} min"
+             for model, info in run.get("training", {}).items() if info.get("seconds") is not None]
+    seconds = run["evaluations"][protocol].get("seconds")
+    if seconds is not None:
+        parts.append(f"evaluation {seconds / 60:.1f} min")
+    return ", ".join(parts) or "—"
+
+
 def training_recipe(cfg) -> str:
     """One line saying how a suite preset trains its models (from its resolved config)."""
     def train(t) -> str:
@@ -131,9 +141,9 @@ def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[st
     parts += [
         "Training recipes (from the resolved presets):\n\n",
         "".join(f"- `{p}`: {r}\n" for p, r in (recipes or {}).items()),
-        "\nFrom an empty cache each suite takes 16–31 minutes on 2 CPU cores: HRM training 5–9 min, LSTM "
-        "4–9 min, the 1,000-episode closed-loop evaluation of seven forecasters 6–13 min (patrol, with 16 "
-        "obstacles, is the slowest). A rerun with everything cached only re-tabulates and redraws the reports.\n",
+        "\nCompute time of each stage when it ran (cached stages keep the time of the run that made them; "
+        "a rerun with everything cached only re-tabulates and redraws the reports):\n\n",
+        "".join(f"- `{p}`: {stage_minutes(run, p)}\n" for p, run in runs.items()),
     ]
     return "".join(parts)
 
