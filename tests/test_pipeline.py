@@ -127,10 +127,10 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
 
 
 def test_without_progress_bars_evaluation_progress_goes_to_the_log(caplog):
-    from hrmlab.pipeline import LogProgress
+    from hrmlab.progress import LogProgress
 
     progress = LogProgress(10, "evaluate standard", every_s=0.0)
-    with caplog.at_level("INFO", logger="hrmlab.pipeline"):
+    with caplog.at_level("INFO", logger="hrmlab.progress"):
         for _ in range(4):
             progress.update(2)
         progress.update(2)  # the last update: the stage's own "done" line follows, no progress line

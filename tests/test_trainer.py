@@ -256,12 +256,11 @@ def test_early_stopping_and_custom_loss_hook(sources, tmp_path):
 
 
 def test_without_a_progress_bar_progress_goes_to_the_log(sources, tmp_path, monkeypatch, caplog):
-    import hrmlab.train.trainer as trainer_module
-
-    monkeypatch.setattr(trainer_module, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr("hrmlab.progress.LOG_EVERY_S", 0.0)
     train_src, val_src = sources
-    with caplog.at_level("INFO", logger="hrmlab.train.trainer"):
+    with caplog.at_level("INFO", logger="hrmlab.progress"):
         train(small_lstm(), train_src, val_src, quick_cfg(epochs=1), tmp_path, progress=False)
-    lines = [r.getMessage() for r in caplog.records if "samples/s" in r.getMessage()]
-    assert lines[0].startswith("step 1/8 (epoch 0): loss ") and lines[-1].startswith("step 8/8 ")
-    assert lines[-1].endswith("about 0 s left")
+    lines = [r.getMessage() for r in caplog.records if r.name == "hrmlab.progress"]
+    # one line per step but the last (the epoch's validation line reports the end), with loss and lr
+    assert [line.split(",")[0] for line in lines] == [f"train: {step}/8 steps" for step in range(1, 8)]
+    assert all(" s left (loss=" in line and ", lr=" in line for line in lines)

@@ -23,6 +23,7 @@ from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
 from hrmlab.experiment import ExperimentConfig
 from hrmlab.forecast.registry import ForecasterSpec
 from hrmlab.planning.spacetime_astar import PlannerConfig
+from hrmlab.progress import make_progress
 
 log = logging.getLogger("hrmlab.pipeline")
 
@@ -180,45 +181,16 @@ def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: Planner
         log.warning("stage evaluate/%s: cached result %s is unreadable or incomplete; recomputing", eval_cfg.protocol,
                     path)
     t0 = time.perf_counter()
-    desc = f"evaluate {eval_cfg.protocol}"
-    progress = _progress_bar(eval_cfg.episodes, desc) if opts.progress else LogProgress(eval_cfg.episodes, desc)
+    progress = make_progress(eval_cfg.episodes, f"evaluate {eval_cfg.protocol}", bar=opts.progress)
     device = "cpu" if cfg.device == "auto" else cfg.device
     try:
-        results = evaluate(eval_cfg, cfg.world, planner, specs, backend, device=device,
-                           progress=progress.update if progress else None)
+        results = evaluate(eval_cfg, cfg.world, planner, specs, backend, device=device, progress=progress.update)
     finally:
-        if progress:
-            progress.close()
+        progress.close()
     results["seconds"] = round(time.perf_counter() - t0, 1)
     _write_json_atomic(path, results)
     log.info("stage evaluate/%s: done in %.1fs", eval_cfg.protocol, results["seconds"])
     return results
-
-
-def _progress_bar(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="ep", leave=False)
-
-
-class LogProgress:
-    """A progress bar's `update`/`close` as log lines, at most one per `every_s` (for --no-progress runs)."""
-
-    def __init__(self, total: int, desc: str, every_s: float = 60.0):
-        self.total, self.desc, self.every_s = total, desc, every_s
-        self.done = 0
-        self.start = self.last = time.perf_counter()
-
-    def update(self, n: int = 1) -> None:
-        self.done += n
-        now = time.perf_counter()
-        if now - self.last >= self.every_s and self.done < self.total:
-            self.last = now
-            left = (now - self.start) / self.done * (self.total - self.done)
-            log.info("%s: %d/%d episodes, about %.0f s left", self.desc, self.done, self.total, left)
-
-    def close(self) -> None:
-        pass
 
 
 # ------------------------------------------------------------------------------------------- the run

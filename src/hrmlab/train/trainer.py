@@ -34,10 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from hrmlab.data.base import SampleSource
 from hrmlab.errors import UserError
+from hrmlab.progress import make_progress
 from hrmlab.train import distributed as dist_utils
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint
 from hrmlab.train.optim import make_optimizer, make_scheduler
@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_FILE = "metrics.jsonl"
-PROGRESS_LOG_SECONDS = 60.0
-"""Without a progress bar (--no-progress, batch jobs), log one progress line at most this often."""
 
 
 @dataclass
@@ -272,7 +270,6 @@ class _Trainer:
                  progress: bool, loss_fn, hooks: TrainHooks):
         self.cfg, self.run_dir, self.loss_fn, self.hooks = cfg, run_dir, loss_fn, hooks
         self.show_progress = progress
-        self._last_progress_log = time.perf_counter()
         self.train_source, self.val_source = train_source, val_source
         self.info = dist_utils.init_distributed(cfg.device)
         self.device = self.info.device
@@ -416,8 +413,8 @@ class _Trainer:
     def run(self) -> TrainResult:
         cfg, st = self.cfg, self.state
         spe = self.sampler.steps_per_epoch
-        bar = tqdm(total=self.total_steps, initial=min(st.step, self.total_steps), unit="step", dynamic_ncols=True,
-                   disable=not (self.info.is_main and self.show_progress), desc="train")
+        bar = make_progress(self.total_steps, "train", bar=self.show_progress, unit="steps",
+                            initial=min(st.step, self.total_steps), enabled=self.info.is_main)
         run_start, run_steps = time.perf_counter(), 0
         window = _Window()
         consecutive_bad = 0
@@ -521,12 +518,6 @@ class _Trainer:
         self.metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.3g}" if row["loss"] is not None else "nan", lr=f"{row['lr']:.2g}",
                         refresh=False)
-        now = time.perf_counter()
-        if self.info.is_main and not self.show_progress and now - self._last_progress_log >= PROGRESS_LOG_SECONDS:
-            self._last_progress_log = now
-            left = (self.total_steps - st.step) * row["step_ms"] / 1000
-            log.info("step %d/%d (epoch %d): loss %s, %.0f samples/s, about %.0f s left", st.step, self.total_steps,
-                     st.epoch, f"{row['loss']:.4g}" if row["loss"] is not None else "nan", row["samples_per_s"], left)
 
 
 class _Window:
