@@ -38,6 +38,7 @@ from hrmlab.diffusion.sample import SamplingConfig
 from hrmlab.diffusion.train import DiffusionTrainConfig, load_planner, train_diffusion
 from hrmlab.diffusion.unet1d import ModelConfig, count_parameters
 from hrmlab.errors import UserError
+from hrmlab.train.distributed import pick_device
 from hrmlab.experiment import CloudConfig
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
@@ -225,9 +226,7 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
                                   str(train_dir), progress=progress)
         planner_path = Path((train_runner or run_train_task)(task))
         timings["train_s"] = round(time.perf_counter() - t0, 1)
-        device = "cuda" if cfg.train.device == "auto" and torch.cuda.is_available() else (
-            "cpu" if cfg.train.device == "auto" else cfg.train.device)
-        planner, model_cfg, trained_noise = load_planner(planner_path, device=device)
+        planner, model_cfg, trained_noise = load_planner(planner_path, device=pick_device(cfg.train.device))
         noise_cfg = cfg.noise  # sampling follows this run's settings; training fixed only these:
         if training_noise(trained_noise) != training_noise(noise_cfg):
             raise RuntimeError(f"{planner_path} was trained with {trained_noise}, not {noise_cfg}; corrupt cache?")
