@@ -7,6 +7,7 @@ raise `UserError` anywhere below; they are printed here as one line and exit wit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -199,6 +200,42 @@ def cmd_suites(args) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_study(args) -> int:
+    from hrmlab.pipeline import default_cache
+    from hrmlab.study import StudyConfig, run_study
+
+    study = StudyConfig()
+    changes = {}
+    if args.only:
+        changes["worlds"] = _csv(args.only)
+    if args.models:
+        changes["models"] = _csv(args.models)
+    if args.lrs:
+        try:
+            changes["lrs"] = [float(v) for v in _csv(args.lrs)]
+        except ValueError:
+            raise UserError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise UserError("--seeds must be at least 1")
+        changes["seeds"] = args.seeds
+    if args.episodes is not None:
+        changes["episodes"] = args.episodes
+    if args.smoke:  # toy sizes: two rates, two seeds (still every code path)
+        changes.setdefault("lrs", [1e-3, 3e-3])
+        changes.setdefault("seeds", 2)
+    study = dataclasses.replace(study, **changes)
+    cache = Path(args.cache) if args.cache else default_cache()
+    text = run_study(study, Path(args.out), Path(args.json), cache, Path(args.runs), smoke=args.smoke,
+                     overrides=args.set or [], workers=args.workers, progress=not args.no_progress)
+    print(text)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------- bench
 def cmd_bench(args) -> int:
     from hrmlab.bench import BENCHMARKS, run_benchmarks
@@ -258,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars (progress lines go to the log)")
     p.add_argument("--only", help="comma-separated suites to run and tabulate, e.g. suite-rush,suite-patrol")
     p.set_defaults(func=cmd_suites)
+
+    p = sub.add_parser("study", help="every learned model vs physics over training seeds at equal budget "
+                                     "(docs/study.md)")
+    p.add_argument("--only", help="comma-separated world presets (default: quick and every suite)")
+    p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm)")
+    p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 3e-4,1e-3,3e-3)")
+    p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
+    p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
+    p.add_argument("--out", default="docs/study.md", help="markdown file to write")
+    p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")
+    p.add_argument("--runs", default="runs", help="where the study run directories go")
+    p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
+    p.add_argument("--smoke", action="store_true", help="toy sizes")
+    p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every world preset")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("results", help="put several runs side by side")
     p.add_argument("dirs", nargs="+", help="run directories")

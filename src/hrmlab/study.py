@@ -1,0 +1,359 @@
+"""`hrmlab study`: the fair comparison — every learned model, equal budget, recipe chosen on validation,
+several training seeds, judged on the same held-out test episodes against the best physics rule.
+
+Per world (a grid preset: `quick` is the seed's world, the `suite-*` presets are the scenario suites):
+
+1. **Equal budget.** Every learned model trains on the same collected data with the same recipe
+   template (the preset's LSTM recipe: optimiser, schedule, batch, epochs, precision), so each gets the
+   same number of optimiser steps. Only the learning rate is searched.
+2. **Recipe selection on validation.** Each model trains once per candidate learning rate (training
+   seed 0); the rate with the lowest validation loss of the model's own objective wins. Test episodes
+   are never looked at for this.
+3. **Training seeds.** Seeds 1 … n−1 train at the chosen rate (seed 0 is the selection run), so every
+   model has n independently trained copies (different init and data order).
+4. **Evaluation.** Every trained copy and every physics rule runs on the same test episodes of the
+   world's `standard`-rules protocol (paired).
+
+The summary per model: mean success over seeds ± sd, each seed's rate with its Wilson interval,
+forecast ADE/FDE, parameters, training time and forecast cost; paired tests against the best physics rule
+(the physics forecaster other than the oracle with the highest success on these episodes — the strongest
+yardstick, which can only make a learned model look worse) and between learned models, per seed
+(exact McNemar) and pooled over seeds (exact sign test on each episode's mean success over seeds).
+A margin between two models counts as beyond training noise only when it exceeds twice the larger
+seed-to-seed standard deviation.
+
+Every stage is the ordinary pipeline's (cached by config, resumable); `docs/study.json` keeps each
+finished world's summary so that a fresh machine can re-tabulate without retraining.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sps
+
+from hrmlab.config import config_hash, to_dict
+from hrmlab.errors import UserError, choose
+
+log = logging.getLogger("hrmlab.study")
+
+STUDY_FORMAT = 1  # bump when a world summary changes meaning; stored summaries of another format are redone
+
+
+@dataclass
+class StudyConfig:
+    """What the study compares and with how much compute."""
+
+    worlds: list[str] = field(default_factory=lambda: ["quick", "suite-patrol", "suite-rush", "suite-mixed",
+                                                       "suite-turning"])
+    """Grid presets, one per world: `quick` (the seed's world) and the scenario suites."""
+    models: list[str] = field(default_factory=lambda: ["lstm", "hrm"])
+    """Learned models (their config sections in the preset)."""
+    lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
+    """Candidate learning rates; each model picks one on validation loss."""
+    seeds: int = 3
+    """Training seeds per model at the chosen learning rate (seed 0 is the selection run)."""
+    episodes: int = 1000
+    """Test episodes per world."""
+
+
+def train_field(model: str) -> str:
+    """The experiment-config field holding `model`'s training recipe (`train_hrm`, `train_hrm_act`, ...)."""
+    return "train_" + model.replace("-", "_")
+
+
+def with_recipe(cfg, model: str, **changes):
+    """`cfg` with `model`'s training recipe replaced by `changes`."""
+    name = train_field(model)
+    return dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name), **changes)})
+
+
+def equal_budget(cfg, models: list[str]):
+    """Every model gets the preset's LSTM recipe (same optimiser, schedule, batch, epochs, steps)."""
+    template = cfg.train_lstm
+    for model in models:
+        cfg = with_recipe(cfg, model, **{f.name: getattr(template, f.name) for f in dataclasses.fields(template)})
+    return cfg
+
+
+def seed_label(model: str, seed: int) -> str:
+    return f"{model}@s{seed}"
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def sign_test(a: np.ndarray, b: np.ndarray) -> dict:
+    """Exact two-sided sign test on paired per-episode scores (e.g. success averaged over seeds)."""
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    wins, losses = int(np.sum(diff > 0)), int(np.sum(diff < 0))
+    n = wins + losses
+    p = 1.0 if n == 0 else float(min(1.0, sps.binomtest(wins, n, 0.5).pvalue))
+    return {"a_better": wins, "b_better": losses, "p_value": p}
+
+
+def _success(evaluation: dict, name: str) -> np.ndarray:
+    return np.array([o == "success" for o in evaluation["per_episode"][name]], dtype=bool)
+
+
+def summarize_world(evaluation: dict, models: list[str], seeds: int, training: dict, selection: dict) -> dict:
+    """Per-model seed statistics and the paired tests of one world's evaluation (runner result dict)."""
+    rows = evaluation["results"]
+    physics = [n for n in rows if "@s" not in n]
+    yard = max((n for n in physics if n != "oracle"), key=lambda n: rows[n]["success_rate"], default=None)
+    pair = {frozenset((p["a"], p["b"])): p for p in evaluation["pairwise"]}
+    out = {"episodes": evaluation["episodes"]["count"], "best_physics": yard,
+           "physics": {n: _row(rows[n]) for n in physics}, "models": {}, "between": []}
+    mean_success = {}
+    for model in models:
+        labels = [seed_label(model, s) for s in range(seeds) if seed_label(model, s) in rows]
+        if not labels:
+            continue
+        rates = [rows[lab]["success_rate"] for lab in labels]
+        per_episode = np.mean([_success(evaluation, lab) for lab in labels], axis=0)
+        mean_success[model] = per_episode
+        entry = {
+            "lr": selection.get(model, {}).get("chosen"), "selection": selection.get(model, {}).get("val_loss"),
+            "mean": statistics.fmean(rates), "sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+            "seeds": {lab: _row(rows[lab]) for lab in labels},
+            "ade": _mean_of(rows, labels, "forecast_ade"), "fde": _mean_of(rows, labels, "forecast_fde"),
+            "forecast_ms_per_step": _mean_of(rows, labels, "forecast_ms_per_step"),
+            "parameters": training.get(labels[0], {}).get("parameters"),
+            "train_seconds": _mean_of(training, labels, "seconds"),
+            "val_loss": _mean_of(training, labels, "best_val_loss"),
+        }
+        if yard is not None:
+            entry["vs_best_physics"] = {
+                "per_seed": {lab: _mcnemar(pair, lab, yard) for lab in labels},
+                "pooled": sign_test(per_episode, _success(evaluation, yard)),
+            }
+        out["models"][model] = entry
+    names = list(mean_success)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            ma, mb = out["models"][a], out["models"][b]
+            margin = ma["mean"] - mb["mean"]
+            noise = 2 * max(ma["sd"], mb["sd"])
+            out["between"].append({
+                "a": a, "b": b, "margin": margin, "two_sd": noise, "beyond_seed_noise": abs(margin) > noise,
+                "pooled": sign_test(mean_success[a], mean_success[b]),
+                "per_seed": [_mcnemar(pair, seed_label(a, s), seed_label(b, s)) for s in range(seeds)
+                             if frozenset((seed_label(a, s), seed_label(b, s))) in pair],
+            })
+    return out
+
+
+def _row(row: dict) -> dict:
+    return {"successes": row["successes"], "episodes": row["episodes"], "rate": row["success_rate"],
+            "ci95": row["ci95"], "ade": row.get("forecast_ade"), "fde": row.get("forecast_fde")}
+
+
+def _mean_of(table: dict, labels: list[str], key: str):
+    values = [table[lab][key] for lab in labels if lab in table and table[lab].get(key) is not None]
+    return statistics.fmean(values) if values else None
+
+
+def _mcnemar(pair: dict, a: str, b: str) -> dict:
+    p = pair[frozenset((a, b))]
+    a_only, b_only = (p["a_only"], p["b_only"]) if p["a"] == a else (p["b_only"], p["a_only"])
+    return {"a_only": a_only, "b_only": b_only, "p_value": p["p_value"]}
+
+
+def best_model(summary: dict) -> dict:
+    """Which learned model is best in a world, and whether its lead is beyond seed noise and significant."""
+    models = summary["models"]
+    if not models:
+        return {}
+    ranked = sorted(models, key=lambda m: models[m]["mean"], reverse=True)
+    best = ranked[0]
+    verdict = {"model": best, "mean": models[best]["mean"]}
+    if len(ranked) > 1:
+        runner_up = ranked[1]
+        test = next(t for t in summary["between"] if {t["a"], t["b"]} == {best, runner_up})
+        verdict.update(runner_up=runner_up, margin=models[best]["mean"] - models[runner_up]["mean"],
+                       beyond_seed_noise=test["beyond_seed_noise"], p_value=test["pooled"]["p_value"])
+    yard = summary["best_physics"]
+    if yard:
+        verdict.update(best_physics=yard, physics_rate=summary["physics"][yard]["rate"],
+                       vs_physics_p=models[best]["vs_best_physics"]["pooled"]["p_value"])
+    return verdict
+
+
+# ------------------------------------------------------------------------------------------- running
+def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool = False, backend=None) -> dict:
+    """Select recipes, train every seed, evaluate — all through the cached pipeline stages."""
+    from hrmlab.pipeline import stage_data, stage_evaluate, stage_train
+    from hrmlab.presets import resolve
+    from hrmlab.forecast.registry import ForecasterSpec
+
+    cfg = resolve(preset, list(overrides), smoke=smoke)
+    unknown = [m for m in study.models if not hasattr(cfg, train_field(m))]
+    if unknown:
+        raise UserError(f"preset {preset} has no recipe for model(s) {', '.join(unknown)}")
+    cfg = equal_budget(dataclasses.replace(cfg, models=list(study.models)), study.models)
+    t0 = time.perf_counter()
+    data_paths = stage_data(cfg, opts, backend)
+    training, selection, specs, keys, spent = {}, {}, [], {}, []
+    for model in study.models:
+        trials = {}
+        for lr in study.lrs:  # selection runs: seed 0, every candidate rate, validation loss only
+            trial = stage_train(with_recipe(cfg, model, lr=lr, seed=0), model, data_paths, opts)
+            trials[lr] = trial
+            spent.append(trial.get("seconds") or 0)
+        chosen = min(trials, key=lambda lr: _val_loss(trials[lr]))
+        selection[model] = {"chosen": chosen, "val_loss": {f"{lr:g}": _val_loss(t) for lr, t in trials.items()}}
+        for seed in range(study.seeds):
+            if seed == 0:
+                summary = trials[chosen]
+            else:
+                summary = stage_train(with_recipe(cfg, model, lr=chosen, seed=seed), model, data_paths, opts)
+                spent.append(summary.get("seconds") or 0)
+            label = seed_label(model, seed)
+            training[label] = {k: summary.get(k) for k in ("parameters", "seconds", "best_val_loss", "checkpoint")}
+            specs.append(ForecasterSpec(label, summary["checkpoint"]))
+            keys[label] = summary["key"]
+    specs += [ForecasterSpec(name) for name in cfg.physics_forecasters]
+    eval_cfg = dataclasses.replace(cfg.eval, episodes=study.episodes if not smoke else cfg.eval.episodes)
+    evaluation = stage_evaluate(cfg, eval_cfg, cfg.planner, specs, keys, opts, backend)
+    summary = summarize_world(evaluation, study.models, study.seeds, training, selection)
+    summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
+                   compute_minutes=round((sum(spent) + (evaluation.get("seconds") or 0)) / 60, 1))
+    return summary
+
+
+def _val_loss(summary: dict) -> float:
+    value = summary.get("best_val_loss")
+    return math.inf if value is None or not math.isfinite(value) else value
+
+
+def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
+    """What decides a world's summary: the resolved preset, the study's models, rates, seeds, episodes."""
+    from hrmlab.presets import resolve
+
+    return config_hash({"format": STUDY_FORMAT, "preset": to_dict(resolve(preset, list(overrides), smoke=smoke)),
+                        "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
+                        "episodes": study.episodes, "smoke": smoke})
+
+
+def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
+              overrides=(), workers: int | None = None, progress: bool = True) -> str:
+    """Run (or reuse) every world; after each one, rewrite the results file and the document."""
+    from hrmlab.backends.local import make_backend
+    from hrmlab.pipeline import RunOptions
+    from hrmlab.presets import preset_names
+
+    for world in study.worlds:
+        choose("world preset", world, [p for p in preset_names() if not p.startswith(("diffusion", "hrm-cloud"))])
+    stored = _read_json(out_json) or {}
+    worlds = stored.get("worlds", {}) if stored.get("format") == STUDY_FORMAT else {}
+    backend = make_backend(workers)
+    for world in study.worlds:
+        key = world_key(world, study, overrides, smoke)
+        if worlds.get(world, {}).get("key") == key:
+            log.info("study %s: reusing the stored summary (%s)", world, out_json)
+            continue
+        opts = RunOptions(out=runs_dir / f"study-{world}" / ("smoke" if smoke else "full"), cache=cache,
+                          smoke=smoke, workers=workers, progress=progress)
+        opts.out.mkdir(parents=True, exist_ok=True)
+        log.info("study %s: selecting recipes, training %d seeds × %d models, evaluating", world, study.seeds,
+                 len(study.models))
+        worlds[world] = {"key": key, **study_world(world, study, opts, overrides, smoke, backend)}
+        _write_results(out_json, out_md, study, worlds, smoke)
+    return _write_results(out_json, out_md, study, worlds, smoke)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _write_results(out_json: Path, out_md: Path, study: StudyConfig, worlds: dict, smoke: bool) -> str:
+    from hrmlab.pipeline import _write_json_atomic
+
+    ordered = {w: worlds[w] for w in study.worlds if w in worlds}
+    _write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
+    text = study_document(study, ordered, smoke)
+    Path(out_md).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_md).write_text(text)
+    return text
+
+
+# ------------------------------------------------------------------------------------------ document
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(row: dict) -> str:
+    return f"{_pct(row['rate'])}% [{_pct(row['ci95'][0])}, {_pct(row['ci95'][1])}]"
+
+
+def _p(p: float) -> str:
+    return f"{p:.2g}"
+
+
+def world_section(world: str, s: dict) -> str:
+    lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; "
+             f"{s['compute_minutes']} compute-minutes)\n"]
+    lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
+                 "ADE / FDE (cells) | params | train s | forecast ms/step | vs best physics (pooled sign test) |")
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    for model, m in s["models"].items():
+        seeds = "; ".join(_ci(r) for r in m["seeds"].values())
+        vs = m.get("vs_best_physics", {}).get("pooled")
+        vs_text = f"{vs['a_better']} better / {vs['b_better']} worse, p = {_p(vs['p_value'])}" if vs else "—"
+        ade = "—" if m["ade"] is None else f"{m['ade']:.2f} / {m['fde']:.2f}"
+        lines.append(f"| **{model}** | {_pct(m['mean'])}% ± {_pct(m['sd'])} | {seeds} | {m['lr']:g} | {ade} | "
+                     f"{m['parameters']:,} | {m['train_seconds']:.0f} | {m['forecast_ms_per_step']:.2f} | {vs_text} |")
+    for name, row in s["physics"].items():
+        ade = "—" if row["ade"] is None else f"{row['ade']:.2f} / {row['fde']:.2f}"
+        mark = " (yardstick)" if name == s["best_physics"] else ""
+        lines.append(f"| {name}{mark} | {_ci(row)} | | | {ade} | | | | |")
+    verdict = best_model(s)
+    if verdict:
+        text = f"\nBest learned model: **{verdict['model']}** ({_pct(verdict['mean'])}% mean over seeds)"
+        if "runner_up" in verdict:
+            noise = "beyond" if verdict["beyond_seed_noise"] else "within"
+            text += (f"; its margin over {verdict['runner_up']} ({100 * verdict['margin']:+.1f} points) is {noise} "
+                     f"twice the seed-to-seed sd (pooled sign test p = {_p(verdict['p_value'])})")
+        if "best_physics" in verdict:
+            diff = verdict["mean"] - verdict["physics_rate"]
+            sig = "significant" if verdict["vs_physics_p"] < 0.05 else "not significant"
+            text += (f". Against the best physics rule, {verdict['best_physics']} ({_pct(verdict['physics_rate'])}%): "
+                     f"{100 * diff:+.1f} points, {sig} (p = {_p(verdict['vs_physics_p'])})")
+        lines.append(text + ".")
+    between = [f"{t['a']} vs {t['b']}: {100 * t['margin']:+.1f} points (2 sd = {100 * t['two_sd']:.1f}), "
+               f"pooled p = {_p(t['pooled']['p_value'])}" for t in s["between"]]
+    if between:
+        lines.append("\nBetween learned models: " + "; ".join(between) + ".")
+    lines.append("\nRecipe selection (validation loss per candidate lr, seed 0): "
+                 + "; ".join(f"{m}: " + ", ".join(f"{lr} → {v:.3g}" for lr, v in info["selection"].items())
+                             for m, info in s["models"].items() if info.get("selection")) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def study_document(study: StudyConfig, worlds: dict, smoke: bool = False) -> str:
+    command = "hrmlab study" + (" --smoke" if smoke else "")
+    parts = [
+        "# The study: learned forecasters vs physics, over seeds, at equal budget\n\n",
+        f"Generated by `{command}` (resumable: every stage is cached; `docs/study.json` holds each finished "
+        "world's summary). Each learned model trains on the same data with the same recipe template and "
+        f"optimiser steps; its learning rate is chosen from {', '.join(f'{lr:g}' for lr in study.lrs)} on "
+        f"validation loss (training seed 0), then {study.seeds} training seeds at that rate are evaluated on the "
+        "same held-out test episodes (count per world below) as the physics rules and the oracle. The yardstick is "
+        "the best physics rule on those episodes (not constant velocity). A margin counts as beyond training "
+        "noise only if it exceeds twice the larger seed-to-seed sd; pooled tests are exact sign tests on each "
+        "episode's success averaged over seeds; per-seed tests are exact McNemar (docs/study.json).\n\n",
+    ]
+    missing = [w for w in study.worlds if w not in worlds]
+    if missing:
+        parts.append("Not yet run: " + ", ".join(f"`{w}`" for w in missing) + ".\n\n")
+    parts += [world_section(w, s) + "\n" for w, s in worlds.items()]
+    return "".join(parts)

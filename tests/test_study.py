@@ -1,0 +1,92 @@
+"""`hrmlab study`: equal budgets, recipe selection on validation, seeds, paired statistics, resumption."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hrmlab.cli import main
+from hrmlab.presets import resolve
+from hrmlab.study import equal_budget, sign_test, summarize_world, train_field
+
+
+def test_equal_budget_gives_every_model_the_same_recipe():
+    cfg = equal_budget(resolve("suite-mixed"), ["lstm", "hrm"])
+    assert cfg.train_hrm == cfg.train_lstm  # same optimiser, schedule, batch, epochs → same optimiser steps
+    assert train_field("hrm-act") == "train_hrm_act"
+
+
+def test_sign_test_counts_and_p_value():
+    a = np.array([1, 1, 1, 0.5, 0, 1])
+    b = np.array([0, 0, 0, 0.5, 0, 1])
+    out = sign_test(a, b)
+    assert (out["a_better"], out["b_better"]) == (3, 0)
+    assert out["p_value"] == pytest.approx(0.25)  # exact: 2 · 0.5³
+
+
+def _evaluation(outcomes: dict[str, list[str]]) -> dict:
+    from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
+
+    n = len(next(iter(outcomes.values())))
+    results, pairwise = {}, []
+    names = list(outcomes)
+    for name, seq in outcomes.items():
+        s = sum(o == "success" for o in seq)
+        results[name] = {"successes": s, "episodes": n, "success_rate": s / n, "ci95": list(wilson_interval(s, n)),
+                         "forecast_ms_per_step": 1.0}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            test = mcnemar_exact(np.array(outcomes[a]) == "success", np.array(outcomes[b]) == "success")
+            pairwise.append({"a": a, "b": b, **test})
+    return {"episodes": {"count": n}, "results": results, "pairwise": pairwise,
+            "per_episode": {"indices": list(range(n)), **outcomes}}
+
+
+def test_summary_picks_the_strongest_physics_yardstick_and_seed_noise():
+    S, C = "success", "crash"
+    ev = _evaluation({
+        "m@s0": [S] * 8 + [C] * 2, "m@s1": [S] * 6 + [C] * 4,
+        "k@s0": [S] * 5 + [C] * 5, "k@s1": [S] * 5 + [C] * 5,
+        "constant-velocity": [S] * 4 + [C] * 6, "bounce-aware": [S] * 7 + [C] * 3, "oracle": [S] * 10,
+    })
+    s = summarize_world(ev, ["m", "k"], 2, {}, {})
+    assert s["best_physics"] == "bounce-aware"  # the best rule other than the oracle, not constant velocity
+    m = s["models"]["m"]
+    assert m["mean"] == pytest.approx(0.7) and m["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
+    assert m["vs_best_physics"]["per_seed"]["m@s0"] == {"a_only": 1, "b_only": 0, "p_value": 1.0}
+    (between,) = s["between"]
+    assert between["margin"] == pytest.approx(0.2)
+    assert between["beyond_seed_noise"] == (0.2 > 2 * np.std([0.8, 0.6], ddof=1))  # 0.2 < 0.283: within noise
+    assert between["beyond_seed_noise"] is False
+
+
+def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
+    args = ["study", "--smoke", "--only", "quick", "--out", str(tmp_path / "study.md"), "--json",
+            str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"),
+            "--no-progress"]
+    assert main(args) == 0
+    data = json.loads((tmp_path / "study.json").read_text())
+    world = data["worlds"]["quick"]
+    for model in ("lstm", "hrm"):
+        m = world["models"][model]
+        assert len(m["seeds"]) == 2  # --smoke: two training seeds
+        losses = {float(lr): v for lr, v in m["selection"].items()}
+        assert m["lr"] == min(losses, key=losses.get)  # chosen on validation loss, never on test
+        assert all(r["episodes"] == world["episodes"] for r in m["seeds"].values())
+    assert world["best_physics"] != "oracle"
+    doc = (tmp_path / "study.md").read_text()
+    assert "hrmlab study --smoke" in doc and "Best learned model" in doc
+    trained = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
+    assert len(trained) == 2 * (2 + 1)  # per model: 2 selection runs + 1 extra seed
+    assert main(args) == 0  # the stored summary is reused: nothing new trained
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
+    assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["key"] == world["key"]
+
+
+def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):
+    base = ["study", "--smoke", "--out", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json"),
+            "--cache", str(tmp_path / "c"), "--runs", str(tmp_path / "r")]
+    assert main(base + ["--only", "nowhere"]) == 2
+    assert "valid choices" in capsys.readouterr().err
+    assert main(base + ["--only", "quick", "--models", "gpt"]) == 2
+    assert "gpt" in capsys.readouterr().err
