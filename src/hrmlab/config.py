@@ -30,9 +30,26 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
+NOT_IN_KEY = {"cache_key": False}
+"""Field metadata (`field(default=..., metadata=NOT_IN_KEY)`) of a setting that cannot change a stage's
+output (logging, checkpoint cadence, chunking): `key_dict` leaves it out, so changing it reuses the cache."""
+
+
+def key_dict(cfg: Any) -> Any:
+    """`to_dict` without the fields marked NOT_IN_KEY: exactly what changes a stage's result."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: key_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if f.metadata.get("cache_key", True)}
+    if isinstance(cfg, (list, tuple)):
+        return [key_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: key_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
     """Stable short hash of a config (dataclass or dict): keys the cache of the stage it configures."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True, default=str)
+    blob = json.dumps(key_dict(cfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 
 

@@ -131,10 +131,29 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, {**data, "name": name})
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     protocol = get_protocol(cfg.eval.protocol)
-    if protocol.world is not None:
+    if protocol.world is not None:  # the protocol's world is the base; `--set world.*` still applies on top
         if data.get("world"):
             raise UserError(f"preset {name}: protocol {protocol.name} defines the world; remove the world section")
         cfg = dataclasses.replace(cfg, world=protocol.world)
+        cfg = apply_overrides(cfg, [o for o in overrides if o.split("=", 1)[0].strip().startswith("world.")])
     if cfg.seed_protocol:
         get_protocol(cfg.seed_protocol)
+    for f in dataclasses.fields(cfg):  # one source of truth: the run decides devices and GPU counts
+        recipe = getattr(cfg, f.name)
+        if isinstance(recipe, TrainConfig) and (recipe.gpus, recipe.device) != (1, "auto"):
+            raise UserError(f"{f.name}.gpus / {f.name}.device are set for the whole run: use hardware.gpus "
+                            "(the recipe's GPU count), --gpus (GPUs to use) and device (auto | cpu | cuda)")
     return cfg
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    """One line for `hrmlab presets`: exact parameter counts, data size, hardware, protocols."""
+    from hrmlab.forecast.hrm import build_model, count_parameters
+
+    models = " · ".join(f"{m.upper()} {count_parameters(build_model(cfg.model_config(m))):,} params"
+                        for m in cfg.models)
+    samples = cfg.data.train_episodes * cfg.world.num_obstacles * (cfg.data.steps_per_episode - cfg.data.history)
+    gpus = f"{cfg.hardware.gpus}× {cfg.hardware.gpu_type}" if cfg.hardware.gpus else "CPU"
+    protocols = " + ".join(p for p in (cfg.seed_protocol, cfg.eval.protocol) if p)
+    return (f"{models} · {cfg.data.train_episodes:,} episodes ({samples / 1e6:.2f}M samples) · {gpus} · "
+            f"protocol {protocols}")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hrmlab.config import config_hash, save_yaml, to_dict
+from hrmlab.config import config_hash, save_yaml
 from hrmlab.errors import UserError
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
 from hrmlab.experiment import ExperimentConfig
@@ -109,8 +109,8 @@ def stage_data(cfg: ExperimentConfig, opts: RunOptions, backend):
 def train_key(cfg: ExperimentConfig, model: str) -> str:
     from hrmlab.data.collect import store_config
 
-    return config_hash({"model": model, "arch": to_dict(cfg.model_config(model)),
-                        "train": to_dict(cfg.train_config(model)), "data": store_config(cfg.world, cfg.data),
+    return config_hash({"model": model, "arch": cfg.model_config(model),
+                        "train": cfg.train_config(model), "data": store_config(cfg.world, cfg.data),
                         "history": cfg.data.history})
 
 
@@ -169,8 +169,8 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
 # ----------------------------------------------------------------------------------------- evaluation
 def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: PlannerConfig,
                    specs: list[ForecasterSpec], spec_keys: dict, opts: RunOptions, backend) -> dict:
-    key = config_hash({"format": EVAL_FORMAT, "world": to_dict(cfg.world), "planner": to_dict(planner),
-                       "eval": to_dict(eval_cfg), "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
+    key = config_hash({"format": EVAL_FORMAT, "world": cfg.world, "planner": planner,
+                       "eval": eval_cfg, "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
                                                                   for s in specs]})
     path = opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json"
     cached = _read_json(path)
@@ -204,13 +204,14 @@ def seed_style_lines(results: dict, models: list[str]) -> list[str]:
     return lines
 
 
-def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=run_train_job) -> dict:
+def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=None) -> dict:
     """The whole pipeline for a grid preset. Returns the results dict also written to results.json.
 
     backend: where collection and evaluation fan out (`map`); train_runner: where training runs."""
     from hrmlab.backends.local import make_backend
 
     backend = backend or make_backend(opts.workers)
+    train_runner = train_runner or run_train_job
     opts.out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, opts.out / "config.yaml")
     gpus = check_hardware(cfg, opts)

@@ -70,7 +70,7 @@ def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out
     """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary.
 
     run_pipeline: the app's orchestrator function (passed in, so this module never imports modal itself)."""
-    from hrmlab.pipeline import print_summary
+    from hrmlab.families import family_of
 
     try:
         cfg = resolve_config(preset, overrides, smoke)
@@ -78,11 +78,6 @@ def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out
         print(f"hrmlab: error: {exc}")
         return 2
     results = run_pipeline.remote(preset, list(overrides), smoke)
-    if getattr(cfg, "family", "grid") == "grid":
-        print_summary(results, cfg)
-    else:
-        from hrmlab.diffusion.experiment import print_diffusion_summary
-
-        print_diffusion_summary(results)
+    family_of(cfg).call("print_summary", results, cfg)
     print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
     return 0

@@ -31,7 +31,8 @@ from hrmlab.data.collect import make_shard
 from hrmlab.errors import UserError
 from hrmlab.evaluate.runner import evaluate_chunk
 from hrmlab.experiment import CloudConfig, HardwareConfig
-from hrmlab.pipeline import RunOptions, TrainJob, run_experiment, run_train_job
+from hrmlab.families import family_of
+from hrmlab.pipeline import RunOptions, TrainJob, run_train_job
 
 log = logging.getLogger("hrmlab.cloud")
 
@@ -251,19 +252,20 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
 
 def _run_family(cfg, opts: RunOptions, backend: ModalBackend, train_runner, map_task: Mapper | None,
                 train_resources: dict, sync: VolumeSync) -> dict:
-    if getattr(cfg, "family", "grid") != "diffusion":
-        return run_experiment(cfg, opts, backend=backend, train_runner=train_runner)
-    from hrmlab.diffusion.experiment import run_diffusion_pipeline, run_train_task
+    family = family_of(cfg)
+    if family.remote_training == "job":
+        return family.call("run", cfg, opts, backend=backend, train_runner=train_runner)
+    run_train_task = family.ref("train_task")
 
     if map_task is None:
-        raise UserError(f"preset {cfg.name} is a diffusion preset: its expert generation and training need the "
-                        "app's generic task function (modal_app.run_task)")
+        raise UserError(f"preset {cfg.name} ({family.name} family) trains through the app's generic task "
+                        "function (modal_app.run_task), which this orchestrator was not given")
 
-    def train_diffusion_remote(task) -> str:
+    def train_task_remote(task) -> str:
         """The denoiser trains in its own container with cloud.train_gpu; the planner lands on the Volume."""
         sync.commit()  # the training container reads the expert shards this container wrote
         (planner,) = map_task([(function_ref(run_train_task), task)], train_resources)
         sync.reload()  # and this container reads the planner it wrote
         return planner
 
-    return run_diffusion_pipeline(cfg, opts, backend=backend, train_runner=train_diffusion_remote)
+    return family.call("run", cfg, opts, backend=backend, train_runner=train_task_remote)

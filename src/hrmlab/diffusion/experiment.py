@@ -300,7 +300,7 @@ def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts, backend=None,
     return results
 
 
-def print_diffusion_summary(results: dict) -> None:
+def print_diffusion_summary(results: dict, cfg=None) -> None:
     """The console summary of `hrmlab run` for a diffusion preset."""
     for protocol, result in results["evaluations"].items():
         print()

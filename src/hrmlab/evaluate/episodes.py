@@ -37,9 +37,10 @@ class EpisodeRecords:
     trajectories: np.ndarray | None = None  # (E, M+1, 2) agent cells, when recorded
 
 
-def make_episodes(protocol: Protocol, world: BounceGridConfig, indices: np.ndarray) -> WorldState:
-    """The protocol's episodes `indices`: legacy seeds for seed protocols, the test split otherwise."""
-    world = protocol.world or world
+def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: np.ndarray) -> WorldState:
+    """The protocol's episodes `indices` in `world` (None: the protocol's default world): legacy seeds for
+    seed protocols, the test split otherwise."""
+    world = world or protocol.default_world()
     if protocol.seed_offset is not None:
         return bounce_grid.reset_seed_exact(world, np.asarray(indices) + protocol.seed_offset)
     return bounce_grid.reset_split(world, "test", indices)
@@ -62,14 +63,13 @@ def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len:
     return history
 
 
-def run_closed_loop(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig,
+def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
                     forecast_error: bool = True, record_paths: bool = False) -> EpisodeRecords:
-    """Run `forecaster` + planner on the protocol's episodes `indices` (one batch)."""
-    world = protocol.world or world
-    if protocol.horizon is not None or protocol.radius is not None:
-        planner = PlannerConfig(horizon=protocol.horizon or planner.horizon,
-                                radius=protocol.radius or planner.radius, time_index=planner.time_index)
+    """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
+    protocol's default world)."""
+    world = world or protocol.default_world()
+    planner = protocol.planner_for(planner)
     state = make_episodes(protocol, world, indices)
     batch = state.batch
     history = warm_up(world, state, protocol.warmup, history_len)

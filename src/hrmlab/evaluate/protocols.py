@@ -7,6 +7,7 @@ and is the default for new results.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from hrmlab.errors import choose
@@ -35,7 +36,18 @@ class Protocol:
     radius: float | None = None
     """Planner radius the protocol imposes (None = the planner config's)."""
     world: BounceGridConfig | None = None
-    """World the protocol's seeds belong to (None = the run's world)."""
+    """The world this protocol's episodes are drawn in by default (None = the seed's world). A run's config
+    starts from it and `--set world.*` changes it; the evaluator uses the world it is given."""
+
+    def default_world(self) -> BounceGridConfig:
+        return self.world or BounceGridConfig()
+
+    def planner_for(self, planner):
+        """The planner with the horizon and radius this protocol imposes (seed-v1), else unchanged."""
+        if self.horizon is None and self.radius is None:
+            return planner
+        return dataclasses.replace(planner, horizon=self.horizon or planner.horizon,
+                                   radius=self.radius or planner.radius)
 
 
 V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian", velocity_std=0.5)

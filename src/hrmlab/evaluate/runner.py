@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hrmlab.config import NOT_IN_KEY
 from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
@@ -31,7 +32,7 @@ class EvalConfig:
     """Episodes per forecaster (the same episodes for all)."""
     start: int = 0
     """First episode index (seed protocols: episode s uses the original's seed s + offset)."""
-    chunk_size: int = 250
+    chunk_size: int = field(default=250, metadata=NOT_IN_KEY)
     """Episodes per work item (one batched closed loop)."""
     forecast_error: bool = True
     """Also measure forecast ADE/FDE against the true future at every planning step."""

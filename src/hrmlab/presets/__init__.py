@@ -1,7 +1,7 @@
 """Presets: one YAML file per experiment of the seed (plus `quick`), loaded into experiment configs.
 
-A preset's `family` picks its config tree: `grid` (forecaster + A*, `hrmlab.experiment`) or `diffusion`
-(`hrmlab.diffusion.experiment`). Files only hold what differs from the defaults.
+A preset's `family` (`hrmlab.families`: grid by default, or diffusion) picks its config tree and loader.
+Files only hold what differs from the defaults.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ def preset_data(name: str) -> dict:
 
 def load_preset(name: str, overrides=()):
     """The experiment config of preset `name` with `key=value` overrides applied."""
+    from hrmlab.families import get_family
+
     data = preset_data(name)
-    if data.get("family", "grid") == "diffusion":
-        from hrmlab.diffusion.experiment import load_diffusion_experiment
-
-        return load_diffusion_experiment(data, name, overrides)
-    from hrmlab.experiment import load_experiment
-
-    return load_experiment(data, name, overrides)
+    return get_family(data.get("family", "grid")).call("load", data, name, list(overrides or ()))
 
 
 def resolve(name: str | None, overrides=(), smoke: bool = False):
@@ -42,9 +38,6 @@ def resolve(name: str | None, overrides=(), smoke: bool = False):
     if not smoke:
         return cfg
     from hrmlab.config import apply_overrides
+    from hrmlab.families import family_of
 
-    if cfg.family == "diffusion":
-        from hrmlab.diffusion.experiment import smoke as shrink
-    else:
-        from hrmlab.experiment import smoke as shrink
-    return apply_overrides(shrink(cfg), list(overrides or ()))  # explicit settings win over smoke sizes
+    return apply_overrides(family_of(cfg).call("smoke", cfg), list(overrides or ()))  # explicit settings win

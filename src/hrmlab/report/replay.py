@@ -74,10 +74,8 @@ def replay_episode(protocol: str | Protocol, world: BounceGridConfig, planner: P
                    history_len: int = 20, device: str = "cpu") -> EpisodeReplay:
     """Re-run episode `episode` of `protocol` with each forecaster, recording every step."""
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
-    world = protocol.world or world
-    if protocol.horizon is not None or protocol.radius is not None:
-        planner = PlannerConfig(horizon=protocol.horizon or planner.horizon,
-                                radius=protocol.radius or planner.radius, time_index=planner.time_index)
+    world = world or protocol.default_world()
+    planner = protocol.planner_for(planner)
     obstacles = _true_obstacles(protocol, world, episode)
     state = make_episodes(protocol, world, np.array([episode]))
     replay = EpisodeReplay(protocol.name, int(episode), state.walls[0].copy(), state.start[0].copy(),

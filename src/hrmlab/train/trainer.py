@@ -26,7 +26,7 @@ import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrmlab.config import NOT_IN_KEY
 from hrmlab.data.base import SampleSource
 from hrmlab.errors import UserError
 from hrmlab.progress import make_progress
@@ -79,11 +80,11 @@ class TrainConfig:
     """Stop after this many epochs without a better validation loss; 0 = never."""
     seed: int = 0
     """Seeds the per-epoch sample permutation (default_rng(seed + epoch)) and torch's RNG (dropout)."""
-    checkpoint_every_steps: int = 500
+    checkpoint_every_steps: int = field(default=500, metadata=NOT_IN_KEY)
     """Write last.pt every this many optimiser steps (and at every epoch end); 0 = epoch ends only."""
-    log_every_steps: int = 50
+    log_every_steps: int = field(default=50, metadata=NOT_IN_KEY)
     """Write a metrics row (means over the window) every this many steps."""
-    tensorboard: bool = False
+    tensorboard: bool = field(default=False, metadata=NOT_IN_KEY)
     """Also log to TensorBoard under run_dir/tensorboard (needs the `tensorboard` package)."""
     max_steps: int = 0
     """Stop after this many optimiser steps in total (smoke runs); 0 = no limit. The LR schedule spans
@@ -94,7 +95,7 @@ class TrainConfig:
     """Abort with a clear error after this many consecutive steps with a non-finite loss."""
     device: str = "auto"
     """auto (cuda:LOCAL_RANK if available, else cpu) or an explicit torch device string."""
-    compile: bool = False
+    compile: bool = field(default=False, metadata=NOT_IN_KEY)
     """Wrap the model in torch.compile (GPU runs; needs a working compiler toolchain)."""
 
 
