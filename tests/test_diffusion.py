@@ -14,7 +14,8 @@ from hrmlab.diffusion import expert as expert_mod
 from hrmlab.diffusion import train as train_mod
 from hrmlab.diffusion.expert import ExpertConfig, ExpertDataConfig
 from hrmlab.diffusion.expert_reference import plan_reference
-from hrmlab.diffusion.experiment import (DIFFUSION_PRESETS, DiffusionExperimentConfig, diffusion_preset,
+from hrmlab.presets import load_preset
+from hrmlab.diffusion.experiment import (DIFFUSION_PRESETS, DiffusionExperimentConfig,
                                          run_diffusion, smoke_config)
 from hrmlab.diffusion.noise import NoiseConfig, PathDiffusion
 from hrmlab.diffusion.refine import distance_field, path_penalty, refine_paths
@@ -229,21 +230,21 @@ def test_training_resumes_exactly_after_a_kill(tmp_path, monkeypatch):
 
 def test_configs_round_trip_through_plain_dicts():
     for name in DIFFUSION_PRESETS:
-        cfg = diffusion_preset(name)
+        cfg = load_preset(name)
         assert from_dict(DiffusionExperimentConfig, to_dict(cfg)) == cfg
-    assert diffusion_preset("diffusion-v2").model.conditioning == "seed"
-    assert diffusion_preset("diffusion-cpu").noise.formulation == "interpolation"
+    assert load_preset("diffusion-v2").model.conditioning == "seed"
+    assert load_preset("diffusion-cpu").noise.formulation == "interpolation"
     from hrmlab.diffusion.experiment import stage_keys
 
-    base = diffusion_preset("diffusion-cpu")
-    resampled = diffusion_preset("diffusion-cpu")
+    base = load_preset("diffusion-cpu")
+    resampled = load_preset("diffusion-cpu")
     resampled.noise.eta, resampled.noise.steps, resampled.sampling.num_samples = 0.0, 50, 3
     a, b = stage_keys(base), stage_keys(resampled)
     assert a["expert_data"] == b["expert_data"] and a["train"] == b["train"] and a["eval"] != b["eval"]
 
 
 def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
-    cfg = diffusion_preset("diffusion-cpu")
+    cfg = load_preset("diffusion-cpu")
     results = run_diffusion(cfg, tmp_path / "run", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
     json.dumps(results)  # serialisable
     assert results["primary_protocol"] == results["protocol"] == "standard"
@@ -269,7 +270,7 @@ def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
 
 @pytest.mark.parametrize("name", ["diffusion-v0", "diffusion-v1", "diffusion-v2"])
 def test_smoke_run_of_the_seed_presets(tmp_path, name):
-    results = run_diffusion(diffusion_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
+    results = run_diffusion(load_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
                             smoke=True, progress=False)
     assert results["model"]["architecture"] == ("unet-v2" if name == "diffusion-v2" else "conv-v1")
     assert results["primary_protocol"] == "seed" and results["results"]["oracle"]["episodes"] == 4
@@ -281,7 +282,7 @@ def test_preset_loading_and_the_cli_pipeline_entry(tmp_path):
     from hrmlab.errors import UserError
     from hrmlab.pipeline import RunOptions
 
-    data = {k: v for k, v in to_dict(diffusion_preset("diffusion-v2")).items() if k != "name"}
+    data = {k: v for k, v in to_dict(load_preset("diffusion-v2")).items() if k != "name"}
     cfg = load_diffusion_experiment(data, "diffusion-v2", ["model.conditioning=full"])
     assert cfg.name == "diffusion-v2" and cfg.family == "diffusion" and cfg.model.conditioning == "full"
     assert "4,193,922 params" in describe_diffusion(cfg)

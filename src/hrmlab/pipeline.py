@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hrmlab.fileio import write_json_atomic
 from hrmlab.config import config_hash, save_yaml
 from hrmlab.errors import UserError
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
@@ -48,13 +49,6 @@ class RunOptions:
 
 def default_cache() -> Path:
     return Path(os.environ.get("HRMLAB_CACHE", ".hrmlab_cache"))
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path):
@@ -160,7 +154,7 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
         summary = train_runner(job)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["key"] = key
-        _write_json_atomic(done, summary)
+        write_json_atomic(done, summary)
         log.info("stage train/%s: done in %.1fs (%s)", model, summary["seconds"], stage_dir)
     _link(stage_dir, opts.out / "train" / model)
     return summary
@@ -188,7 +182,7 @@ def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: Planner
     finally:
         progress.close()
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    _write_json_atomic(path, results)
+    write_json_atomic(path, results)
     log.info("stage evaluate/%s: done in %.1fs", eval_cfg.protocol, results["seconds"])
     return results
 
@@ -241,7 +235,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
         "evaluations": evaluations,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    _write_json_atomic(opts.out / "results.json", results)
+    write_json_atomic(opts.out / "results.json", results)
     _write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 

@@ -42,6 +42,7 @@ from scipy import stats as sps
 
 from hrmlab.config import config_hash, to_dict
 from hrmlab.errors import UserError, choose
+from hrmlab.fileio import write_json_atomic
 
 log = logging.getLogger("hrmlab.study")
 
@@ -276,10 +277,8 @@ def _read_json(path: Path):
 
 
 def _write_results(out_json: Path, out_md: Path, study: StudyConfig, worlds: dict, smoke: bool) -> str:
-    from hrmlab.pipeline import _write_json_atomic
-
     ordered = {w: worlds[w] for w in study.worlds if w in worlds}
-    _write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
+    write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
     text = study_document(study, ordered, smoke)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text)

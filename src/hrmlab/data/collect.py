@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from hrmlab.fileio import write_json_atomic
 from hrmlab.backends.local import make_backend
 from hrmlab.config import config_hash, to_dict
 from hrmlab.data import shards
@@ -88,10 +89,6 @@ def store_config(world: BounceGridConfig, data: DataConfig) -> dict:
 
 def dataset_key(world: BounceGridConfig, data: DataConfig) -> str:
     return config_hash(store_config(world, data))
-
-
-def dataset_dir(cache_root: str | Path, world: BounceGridConfig, data: DataConfig) -> Path:
-    return Path(cache_root) / "data" / dataset_key(world, data)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -257,7 +254,7 @@ def _collect_locked(world, data, root: Path, key: str, backend, progress: bool) 
     all_plans = dict(plans)
     (root / shards.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     _drop_foreign_shards(root, manifest, plans)
-    shards.write_json_atomic(root / shards.MANIFEST, manifest)
+    write_json_atomic(root / shards.MANIFEST, manifest)
 
     for attempt in range(3):
         todo = []
@@ -282,7 +279,7 @@ def _collect_locked(world, data, root: Path, key: str, backend, progress: bool) 
         try:
             for split, specs in plans.items():
                 _merge_split(split, specs, manifest, files[split], world, data, progress)
-                shards.write_json_atomic(root / shards.MANIFEST, manifest)
+                write_json_atomic(root / shards.MANIFEST, manifest)
             break
         except shards.ShardCorrupted as exc:
             log.warning("dataset %s: %s; regenerating it", key, exc)
@@ -297,7 +294,7 @@ def _collect_locked(world, data, root: Path, key: str, backend, progress: bool) 
         for specs in all_plans.values():
             for spec in specs:
                 Path(spec.path).unlink(missing_ok=True)
-    shards.write_json_atomic(done_marker, {"key": key})  # last: only now does the dataset look finished
+    write_json_atomic(done_marker, {"key": key})  # last: only now does the dataset look finished
     log.info("dataset %s: finished at %s (%d shards generated, %d reused)", key, root,
              len(paths.shards_generated), len(paths.shards_reused))
     return paths
@@ -322,7 +319,7 @@ def _generate(todo: list[ShardSpec], manifest: dict, root: Path, key: str, backe
     with tqdm(total=episodes, unit="ep", desc="collect", disable=not progress) as bar:
         for record in backend.map(make_shard, todo):
             manifest["shards"][record["name"]] = record
-            shards.write_json_atomic(root / shards.MANIFEST, manifest)  # a kill after this keeps the shard
+            write_json_atomic(root / shards.MANIFEST, manifest)  # a kill after this keeps the shard
             bar.update(record["episodes"])
 
 

@@ -20,12 +20,13 @@ import hashlib
 import io
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from hrmlab.fileio import atomic_open, sha256_file  # noqa: F401  (sha256_file: re-exported for callers)
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +34,6 @@ MANIFEST = "manifest.json"
 DONE = "DONE"
 SHARD_DIR = "shards"
 _BLOCK_BYTES = 8 << 20
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_BLOCK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _temp_name(path: Path) -> Path:
-    # unique per writer, so an orphaned worker of a killed run cannot clobber a new run's file
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
@@ -63,29 +51,10 @@ def write_npy_atomic(path: Path, array: np.ndarray) -> dict:
     payload = memoryview(array).cast("B")
     digest = hashlib.sha256(header)
     digest.update(payload)
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(header)
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb") as fh:  # a unique temporary name per writer: an orphaned worker of a
+        fh.write(header)                 # killed run cannot clobber a new run's file
+        fh.write(payload)
     return {"bytes": len(header) + payload.nbytes, "sha256": digest.hexdigest()}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path = Path(path)
-    tmp = _temp_name(path)
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=1, sort_keys=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_manifest(root: Path) -> dict | None:
@@ -162,33 +131,25 @@ def merge_shards(shard_files: Iterable[tuple[Path, dict]], out_path: Path, shape
     out_path = Path(out_path)
     header = _npy_header(shape, dtype)
     digest = hashlib.sha256(header)
-    tmp = _temp_name(out_path)
     rows = 0
     total = sum(rec["bytes"] for _, rec in shard_files)
-    try:
-        with open(tmp, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=desc,
-                                          disable=not progress, leave=False) as bar:
-            out.write(header)
-            for path, record in shard_files:
-                blob = Path(path).read_bytes()
-                if len(blob) != record["bytes"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
-                    raise ShardCorrupted(record["name"], "changed since it was verified")
-                stream = io.BytesIO(blob)
-                np.lib.format.read_magic(stream)
-                part_shape, fortran, part_dtype = np.lib.format.read_array_header_1_0(stream)
-                if fortran or part_dtype != np.dtype(dtype) or part_shape[1:] != tuple(shape[1:]):
-                    raise ShardCorrupted(record["name"], f"unexpected array {part_shape} {part_dtype}")
-                payload = memoryview(blob)[stream.tell():]
-                out.write(payload)
-                digest.update(payload)
-                rows += part_shape[0]
-                bar.update(len(blob))
-            if rows != shape[0]:
-                raise ValueError(f"shards hold {rows} rows, expected {shape[0]}")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(out_path, "wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=desc,
+                                                  disable=not progress, leave=False) as bar:
+        out.write(header)
+        for path, record in shard_files:
+            blob = Path(path).read_bytes()
+            if len(blob) != record["bytes"] or hashlib.sha256(blob).hexdigest() != record["sha256"]:
+                raise ShardCorrupted(record["name"], "changed since it was verified")
+            stream = io.BytesIO(blob)
+            np.lib.format.read_magic(stream)
+            part_shape, fortran, part_dtype = np.lib.format.read_array_header_1_0(stream)
+            if fortran or part_dtype != np.dtype(dtype) or part_shape[1:] != tuple(shape[1:]):
+                raise ShardCorrupted(record["name"], f"unexpected array {part_shape} {part_dtype}")
+            payload = memoryview(blob)[stream.tell():]
+            out.write(payload)
+            digest.update(payload)
+            rows += part_shape[0]
+            bar.update(len(blob))
+        if rows != shape[0]:
+            raise ValueError(f"shards hold {rows} rows, expected {shape[0]}")
     return {"bytes": out_path.stat().st_size, "sha256": digest.hexdigest()}

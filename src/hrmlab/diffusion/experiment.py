@@ -18,9 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from typing import Callable, Literal
 
 import torch
 
+from hrmlab.fileio import write_json_atomic
 from hrmlab.config import apply_overrides, config_hash, from_dict, save_yaml, to_dict
 from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion.evaluate import DiffusionEvalConfig
@@ -110,15 +109,6 @@ DIFFUSION_PRESETS = ("diffusion-v0", "diffusion-v1", "diffusion-v2", "diffusion-
 """The diffusion presets; their settings live in presets/<name>.yaml like every other preset."""
 
 
-def diffusion_preset(name: str) -> DiffusionExperimentConfig:
-    """A diffusion preset's config, loaded from its YAML file."""
-    from hrmlab.presets import load_preset
-
-    if name not in DIFFUSION_PRESETS:
-        raise UserError(f"unknown diffusion preset {name!r}; valid choices: {', '.join(DIFFUSION_PRESETS)}")
-    return load_preset(name)
-
-
 def load_diffusion_experiment(data: dict, name: str, overrides=()) -> DiffusionExperimentConfig:
     """Preset dict (a YAML file's contents) → config, with `key=value` overrides applied."""
     cfg = from_dict(DiffusionExperimentConfig, {**data, "name": name})
@@ -160,14 +150,6 @@ def describe_diffusion(cfg: DiffusionExperimentConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------ pipeline
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def training_noise(noise: NoiseConfig) -> dict:
@@ -243,7 +225,7 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
                                                       planner=planner, noise_cfg=noise_cfg,
                                                       path_points=cfg.data.path_points, progress=progress,
                                                       record_dir=eval_dir / "records", records=cfg.eval.records)
-                _write_json(cached, result)
+                write_json_atomic(cached, result)
             for name in result.get("records", []):
                 (run_dir / "records").mkdir(exist_ok=True)
                 shutil.copyfile(eval_dir / "records" / name, run_dir / "records" / name)
@@ -279,7 +261,7 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         "timings": timings,
         "seconds": round(time.perf_counter() - t_start, 1),
     }
-    _write_json(run_dir / "results.json", results)
+    write_json_atomic(run_dir / "results.json", results)
     return results
 
 
@@ -295,7 +277,7 @@ def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts, backend=None,
     results = run_diffusion(cfg, opts.out, opts.cache, backend or make_backend(opts.workers), smoke=False,
                             progress=opts.progress, train_runner=train_runner)
     results["smoke"] = bool(opts.smoke)
-    _write_json(Path(opts.out) / "results.json", results)
+    write_json_atomic(Path(opts.out) / "results.json", results)
     write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 

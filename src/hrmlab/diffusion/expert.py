@@ -20,19 +20,17 @@ resumable) is at the bottom of this file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numba
 import numpy as np
 
+from hrmlab.fileio import sha256_file, write_bytes_atomic
 from hrmlab.config import config_hash, from_dict, to_dict
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -289,27 +287,6 @@ class ExpertDataConfig:
     """Episode split the expert plans on (never the evaluation split)."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def expert_shard(task: dict) -> dict:
@@ -384,7 +361,7 @@ def generate_expert_data(world: BlobWorldConfig, expert: ExpertConfig, data: Exp
         if old.get("config_hash") == key:
             for name, entry in old.get("shards", {}).items():
                 f = out_dir / entry["file"]
-                if f.exists() and _sha256(f) == entry["sha256"]:
+                if f.exists() and sha256_file(f) == entry["sha256"]:
                     manifest["shards"][name] = entry
         if old.get("complete") and len(manifest["shards"]) == len(old.get("shards", {})):
             return manifest_path
@@ -405,15 +382,15 @@ def generate_expert_data(world: BlobWorldConfig, expert: ExpertConfig, data: Exp
         name = f"shard-{s:05d}.npz"
         buf = io.BytesIO()
         np.savez_compressed(buf, **result)
-        _atomic_write_bytes(out_dir / name, buf.getvalue())
-        manifest["shards"][str(s)] = {"file": name, "sha256": _sha256(out_dir / name),
+        write_bytes_atomic(out_dir / name, buf.getvalue())
+        manifest["shards"][str(s)] = {"file": name, "sha256": sha256_file(out_dir / name),
                                       "paths": int(len(result["paths"]))}
-        _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+        write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
         bar.update(1)
     bar.close()
     manifest["complete"] = True
     manifest["total_paths"] = int(sum(e["paths"] for e in manifest["shards"].values()))
-    _atomic_write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
     return manifest_path
 
 
@@ -429,7 +406,7 @@ def load_expert_data(manifest_path) -> dict:
     for s in sorted(manifest["shards"], key=int):
         entry = manifest["shards"][s]
         f = manifest_path.parent / entry["file"]
-        if not f.exists() or _sha256(f) != entry["sha256"]:
+        if not f.exists() or sha256_file(f) != entry["sha256"]:
             raise UserError(f"expert shard {f} is missing or corrupt; delete {manifest_path} and rerun")
         with np.load(f) as z:
             parts.append({k: z[k] for k in z.files})

@@ -13,6 +13,8 @@ import logging
 import re
 from pathlib import Path
 
+from hrmlab.fileio import write_text_atomic
+
 log = logging.getLogger(__name__)
 
 MIME = {".png": "image/png", ".gif": "image/gif", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
@@ -139,5 +141,5 @@ def markdown_to_html(markdown: str, base_dir: Path, title: str = "hrmlab report"
 def write_html(markdown: str, out_path: Path, title: str = "hrmlab report") -> Path:
     """Write the self-contained HTML version of `markdown` (images relative to out_path's folder)."""
     out_path = Path(out_path)
-    out_path.write_text(markdown_to_html(markdown, out_path.parent, title), encoding="utf-8")
+    write_text_atomic(out_path, markdown_to_html(markdown, out_path.parent, title))
     return out_path

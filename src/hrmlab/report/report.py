@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import os
 import re
 from pathlib import Path
 
+from hrmlab.fileio import write_text_atomic
 from hrmlab.errors import UserError
 from hrmlab.report import plots, tables
 from hrmlab.report.animate import load_diffusion_record, pick_disagreements, render_diffusion, render_replay
@@ -32,11 +32,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text)
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def _image(md: list[str], written: list[Path], path: Path | None, run_dir: Path, alt: str) -> None:
@@ -239,10 +234,9 @@ def write_report(run_dir: str | Path, *, animations: int = 2, animation_format: 
     if not run.evaluations:
         md += ["No evaluation results in this run yet.", ""]
     text = "\n".join(md).rstrip() + "\n"
-    report_md = _atomic_write(run.path / "report.md", text)
+    report_md = write_text_atomic(run.path / "report.md", text)
     report_html = run.path / "report.html"
-    write_html(text, report_html.with_name("report.html.tmp"), title=f"hrmlab report: {run.label}")
-    os.replace(report_html.with_name("report.html.tmp"), report_html)
+    write_html(text, report_html, title=f"hrmlab report: {run.label}")
     log.info("wrote %s and %s (%d images)", report_md, report_html, len(written))
     return [report_md, report_html] + written
 

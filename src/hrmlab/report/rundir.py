@@ -71,10 +71,9 @@ class RunDir:
 
     def history_len(self) -> int:
         """Positions of history the forecasters saw (the evaluation's `history`, default 20)."""
-        for key in ("eval", "evaluate", "evaluation"):
-            section = self.config.get(key)
-            if isinstance(section, dict) and isinstance(section.get("history"), int):
-                return section["history"]
+        section = self.config.get("eval")
+        if isinstance(section, dict) and isinstance(section.get("history"), int):
+            return section["history"]
         return 20
 
     def forecaster_spec(self, name: str) -> ForecasterSpec | None:

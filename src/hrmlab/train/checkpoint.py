@@ -8,16 +8,15 @@ killed mid-save leaves the previous checkpoint intact and never a half-written o
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from hrmlab.fileio import atomic_open
 from hrmlab.errors import UserError
 
 FORMAT_VERSION = 1
@@ -73,17 +72,8 @@ def save_checkpoint(path, *, model: torch.nn.Module, optimizer=None, scheduler=N
         "extra": extra or {},
         "rng": rng_state(),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path, *, model: torch.nn.Module, optimizer=None, scheduler=None, scaler=None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 from torch.optim import Optimizer
@@ -92,8 +91,3 @@ def make_scheduler(name: str, optimizer: Optimizer, total_steps: int, max_lr: fl
         return CosineAnnealingLR(optimizer, T_max=max(1, total_steps - 1), eta_min=min_lr)
     raise UserError(f"unknown schedule {name!r}; valid choices: {', '.join(SCHEDULES)}")
 
-
-def cosine_lr(step: int, total_steps: int, max_lr: float, min_lr: float) -> float:
-    """The cosine schedule's closed form for 0-based `step` (for checks and plots)."""
-    span = max(1, total_steps - 1)
-    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * min(step, span) / span))

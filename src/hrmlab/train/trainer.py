@@ -22,7 +22,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrmlab.config import NOT_IN_KEY
+from hrmlab.fileio import write_text_atomic
 from hrmlab.data.base import SampleSource
 from hrmlab.errors import UserError
 from hrmlab.progress import make_progress
@@ -224,9 +224,7 @@ class _MetricsWriter:
             if row.get("kind") == "val" and row.get("epoch", 0) >= epoch:
                 continue
             kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(k + "\n" for k in kept))
 
     def write(self, row: dict) -> None:
         if not self.enabled:

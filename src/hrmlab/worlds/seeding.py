@@ -34,11 +34,6 @@ def episode_ids(split: str, indices) -> np.ndarray:
     return (np.uint64(SPLIT_CODES[split]) << np.uint64(INDEX_BITS)) | idx.astype(np.uint64)
 
 
-def split_of(ids) -> np.ndarray:
-    """Split code of each episode id (inverse of `episode_ids`)."""
-    return (np.asarray(ids, dtype=np.uint64) >> np.uint64(INDEX_BITS)).astype(np.int64)
-
-
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """The splitmix64 finaliser, elementwise on uint64 arrays (wrapping arithmetic)."""
     with np.errstate(over="ignore"):
