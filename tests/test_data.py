@@ -15,7 +15,8 @@ import pytest
 from hrmlab.backends.local import ProcessPoolBackend, SerialBackend
 from hrmlab.data import shards
 from hrmlab.data.collect import DataConfig, collect, dataset_key
-from hrmlab.data.dataset import TrajectoryWindows, load_or_collect, open_dataset
+from hrmlab.data.collect import load_or_collect
+from hrmlab.data.dataset import TrajectoryWindows, open_dataset
 from hrmlab.errors import UserError
 from hrmlab.worlds import bounce_grid, seeding
 from hrmlab.worlds.bounce_grid import BounceGridConfig

@@ -10,11 +10,8 @@ import os
 import tomllib
 from pathlib import Path
 
-from hrmlab.cloud.orchestrate import resolve_config, run_dir_name
+from hrmlab.cloud.orchestrate import resolve_config, run_in_app
 from hrmlab.errors import UserError
-
-
-VOLUME_NAME = "hrmlab-cache"  # the same name as modal_app.VOLUME_NAME (kept here so this module needs no modal)
 
 
 def require_modal():
@@ -47,11 +44,6 @@ def require_token() -> None:
         raise UserError("no Modal token found; run `modal setup` (or set MODAL_TOKEN_ID/MODAL_TOKEN_SECRET)")
 
 
-def fetch_command(preset: str, smoke: bool = False, out: str | Path | None = None) -> str:
-    name = run_dir_name(preset, smoke)
-    return f"modal volume get {VOLUME_NAME} runs/{name} {out or Path('runs') / name}"
-
-
 def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
     """Run the preset's pipeline on Modal (the CLI's `--backend modal`); returns the exit code."""
     resolve_config(preset, overrides, smoke)  # a bad preset or key fails here, before anything starts
@@ -64,20 +56,3 @@ def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path
                         f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
     with modal.enable_output(), modal_app.app.run():
         return run_in_app(modal_app.run_pipeline, preset, overrides, smoke, out)
-
-
-def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
-    """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary.
-
-    run_pipeline: the app's orchestrator function (passed in, so this module never imports modal itself)."""
-    from hrmlab.families import family_of
-
-    try:
-        cfg = resolve_config(preset, overrides, smoke)
-    except UserError as exc:
-        print(f"hrmlab: error: {exc}")
-        return 2
-    results = run_pipeline.remote(preset, list(overrides), smoke)
-    family_of(cfg).call("print_summary", results, cfg)
-    print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
-    return 0

@@ -25,7 +25,7 @@ from hrmlab.evaluate import runner as eval_runner
 from hrmlab.pipeline import default_cache
 
 APP_NAME = "hrmlab"
-VOLUME_NAME = "hrmlab-cache"
+VOLUME_NAME = orchestrate.VOLUME_NAME
 CACHE_DIR = "/cache"
 PYTHON_VERSION = "3.11"
 TORCH_VERSION = "2.13.0"
@@ -134,8 +134,6 @@ def run_pipeline(preset: str, overrides: list[str], smoke: bool = False) -> dict
 @app.local_entrypoint()
 def main(preset: str = "quick", smoke: bool = False, set: str = ""):
     """modal run -m hrmlab.cloud.modal_app --preset PRESET [--smoke] [--set 'key=value key=value']"""
-    from hrmlab.cloud.launcher import run_in_app
-
-    code = run_in_app(run_pipeline, preset, shlex.split(set), smoke)
+    code = orchestrate.run_in_app(run_pipeline, preset, shlex.split(set), smoke)
     if code:
         raise SystemExit(code)

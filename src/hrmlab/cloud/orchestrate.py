@@ -34,6 +34,9 @@ from hrmlab.experiment import CloudConfig, HardwareConfig
 from hrmlab.families import family_of
 from hrmlab.pipeline import RunOptions, TrainJob, run_train_job
 
+VOLUME_NAME = "hrmlab-cache"
+"""The Modal Volume holding the stage cache and run directories."""
+
 log = logging.getLogger("hrmlab.cloud")
 
 Mapper = Callable[[list, dict], Iterable]
@@ -269,3 +272,25 @@ def _run_family(cfg, opts: RunOptions, backend: ModalBackend, train_runner, map_
         return planner
 
     return family.call("run", cfg, opts, backend=backend, train_runner=train_task_remote)
+
+
+def fetch_command(preset: str, smoke: bool = False, out: str | Path | None = None) -> str:
+    name = run_dir_name(preset, smoke)
+    return f"modal volume get {VOLUME_NAME} runs/{name} {out or Path('runs') / name}"
+
+
+def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
+    """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary.
+
+    run_pipeline: the app's orchestrator function (passed in: this module never imports modal)."""
+    from hrmlab.families import family_of
+
+    try:
+        cfg = resolve_config(preset, overrides, smoke)
+    except UserError as exc:
+        print(f"hrmlab: error: {exc}")
+        return 2
+    results = run_pipeline.remote(preset, list(overrides), smoke)
+    family_of(cfg).call("print_summary", results, cfg)
+    print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
+    return 0

@@ -26,6 +26,7 @@ from hrmlab.fileio import write_json_atomic
 from hrmlab.backends.local import make_backend
 from hrmlab.config import config_hash, to_dict
 from hrmlab.data import shards
+from hrmlab.data.dataset import open_dataset
 from hrmlab.errors import UserError
 from hrmlab.worlds import bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -185,8 +186,6 @@ class DatasetPaths:
 
     def open(self, split: str = "train"):
         """The split as a SampleSource (memory-mapped)."""
-        from hrmlab.data.dataset import open_dataset
-
         return open_dataset(self, split)
 
 
@@ -329,3 +328,10 @@ def _merge_split(split: str, specs: list[ShardSpec], manifest: dict, out: Path, 
     parts = [(Path(spec.path), manifest["shards"][spec.name]) for spec in specs]
     record = shards.merge_shards(parts, out, shape, np.float32, progress=progress, desc=f"merge {split}")
     manifest["merged"][split] = {"file": out.name, "shape": list(shape), **record}
+
+
+def load_or_collect(world, data, cache_root, backend=None, progress: bool = True,
+                    mmap: bool = True) -> dict:
+    """Collect (or reuse) the dataset for (world, data) and open every split: {'train': ..., 'val': ...}."""
+    paths = collect(world, data, cache_root, backend=backend, progress=progress)
+    return {split: open_dataset(paths, split, mmap=mmap) for split in paths.files}

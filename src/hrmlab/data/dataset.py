@@ -88,9 +88,7 @@ def open_dataset(source, split: str = "train", history: int | None = None, mmap:
 
     history defaults to the one the dataset was collected with. mmap=False loads the split into memory.
     """
-    from hrmlab.data.collect import DatasetPaths
-
-    if isinstance(source, DatasetPaths):
+    if hasattr(source, "files"):  # the DatasetPaths `collect` returns
         root, files = source.root, source.files
         history = history if history is not None else source.history
     else:
@@ -104,12 +102,3 @@ def open_dataset(source, split: str = "train", history: int | None = None, mmap:
         raise UserError(f"dataset {root} has no {split!r} split; available: {', '.join(sorted(files))}")
     positions = np.load(files[split], mmap_mode="r" if mmap else None)
     return TrajectoryWindows(positions, history)
-
-
-def load_or_collect(world, data, cache_root, backend=None, progress: bool = True,
-                    mmap: bool = True) -> dict[str, TrajectoryWindows]:
-    """Collect (or reuse) the dataset for (world, data) and open every split: {'train': ..., 'val': ...}."""
-    from hrmlab.data.collect import collect
-
-    paths = collect(world, data, cache_root, backend=backend, progress=progress)
-    return {split: open_dataset(paths, split, mmap=mmap) for split in paths.files}
