@@ -61,3 +61,20 @@ def test_explicit_settings_win_over_smoke_sizes_in_both_families():
     assert resolve("quick", ["eval.episodes=7"], smoke=True).eval.episodes == 7
     assert resolve("diffusion-cpu", [], smoke=True).eval.test_episodes != 5
     assert resolve("diffusion-cpu", ["eval.test_episodes=5"], smoke=True).eval.test_episodes == 5
+
+
+def test_a_preset_extends_a_base_and_overrides_nested_keys(tmp_path, monkeypatch):
+    import pytest
+
+    from hrmlab import presets
+    from hrmlab.errors import UserError
+
+    (tmp_path / "_base.yaml").write_text("hrm: {d_model: 64, block: gated}\ndata: {train_episodes: 10}\n")
+    (tmp_path / "child.yaml").write_text("extends: _base\nhrm: {d_model: 32}\n")
+    (tmp_path / "loop.yaml").write_text("extends: loop2\n")
+    (tmp_path / "loop2.yaml").write_text("extends: loop\n")
+    monkeypatch.setattr(presets, "PRESET_DIR", tmp_path)
+    assert presets.preset_names() == ["child", "loop", "loop2"]  # `_base` is not an experiment
+    assert presets.preset_data("child") == {"hrm": {"d_model": 32, "block": "gated"}, "data": {"train_episodes": 10}}
+    with pytest.raises(UserError, match="extends itself"):
+        presets.preset_data("loop")

@@ -9,19 +9,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from hrmlab.config import load_yaml
-from hrmlab.errors import choose
+from hrmlab.errors import UserError, choose
 
 PRESET_DIR = Path(__file__).resolve().parent
 DEFAULT_PRESET = "quick"
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Runnable presets; files starting with `_` are bases that others extend, not experiments."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def preset_data(name: str) -> dict:
-    choose("preset", name, preset_names())
-    return load_yaml(PRESET_DIR / f"{name}.yaml")
+def deep_merge(base: dict, child: dict) -> dict:
+    """`child` over `base`: nested mappings merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def preset_data(name: str, _chain: tuple[str, ...] = ()) -> dict:
+    """A preset file's settings; `extends: BASE` starts from preset (or `_base` file) BASE's settings."""
+    if not _chain:
+        choose("preset", name, preset_names())
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(f"preset {_chain[-1]} extends {name!r}, which does not exist")
+    data = load_yaml(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if base in _chain + (name,):
+        raise UserError(f"preset {name} extends itself through {' -> '.join(_chain + (name, base))}")
+    return deep_merge(preset_data(str(base), _chain + (name,)), data)
 
 
 def load_preset(name: str, overrides=()):
