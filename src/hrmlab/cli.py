@@ -52,8 +52,11 @@ def cmd_evaluate(args) -> int:
     settings = apply_overrides(settings, overrides)
     get_protocol(settings.eval.protocol)
     specs = parse_forecasters(args.forecasters)
+    from hrmlab.policies import parse_policies
+
+    policies = parse_policies(args.policy)
     backend = make_backend(args.workers)
-    results = evaluate(settings.eval, settings.world, settings.planner, specs, backend)
+    results = evaluate(settings.eval, settings.world, settings.planner, specs, backend, policies=policies)
     print(format_table(results))
     _write_json(args.json, results)
     return 0
@@ -284,6 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="take world/planner/eval settings from this preset")
     p.add_argument("--workers", type=int, default=1, help="processes (1 = this process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. planner.time_index=seed")
+    p.add_argument("--policy", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="also run an outside policy on the same episodes (repeatable), e.g. "
+                        "rnd=hrmlab.policies:random_policy; see docs/gym.md")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(func=cmd_evaluate)
 
