@@ -135,19 +135,19 @@ class LiveEpisodes:
     def load(self, rows: np.ndarray, rules: Protocol, source: str, indices) -> None:
         """Start episodes `indices` in `rows`: source 'protocol' = the protocol's own episodes (test split
         or legacy seeds), else a split name. Runs the rules' warm-up."""
+        self.place(rows, prepare(self.kind, self.config, rules, source, indices, self.history_len))
+
+    def place(self, rows: np.ndarray, ready: "Prepared") -> None:
+        """Put prepared episodes into `rows` (all rows in order, or with row clocks any subset)."""
         rows = np.asarray(rows, dtype=np.int64)
-        indices = np.asarray(indices, dtype=np.int64)
-        if source == "protocol":
-            fresh = self.kind.protocol_episodes(rules, self.config, indices)
-        else:
-            fresh = self.kind.split_episodes(self.config, choose("split", source, SPLITS), indices)
-        history = warm_up(self.config, fresh, rules.warmup, self.history_len, step=self.kind.step)
+        fresh, history = ready.state, ready.history
         if rows.size == self.batch:
             if not np.array_equal(rows, np.arange(self.batch)):
                 raise ValueError("a full load takes the rows in order")
+            fresh = fresh.copy()
             if self.row_clocks:
                 fresh.t = np.full((self.batch, 1), fresh.t, dtype=np.int64)
-            self.state, self.history = fresh, history
+            self.state, self.history = fresh, history.copy()
             self.walls_obs = self.kind.walls(fresh).astype(np.int8)
         else:
             if self.state is None or not self.row_clocks:
@@ -160,11 +160,11 @@ class LiveEpisodes:
                     getattr(self.state, f.name)[rows] = value
             self.history[rows] = history
             self.walls_obs[rows] = self.kind.walls(fresh)
-        self.rules = rules
+        self.rules = ready.rules
         self.agent[rows] = fresh.start
         self.steps[rows] = 0
-        self.episode_source[rows] = rules.name if source == "protocol" else source
-        self.episode_index[rows] = indices
+        self.episode_source[rows] = ready.rules.name if ready.source == "protocol" else ready.source
+        self.episode_index[rows] = ready.indices
 
     def move(self, actions: np.ndarray):
         """Move every agent, step the world, test goal and crash as the evaluator does.
@@ -184,6 +184,69 @@ class LiveEpisodes:
     def world(self) -> Observation:
         """What a privileged policy (the oracle) may read: history, the live true state, the config."""
         return Observation(self.history, self.state, self.config)
+
+
+@dataclass
+class Prepared:
+    """Episodes built and warmed up, not yet in any row."""
+
+    state: object
+    history: np.ndarray
+    rules: Protocol
+    source: str
+    indices: np.ndarray
+
+    def take(self, sel) -> "Prepared":
+        return Prepared(self.state.subset(sel), self.history[sel], self.rules, self.source, self.indices[sel])
+
+
+def prepare(kind: WorldKind, config, rules: Protocol, source: str, indices, history_len: int) -> Prepared:
+    """Build episodes `indices` of `source` ('protocol' = the protocol's own, else a split) and run the
+    rules' warm-up, as the evaluator does (`make_episodes`, `warm_up`)."""
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if source == "protocol":
+        state = kind.protocol_episodes(rules, config, indices)
+    else:
+        state = kind.split_episodes(config, choose("split", source, SPLITS), indices)
+    history = warm_up(config, state, rules.warmup, history_len, step=kind.step)
+    return Prepared(state, history, rules, source, indices)
+
+
+class EpisodeQueue:
+    """The episodes autoresets start, built and warmed up `chunk` at a time. Episodes do not depend on the
+    batch that builds them (`worlds/seeding.py`), so prefetching changes the cost, not the episodes.
+
+    `next_index` None: random indices of the split from `rng`; else consecutive indices from it."""
+
+    def __init__(self, kind: WorldKind, config, rules: Protocol, source: str, history_len: int,
+                 rng: np.random.Generator, next_index: int | None, chunk: int):
+        self.kind, self.config, self.rules, self.source = kind, config, rules, source
+        self.history_len, self.rng, self.next_index, self.chunk = history_len, rng, next_index, chunk
+        self.ready: Prepared | None = None
+        self.cursor = 0
+
+    def take(self, count: int) -> list[Prepared]:
+        """The next `count` episodes, in order, as one or two prepared parts."""
+        parts = []
+        while count > 0:
+            left = 0 if self.ready is None else len(self.ready.indices) - self.cursor
+            if left == 0:
+                self._refill(max(self.chunk, count))
+                continue
+            n = min(left, count)
+            parts.append(self.ready.take(np.arange(self.cursor, self.cursor + n)))
+            self.cursor += n
+            count -= n
+        return parts
+
+    def _refill(self, size: int) -> None:
+        if self.next_index is None:
+            indices = draw_indices(self.rng, size)
+        else:
+            indices = self.next_index + np.arange(size)
+            self.next_index += size
+        self.ready = prepare(self.kind, self.config, self.rules, self.source, indices, self.history_len)
+        self.cursor = 0
 
 
 def draw_indices(rng: np.random.Generator, count: int) -> np.ndarray:

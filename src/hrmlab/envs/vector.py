@@ -20,7 +20,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from hrmlab.envs import core
-from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, LiveEpisodes, WorldKind
+from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, EpisodeQueue, LiveEpisodes, WorldKind
 from hrmlab.envs.env import episode_options, make_world, observation_space
 from hrmlab.errors import UserError
 
@@ -32,7 +32,7 @@ class HrmlabVectorEnv(VectorEnv):
     kind: WorldKind = BOUNCE_GRID
 
     def __init__(self, num_envs: int = 1, protocol: str = "standard", history: int = 20,
-                 render_mode: str | None = None, **world_settings):
+                 render_mode: str | None = None, prefetch: int = 256, **world_settings):
         if render_mode is not None:
             raise UserError("the vector env does not render; render a single env (render_mode='rgb_array')")
         self.num_envs = int(num_envs)
@@ -44,20 +44,20 @@ class HrmlabVectorEnv(VectorEnv):
         # per-row clocks: rows restart at different times and BounceGrid's random turning reads the clock
         self.live = LiveEpisodes(self.kind, self.world, self.num_envs, history, row_clocks=True)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
-        self._source, self._next_index = "train", None
+        self.history_len, self.prefetch = history, prefetch
+        self._queue: EpisodeQueue | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         rules, source, first = episode_options(options, self.rules, self.kind, self.world)
-        self._source = source
         if first is None:
-            self._next_index = None
-            indices = core.draw_indices(self.np_random, self.num_envs)
+            indices, next_index = core.draw_indices(self.np_random, self.num_envs), None
         else:
             first = int(np.asarray(first).reshape(-1)[0])
-            indices = first + np.arange(self.num_envs)
-            self._next_index = first + self.num_envs
+            indices, next_index = first + np.arange(self.num_envs), first + self.num_envs
         self.live.load(np.arange(self.num_envs), rules, source, indices)
+        self._queue = EpisodeQueue(self.kind, self.world, rules, source, self.history_len, self.np_random,
+                                   next_index, chunk=max(self.prefetch, self.num_envs))
         self._autoreset[:] = False
         return self.live.observation(), self._infos(np.zeros(self.num_envs, dtype=bool), None)
 
@@ -67,16 +67,15 @@ class HrmlabVectorEnv(VectorEnv):
         if actions.shape != (self.num_envs,) or not np.issubdtype(actions.dtype, np.integer) \
                 or actions.min() < 0 or actions.max() >= n_moves:
             raise ValueError(f"expected {self.num_envs} integer actions in 0..{n_moves - 1}")
+        if self._queue is None:
+            raise RuntimeError("call reset() first")
         restart = np.flatnonzero(self._autoreset)
         reached, crashed, timed_out = self.live.move(actions)
-        if restart.size:
-            if self._next_index is None:
-                indices = core.draw_indices(self.np_random, restart.size)
-            else:
-                indices = self._next_index + np.arange(restart.size)
-                self._next_index += restart.size
-            self.live.load(restart, self.live.rules, self._source, indices)
-            reached[restart] = crashed[restart] = timed_out[restart] = False
+        done = 0
+        for part in self._queue.take(restart.size):
+            self.live.place(restart[done:done + len(part.indices)], part)
+            done += len(part.indices)
+        reached[restart] = crashed[restart] = timed_out[restart] = False
         terminated = reached | crashed
         self._autoreset = terminated | timed_out
         rewards = reached.astype(np.float64) - crashed.astype(np.float64)
