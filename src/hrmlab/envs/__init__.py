@@ -20,6 +20,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError('hrmlab.envs needs gymnasium: pip install "hrmlab[gym]"') from exc
 
+from hrmlab.envs.core import suite_env_id
 from hrmlab.evaluate.protocols import SUITE_WORLDS
 
 
@@ -29,7 +30,7 @@ def env_ids() -> dict[str, dict]:
               "vector_entry_point": "hrmlab.envs.vector:BounceGridVectorEnv"}
     ids = {"hrmlab/BounceGrid-v0": {**bounce, "kwargs": {}}}
     for name in SUITE_WORLDS:  # the suites' worlds come from their protocols: one source of truth
-        ids[f"hrmlab/BounceGrid-{name.removeprefix('suite-')}-v0"] = {**bounce, "kwargs": {"protocol": name}}
+        ids[suite_env_id(name)] = {**bounce, "kwargs": {"protocol": name}}
     ids["hrmlab/BlobWorld-v0"] = {"entry_point": "hrmlab.envs.env:BlobWorldEnv",
                                   "vector_entry_point": "hrmlab.envs.vector:BlobWorldVectorEnv", "kwargs": {}}
     return ids

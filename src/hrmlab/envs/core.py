@@ -98,6 +98,11 @@ BLOB_WORLD = WorldKind(
     coordinate_max=lambda config: float(config.map_size))
 
 
+def suite_env_id(protocol: str) -> str:
+    """The registered id of a suite protocol's world: suite-patrol → hrmlab/BounceGrid-patrol-v0."""
+    return f"hrmlab/BounceGrid-{protocol.removeprefix('suite-')}-v0"
+
+
 def world_config(kind: WorldKind, settings: dict):
     """The kind's config from keyword settings; an unknown key is a UserError naming the valid ones."""
     valid = [f.name for f in dataclasses.fields(kind.config)]

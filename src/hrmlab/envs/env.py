@@ -65,16 +65,9 @@ def check_rules(kind: WorldKind, config, name: str) -> Protocol:
     rules = core.get_rules(kind, name)
     own = getattr(rules, "world", None)
     if own is not None and own != config:
-        hint = {p: env_id for env_id, p in suite_ids().items()}.get(name)
-        raise UserError(f"protocol {name} runs on its own world, not this env's"
-                        + (f"; use gymnasium.make({hint!r})" if hint else ""))
+        raise UserError(f"protocol {name} runs on its own world, not this env's; use "
+                        f"gymnasium.make({core.suite_env_id(name)!r})")
     return rules
-
-
-def suite_ids() -> dict[str, str]:
-    """Registered id → suite protocol name, for every suite world of `evaluate/protocols.py`."""
-    return {f"hrmlab/BounceGrid-{name.removeprefix('suite-')}-v0": name
-            for name, p in PROTOCOLS.items() if p.world is not None and not p.one_shot and name.startswith("suite-")}
 
 
 def episode_options(options: dict | None, default_rules: Protocol, kind: WorldKind, config):

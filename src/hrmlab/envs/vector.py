@@ -9,7 +9,9 @@ sub-env's action).
 Episodes: `reset(seed=s)` draws random train-split episodes and so does every autoreset. With
 `options={"protocol": P, "episode": i}` sub-env j starts protocol P's episode i + j and each autoreset
 takes the next unused index (i + num_envs, i + num_envs + 1, …): the evaluator's episodes, in order, for
-a vector loop. `{"split": s, "episode": i}` does the same over a split.
+a vector loop. `{"split": s, "episode": i}` does the same over a split. Autoresets take their episodes
+from a chunk of `prefetch` episodes built and warmed up together (the cost of building episodes is
+mostly per call; the episodes themselves do not depend on the chunk).
 """
 
 from __future__ import annotations
