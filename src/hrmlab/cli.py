@@ -58,8 +58,11 @@ def cmd_evaluate(args) -> int:
     if protocol.world is not None:  # the protocol's own world is the base; `--set world.*` applies on top
         settings = apply_overrides(dataclasses.replace(settings, world=protocol.world), overrides)
     specs = parse_forecasters(args.forecasters)
+    from hrmlab.policies import parse_policies
+
+    policies = parse_policies(args.policy)
     backend = make_backend(args.workers)
-    results = evaluate(settings.eval, settings.world, settings.planner, specs, backend)
+    results = evaluate(settings.eval, settings.world, settings.planner, specs, backend, policies=policies)
     print(format_table(results))
     _write_json(args.json, results)
     return 0
@@ -329,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="take world/planner/eval settings from this preset")
     p.add_argument("--workers", type=int, default=1, help="processes (1 = this process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. planner.time_index=seed")
+    p.add_argument("--policy", action="append", metavar="NAME=MODULE:FACTORY",
+                   help="also run an outside policy on the same episodes (repeatable), e.g. "
+                        "rnd=hrmlab.policies:random_policy; see docs/gym.md")
     p.add_argument("--json", help="also write the results as JSON here")
     p.set_defaults(func=cmd_evaluate)
 

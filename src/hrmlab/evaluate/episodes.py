@@ -4,6 +4,12 @@ Per episode: W warm-up physics steps build the history, then up to M steps of
 plan → move the agent to the chosen cell → physics step → goal / crash tests (order per protocol).
 All episodes of a chunk advance together; the world is stepped with numpy and the planner is one
 compiled call per step, so the cost per step is one forecast call plus one planner call.
+
+An outside policy (`hrmlab.policies`) takes the place of forecaster + planner through the `policy`
+hook: it sees the observation the Gymnasium envs give and returns move indices, applied by
+`apply_actions` (a move off the grid or into a wall leaves the agent where it is). The envs
+(`hrmlab.envs`) step episodes with the same pieces: `make_episodes`, `warm_up`, `apply_actions`,
+`end_tests`.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hrmlab.errors import UserError
 from hrmlab.forecast.base import Forecaster, Observation
-from hrmlab.planning.spacetime_astar import STATUS_GOAL, PlannerConfig, plan
+from hrmlab.policies import call_policy, observation
+from hrmlab.planning.spacetime_astar import MOVES, STATUS_GOAL, PlannerConfig, plan
 from hrmlab.evaluate.protocols import Protocol
 from hrmlab.worlds import bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig, WorldState
@@ -46,14 +54,16 @@ def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: n
     return bounce_grid.reset_split(world, "test", indices)
 
 
-def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len: int) -> np.ndarray:
+def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len: int, *,
+            step=bounce_grid.step) -> np.ndarray:
     """Run the warm-up physics steps; returns the history (B, N, H, 2), oldest first.
 
     The history starts with the reset positions and keeps the last `history_len` positions (after
-    enough warm-up steps the reset position has scrolled out, as in the seed's fixed-length deque)."""
+    enough warm-up steps the reset position has scrolled out, as in the seed's fixed-length deque).
+    `step` is the world's physics step (BlobWorld's for its env)."""
     frames = [state.pos.copy()]
     for _ in range(steps):
-        bounce_grid.step(world, state)
+        step(world, state)
         frames.append(state.pos.copy())
     frames = frames[-history_len:]
     history = np.stack(frames, axis=2)
@@ -63,12 +73,41 @@ def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len:
     return history
 
 
+def apply_actions(walls: np.ndarray, agent: np.ndarray, actions: np.ndarray, moves: np.ndarray = MOVES) -> np.ndarray:
+    """Cells after move `actions` (B,) (indices into `moves`) from `agent` (B, 2); a move off the grid or
+    into a wall (B, G, G) leaves the agent in place. The planner never makes such a move."""
+    target = agent + moves[actions]
+    g = walls.shape[-1]
+    inside = np.all((target >= 0) & (target < g), axis=-1)
+    clipped = np.clip(target, 0, g - 1)
+    free = inside & ~walls[np.arange(len(agent)), clipped[:, 0], clipped[:, 1]]
+    return np.where(free[:, None], target, agent)
+
+
+def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles: np.ndarray):
+    """(reached, crashed) per episode after a move and a physics step, in the protocol's order: agent
+    (B, 2) within goal_radius of goal (B, 2); any obstacle (B, N, 2) within crash_radius of the agent."""
+    dist_goal = np.linalg.norm(agent - goal, axis=-1)
+    dist_obs = np.linalg.norm(obstacles - agent[:, None, :], axis=-1).min(axis=1)
+    reached = dist_goal < protocol.goal_radius
+    crashed = dist_obs < protocol.crash_radius
+    if protocol.goal_first:
+        crashed &= ~reached
+    else:
+        reached &= ~crashed
+    return reached, crashed
+
+
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
-                    forecast_error: bool = True, record_paths: bool = False) -> EpisodeRecords:
+                    forecast_error: bool = True, record_paths: bool = False, policy=None) -> EpisodeRecords:
     """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
-    protocol's default world)."""
+    protocol's default world). With `policy` (see `hrmlab.policies`), the policy chooses the moves instead
+    and `forecaster` is not used."""
     world = world or protocol.default_world()
+    if policy is not None and protocol.one_shot:
+        raise UserError(f"protocol {protocol.name} is one-shot (one plan from the start); policies need a "
+                        "closed-loop protocol")
     planner = protocol.planner_for(planner)
     state = make_episodes(protocol, world, indices)
     batch = state.batch
@@ -79,6 +118,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
     active = np.ones(batch, dtype=bool)
     horizon = planner.horizon
     rec = EpisodeRecords(outcome, steps, ade_sum=np.zeros(horizon))
+    walls_obs = state.walls.astype(np.int8) if policy is not None else None
     paths = np.zeros((batch, protocol.max_steps + 1, 2), dtype=np.int64) if record_paths else None
     if paths is not None:
         paths[:, :] = agent[:, None]
@@ -96,33 +136,32 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
             break
         sub = state if idx.size == batch else state.subset(idx)
         obs = Observation(history[idx], sub, world)
-        t0 = time.perf_counter()
-        forecast = forecaster.forecast(obs, horizon)
-        t1 = time.perf_counter()
-        moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
-        t2 = time.perf_counter()
-        rec.forecast_seconds += t1 - t0
-        rec.plan_seconds += t2 - t1
+        if policy is not None:
+            t0 = time.perf_counter()
+            actions = call_policy(policy, observation(agent[idx], sub.goal, walls_obs[idx], obs.history), obs)
+            agent[idx] = apply_actions(sub.walls, agent[idx], actions)
+            rec.plan_seconds += time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            forecast = forecaster.forecast(obs, horizon)
+            t1 = time.perf_counter()
+            moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
+            t2 = time.perf_counter()
+            rec.forecast_seconds += t1 - t0
+            rec.plan_seconds += t2 - t1
+            if forecast_error and forecast.shape[1] > 0:
+                truth = bounce_grid.rollout(world, sub, horizon)
+                err = np.linalg.norm(forecast[:, :, :horizon] - truth, axis=-1)  # (b, N, horizon)
+                rec.ade_sum += err.sum(axis=(0, 1))
+                rec.ade_count += err.shape[0] * err.shape[1]
+            agent[idx] = moves
         rec.plan_calls += idx.size
-        if forecast_error and forecast.shape[1] > 0:
-            truth = bounce_grid.rollout(world, sub, horizon)
-            err = np.linalg.norm(forecast[:, :, :horizon] - truth, axis=-1)  # (b, N, horizon)
-            rec.ade_sum += err.sum(axis=(0, 1))
-            rec.ade_count += err.shape[0] * err.shape[1]
-        agent[idx] = moves
         steps[idx] += 1
         bounce_grid.step(world, state)
         history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
         if paths is not None:
             paths[:, step_idx + 1] = agent
-        dist_goal = np.linalg.norm(agent[idx] - state.goal[idx], axis=-1)
-        dist_obs = np.linalg.norm(state.pos[idx] - agent[idx, None, :], axis=-1).min(axis=1)
-        reached = dist_goal < protocol.goal_radius
-        crashed = dist_obs < protocol.crash_radius
-        if protocol.goal_first:
-            crashed &= ~reached
-        else:
-            reached &= ~crashed
+        reached, crashed = end_tests(protocol, agent[idx], state.goal[idx], state.pos[idx])
         outcome[idx[reached]] = SUCCESS
         outcome[idx[crashed]] = CRASH
         active[idx[reached | crashed]] = False

@@ -3,7 +3,8 @@
 Work is cut into chunks of episodes; each chunk is a picklable `ChunkSpec` run by `evaluate_chunk`, so
 the same code runs serially, on a local process pool, or on Modal containers through `backend.map`.
 Forecasters travel as `ForecasterSpec`s (a name plus, for learned models, a checkpoint path) and are
-built inside the worker.
+built inside the worker; outside policies likewise as `PolicySpec`s ("module:factory", see
+`hrmlab.policies`), run through the same closed loop and reported in the same table.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hrmlab.config import NOT_IN_KEY
+from hrmlab.errors import UserError
 from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
+from hrmlab.policies import PolicySpec, build_policy
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -50,6 +53,7 @@ class ChunkSpec:
     history: int = 20
     forecast_error: bool = True
     device: str = "cpu"
+    policies: list[PolicySpec] = field(default_factory=list)
 
 
 @dataclass
@@ -68,33 +72,52 @@ def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
         forecaster = build_forecaster(fspec, device=spec.device)
         rec = run_closed_loop(protocol, spec.world, spec.planner, forecaster, indices,
                               history_len=spec.history, forecast_error=spec.forecast_error)
-        result.per_forecaster[fspec.name] = {
-            "outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
-            "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
-            "ade_sum": rec.ade_sum, "ade_count": rec.ade_count,
-        }
+        result.per_forecaster[fspec.name] = _record(rec)
+    for pspec in spec.policies:
+        rec = run_closed_loop(protocol, spec.world, spec.planner, None, indices, history_len=spec.history,
+                              forecast_error=False, policy=build_policy(pspec))
+        result.per_forecaster[pspec.name] = _record(rec)
     return result
 
 
+def _record(rec) -> dict:
+    return {"outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
+            "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
+            "ade_sum": rec.ade_sum, "ade_count": rec.ade_count}
+
+
 def make_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
-                forecasters: list[ForecasterSpec], device: str = "cpu") -> list[ChunkSpec]:
+                forecasters: list[ForecasterSpec], device: str = "cpu",
+                policies: list[PolicySpec] | None = None) -> list[ChunkSpec]:
     indices = list(range(cfg.start, cfg.start + cfg.episodes))
     return [ChunkSpec(cfg.protocol, world, planner, forecasters, indices[i:i + cfg.chunk_size], cfg.history,
-                      cfg.forecast_error, device)
+                      cfg.forecast_error, device, list(policies or []))
             for i in range(0, len(indices), cfg.chunk_size)]
 
 
 def evaluate(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
-             forecasters: list[ForecasterSpec], backend, device: str = "cpu", progress=None) -> dict:
-    """Evaluate all forecasters on the same episodes; returns the results dict (see `summarise`)."""
-    get_protocol(cfg.protocol)  # fail fast on a bad name
-    chunks = make_chunks(cfg, world, planner, forecasters, device)
+             forecasters: list[ForecasterSpec], backend, device: str = "cpu", progress=None,
+             policies: list[PolicySpec] | None = None) -> dict:
+    """Evaluate all forecasters (and outside policies) on the same episodes; returns the results dict
+    (see `summarise`)."""
+    protocol = get_protocol(cfg.protocol)  # fail fast on a bad name
+    policies = list(policies or [])
+    names = [f.name for f in forecasters] + [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise UserError(f"forecaster and policy names must be unique, got {', '.join(names)}")
+    if policies and protocol.one_shot:
+        raise UserError(f"protocol {protocol.name} is one-shot (one plan from the start); policies need a "
+                        "closed-loop protocol")
+    chunks = make_chunks(cfg, world, planner, forecasters, device, policies)
     results = []
     for res in backend.map(evaluate_chunk, chunks):
         results.append(res)
         if progress is not None:
             progress(len(res.indices))
-    return summarise(cfg, world, planner, [f.name for f in forecasters], results)
+    out = summarise(cfg, world, planner, names, results)
+    if policies:
+        out["policies"] = {p.name: p.target for p in policies}
+    return out
 
 
 def _merge(results: list[ChunkResult], names: list[str]) -> dict:

@@ -226,12 +226,28 @@ def _legend_handles(tracks: list[ForecasterTrack], colors: dict[str, str]) -> li
     return handles
 
 
-def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4.0, trail: int = 8) -> Path:
-    """Animate a replayed episode, one panel per forecaster; `length + 1` frames."""
-    out_path = check_output_path(out_path)
-    tracks = list(replay.tracks.values())[:MAX_PANELS]
-    if not tracks:
-        raise UserError("nothing to render: no forecasters in this replay")
+@dataclass
+class PanelFigure:
+    """A figure of one panel per track, drawn and updated in place (animations and the envs' render)."""
+
+    fig: object
+    panels: list
+    suptitle: object
+    grabber: FrameGrabber
+
+    def frame(self, frame: int, title: str, trail: int = 8) -> np.ndarray:
+        """Frame `frame` as an (H, W, 3) uint8 array."""
+        for p in self.panels:
+            p.update(frame, trail)
+        self.suptitle.set_text(title)
+        return self.grabber.grab()
+
+    def close(self) -> None:
+        plt.close(self.fig)
+
+
+def panel_figure(replay: EpisodeReplay, tracks: list[ForecasterTrack]) -> PanelFigure:
+    """Walls, start, goal and legend drawn once; the moving artists of every panel ready to update."""
     colors = forecaster_colors([t.name for t in tracks])
     n = len(tracks)
     fig_w, fig_h = max(4.6, PANEL_INCHES * n + 0.2), PANEL_INCHES + 1.8
@@ -243,18 +259,30 @@ def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4
     fig.legend(handles=_legend_handles(tracks, colors), loc="lower center", ncol=min(5, 2 + n), fontsize=7,
                frameon=False)
     suptitle = fig.suptitle("", fontsize=11)
+    try:
+        grabber = FrameGrabber(fig, [a for p in panels for a in p.artists] + [suptitle])
+    except BaseException:
+        plt.close(fig)
+        raise
+    return PanelFigure(fig, panels, suptitle, grabber)
+
+
+def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4.0, trail: int = 8) -> Path:
+    """Animate a replayed episode, one panel per forecaster; `length + 1` frames."""
+    out_path = check_output_path(out_path)
+    tracks = list(replay.tracks.values())[:MAX_PANELS]
+    if not tracks:
+        raise UserError("nothing to render: no forecasters in this replay")
+    figure = panel_figure(replay, tracks)
     length = max(t.steps for t in tracks)
     frames = []
     try:
-        grabber = FrameGrabber(fig, [a for p in panels for a in p.artists] + [suptitle])
         for frame in range(length + 1):
-            for p in panels:
-                p.update(frame, trail)
-            suptitle.set_text(f"protocol {replay.protocol}, episode {replay.episode} — step {frame}/{length}\n"
-                              f"forecasts fade over the {replay.horizon}-step planning horizon")
-            frames.append(grabber.grab())
+            frames.append(figure.frame(frame, f"protocol {replay.protocol}, episode {replay.episode} — step "
+                                              f"{frame}/{length}\nforecasts fade over the {replay.horizon}-step "
+                                              "planning horizon", trail))
     finally:
-        plt.close(fig)
+        figure.close()
     return write_frames(frames, out_path, fps=fps)
 
 

@@ -68,7 +68,7 @@ class WorldState:
     start: np.ndarray  # (B, 2) int64
     goal: np.ndarray  # (B, 2) int64
     keys: np.ndarray  # (B,) uint64 — per-episode keys for stochastic dynamics
-    t: int = 0  # physics steps taken since reset
+    t: int | np.ndarray = 0  # physics steps since reset; (B, 1) int64 when episodes started apart (vector env)
     waypoints: np.ndarray | None = None  # (B, N, 4, 2) patrol rectangle corners
     next_wp: np.ndarray | None = None  # (B, N) index of the waypoint each obstacle walks to
     speeds: np.ndarray | None = None  # (B, N) patrol speed
@@ -81,16 +81,18 @@ class WorldState:
         def c(a):
             return None if a is None else a.copy()
 
+        t = self.t.copy() if isinstance(self.t, np.ndarray) else self.t  # `t += 1` on a copy stays there
         return WorldState(self.walls.copy(), self.pos.copy(), self.vel.copy(), self.start.copy(),
-                          self.goal.copy(), self.keys.copy(), self.t, c(self.waypoints), c(self.next_wp),
+                          self.goal.copy(), self.keys.copy(), t, c(self.waypoints), c(self.next_wp),
                           c(self.speeds))
 
     def subset(self, idx) -> "WorldState":
         def s(a):
             return None if a is None else a[idx].copy()
 
+        t = self.t[idx].copy() if isinstance(self.t, np.ndarray) else self.t
         return WorldState(self.walls[idx].copy(), self.pos[idx].copy(), self.vel[idx].copy(),
-                          self.start[idx].copy(), self.goal[idx].copy(), self.keys[idx].copy(), self.t,
+                          self.start[idx].copy(), self.goal[idx].copy(), self.keys[idx].copy(), t,
                           s(self.waypoints), s(self.next_wp), s(self.speeds))
 
 
