@@ -42,7 +42,6 @@ class EpisodeRecords:
     plan_calls: int = 0  # episode-steps planned (sum over steps of active episodes)
     ade_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (horizon,) summed L2 error per step ahead
     ade_count: int = 0  # obstacle-forecasts that entered ade_sum
-    trajectories: np.ndarray | None = None  # (E, M+1, 2) agent cells, when recorded
 
 
 def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: np.ndarray) -> WorldState:
@@ -100,10 +99,15 @@ def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles
 
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
-                    forecast_error: bool = True, record_paths: bool = False, policy=None) -> EpisodeRecords:
+                    forecast_error: bool = True, policy=None, recorder=None) -> EpisodeRecords:
     """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
     protocol's default world). With `policy` (see `hrmlab.policies`), the policy chooses the moves instead
-    and `forecaster` is not used."""
+    and `forecaster` is not used.
+
+    `recorder(idx, agent, forecast, moves)`, if given, sees every planning step of the forecaster loop:
+    the positions `idx` of the episodes still running, their cells before the move (b, 2), the forecast
+    (b, N', horizon, 2) and the chosen cells (b, 2). Animations record episodes through it, so what they
+    show is this loop's run, not a copy of it."""
     world = world or protocol.default_world()
     if policy is not None and protocol.one_shot:
         raise UserError(f"protocol {protocol.name} is one-shot (one plan from the start); policies need a "
@@ -119,18 +123,17 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
     horizon = planner.horizon
     rec = EpisodeRecords(outcome, steps, ade_sum=np.zeros(horizon))
     walls_obs = state.walls.astype(np.int8) if policy is not None else None
-    paths = np.zeros((batch, protocol.max_steps + 1, 2), dtype=np.int64) if record_paths else None
-    if paths is not None:
-        paths[:, :] = agent[:, None]
 
     if protocol.one_shot:
         obs = Observation(history, state, world)
         forecast = forecaster.forecast(obs, horizon)
-        _, status, _ = plan(state.walls, agent, state.goal, forecast, planner)
+        moves, status, _ = plan(state.walls, agent, state.goal, forecast, planner)
+        if recorder is not None:
+            recorder(np.arange(batch), agent.copy(), forecast, moves)
         rec.outcome[:] = np.where(status == STATUS_GOAL, SUCCESS, TIMEOUT)
         return rec
 
-    for step_idx in range(protocol.max_steps):
+    for _ in range(protocol.max_steps):
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
@@ -154,16 +157,15 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
                 err = np.linalg.norm(forecast[:, :, :horizon] - truth, axis=-1)  # (b, N, horizon)
                 rec.ade_sum += err.sum(axis=(0, 1))
                 rec.ade_count += err.shape[0] * err.shape[1]
+            if recorder is not None:
+                recorder(idx, agent[idx].copy(), forecast, moves)
             agent[idx] = moves
         rec.plan_calls += idx.size
         steps[idx] += 1
         bounce_grid.step(world, state)
         history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
-        if paths is not None:
-            paths[:, step_idx + 1] = agent
         reached, crashed = end_tests(protocol, agent[idx], state.goal[idx], state.pos[idx])
         outcome[idx[reached]] = SUCCESS
         outcome[idx[crashed]] = CRASH
         active[idx[reached | crashed]] = False
-    rec.trajectories = paths
     return rec

@@ -1,10 +1,9 @@
 """Replay one closed-loop episode with everything an animation needs recorded per step.
 
-The batched evaluator keeps only outcomes; to *show* an episode we re-run it alone and record the
-walls, the true obstacle positions, every forecast, every planned path and the agent's cells. The
-loop mirrors `hrmlab.evaluate.episodes.run_closed_loop` step for step (same episode construction,
-warm-up, planner call and test order), so the replayed outcome is the evaluator's outcome — a test
-checks this. The true world does not depend on the agent, so all forecasters share one obstacle
+The batched evaluator keeps only outcomes; to *show* an episode we re-run it alone through the
+evaluator's own loop (`run_closed_loop` with a per-step recorder) and record the walls, the true obstacle
+positions, every forecast, every planned path and the agent's cells, so the replayed outcome is the
+evaluator's outcome by construction. The true world does not depend on the agent, so all forecasters share one obstacle
 trajectory; each forecaster drives its own agent.
 """
 
@@ -15,11 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, make_episodes, warm_up
+from hrmlab.evaluate.episodes import OUTCOMES, make_episodes, run_closed_loop
 from hrmlab.evaluate.protocols import Protocol, get_protocol
-from hrmlab.forecast.base import Forecaster, Observation
+from hrmlab.forecast.base import Forecaster
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
-from hrmlab.planning.spacetime_astar import STATUS_GOAL, PlannerConfig, plan, plan_path
+from hrmlab.planning.spacetime_astar import PlannerConfig, plan_path
 from hrmlab.worlds import bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
@@ -64,10 +63,6 @@ class EpisodeReplay:
         """Moves of the longest track: an animation shows length + 1 agent positions."""
         return max((t.steps for t in self.tracks.values()), default=0)
 
-    def obstacles_at(self, step: int) -> np.ndarray:
-        """True obstacle positions (N, 2) when the agent has made `step` moves."""
-        return self.obstacles[min(self.warmup + step, len(self.obstacles) - 1)]
-
 
 def replay_episode(protocol: str | Protocol, world: BounceGridConfig, planner: PlannerConfig,
                    forecasters: list[ForecasterSpec | Forecaster], episode: int, *,
@@ -100,47 +95,26 @@ def _true_obstacles(protocol: Protocol, world: BounceGridConfig, episode: int) -
 
 def _run_one(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig, forecaster: Forecaster,
              name: str, episode: int, history_len: int) -> ForecasterTrack:
-    """The evaluator's loop for a batch of one episode, recording forecasts and whole planned paths."""
-    state = make_episodes(protocol, world, np.array([episode]))
-    history = warm_up(world, state, protocol.warmup, history_len)
-    agent = state.start.copy()
-    horizon = planner.horizon
-    cells, forecasts, plans, statuses = [agent[0].copy()], [], [], []
+    """The evaluator's own loop on a batch of one episode, recording forecasts and whole planned paths."""
+    walls = make_episodes(protocol, world, np.array([episode])).walls[0]
+    cells, forecasts, plans, statuses = [], [], [], []
 
-    def record(forecast, move):
-        path, status = plan_path(state.walls[0], agent[0], state.goal[0], forecast[0], planner)
-        if status != 2 and path[1, 0] >= 0 and not np.array_equal(path[1], move):
-            log.warning("%s: drawn path's first move %s differs from the planner's move %s", name, path[1], move)
+    def record(idx, agent, forecast, moves):
+        if not cells:
+            cells.append(agent[0].copy())
+        path, status = plan_path(walls, agent[0], goal, forecast[0], planner)
+        if status != 2 and path[1, 0] >= 0 and not np.array_equal(path[1], moves[0]):
+            log.warning("%s: drawn path's first move %s differs from the planner's move %s", name, path[1], moves[0])
         forecasts.append(forecast[0])
         plans.append(path)
         statuses.append(status)
+        if not protocol.one_shot:
+            cells.append(moves[0].copy())
 
-    if protocol.one_shot:
-        forecast = forecaster.forecast(Observation(history, state, world), horizon)
-        moves, status, _ = plan(state.walls, agent, state.goal, forecast, planner)
-        record(forecast, moves[0])
-        outcome = SUCCESS if status[0] == STATUS_GOAL else TIMEOUT
-        return _track(name, cells, forecasts, plans, statuses, outcome, horizon)
-
-    outcome = TIMEOUT
-    for _ in range(protocol.max_steps):
-        forecast = forecaster.forecast(Observation(history, state, world), horizon)
-        moves, _, _ = plan(state.walls, agent, state.goal, forecast, planner)
-        record(forecast, moves[0])
-        agent = moves
-        cells.append(agent[0].copy())
-        bounce_grid.step(world, state)
-        history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
-        reached = bool(np.linalg.norm(agent[0] - state.goal[0]) < protocol.goal_radius)
-        crashed = bool(np.linalg.norm(state.pos[0] - agent[0][None, :], axis=-1).min() < protocol.crash_radius)
-        if protocol.goal_first:
-            crashed &= not reached
-        else:
-            reached &= not crashed
-        if reached or crashed:
-            outcome = SUCCESS if reached else CRASH
-            break
-    return _track(name, cells, forecasts, plans, statuses, outcome, horizon)
+    goal = make_episodes(protocol, world, np.array([episode])).goal[0]
+    rec = run_closed_loop(protocol, world, planner, forecaster, np.array([episode]), history_len=history_len,
+                          forecast_error=False, recorder=record)
+    return _track(name, cells, forecasts, plans, statuses, int(rec.outcome[0]), planner.horizon)
 
 
 def _track(name, cells, forecasts, plans, statuses, outcome, horizon) -> ForecasterTrack:
