@@ -14,7 +14,6 @@ every entry against the original classes' own outputs and initial weights.
 from __future__ import annotations
 
 import dataclasses
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +185,24 @@ def load_seed_model(script: str, state_dict: dict, kind: str = "hrm", **sizes) -
     return model.eval()
 
 
+def infer_sizes(script: str, state_dict: dict, kind: str) -> dict:
+    """The constructor sizes the weights themselves show: hidden_dim (from the embedding / LSTM input
+    weights) and, for stacked HRMs, num_layers. num_heads and k_step leave no trace in a state_dict
+    (the script's CONFIG values are used)."""
+    weights = strip_wrappers(state_dict)
+    if kind == "lstm":
+        w = weights.get("lstm.weight_hh_l0")
+        return {} if w is None else {"hidden_dim": int(w.shape[1])}
+    sizes = {}
+    if "embed.weight" in weights:
+        sizes["hidden_dim"] = int(weights["embed.weight"].shape[0])
+    if get_script(script).hrm.variant != "sapient":
+        layers = {int(m.group(1)) for k in weights if (m := re.match(r"L_blocks\.(\d+)\.", k))}
+        if layers:
+            sizes["num_layers"] = max(layers) + 1
+    return sizes
+
+
 def read_state_dict(path: str | Path) -> dict:
     """A raw state_dict, or one held in a dict under `state_dict` / `model_state_dict` / `model` (the usual
     ways of saving a checkpoint), from a file written by torch.save."""
@@ -194,7 +211,7 @@ def read_state_dict(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError):
+    except Exception:  # torch.load raises many types (UnpicklingError, struct.error, ...) on a non-checkpoint
         raise UserError(f"{path} is not a PyTorch checkpoint that can be read safely (torch.load weights_only)") from None
     if isinstance(payload, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -207,11 +224,13 @@ def read_state_dict(path: str | Path) -> dict:
 
 
 def load_seed_forecaster(script: str, path: str | Path, name: str, device: str = "cpu", precision: str = "fp32"):
-    """An original checkpoint file as a planner forecaster, with the script's input scaling and history."""
+    """An original checkpoint file as a planner forecaster, with the script's input scaling and history.
+    HRM or LSTM is told by the weights, and so are the width and depth (`infer_sizes`)."""
     from hrmlab.forecast.learned import LearnedForecaster
 
     seed = get_script(script)
     state_dict = read_state_dict(path)
-    model = load_seed_model(script, state_dict, kind=detect_kind(state_dict))
+    kind = detect_kind(state_dict)
+    model = load_seed_model(script, state_dict, kind=kind, **infer_sizes(script, state_dict, kind))
     return LearnedForecaster(model, grid_size=seed.grid_scale, history=seed.history, device=device, dtype=precision,
                              name=name)
