@@ -1,5 +1,6 @@
-"""Forecaster models: exact parameter counts (SPEC §4), the length-1 attention shortcut, equivalence with
-the seed's original formulation, and the learned forecaster's batched rollout."""
+"""Forecaster models: exact parameter counts (SPEC §4), the length-1 attention shortcut, and the learned
+forecaster's batched rollout. Fidelity to the ORIGINAL classes (outputs, initial weights) is tested against
+the original's own numbers in test_seed_models.py."""
 
 import numpy as np
 import pytest
@@ -24,7 +25,7 @@ SPEC_TABLE = [  # preset, config, params (SPEC §4)
     ("robustfix/split/8gpu", dict(variant="deep", d_model=512, n_layers=4, heads=8, block="gated", init_std=0.01,
                                   initial_state="random"), 28_969_474),
     ("8gpu-v2", dict(variant="encoder", d_model=512, n_layers=4, heads=8, block="gated", ffn="gelu",
-                     rmsnorm="standard", init_std=0.02), 29_411_842),
+                     rmsnorm="standard", init_std=0.01), 29_411_842),
 ]
 
 
@@ -69,13 +70,12 @@ def test_sequence_attention_equals_multihead_attention():
 
 
 @pytest.mark.parametrize("fields", [
-    dict(variant="sapient", d_model=64, heads=4, h_period=3, rmsnorm="original", detach_h_input=False),
-    dict(variant="sapient", d_model=64, heads=4, h_period=2, rmsnorm="original", detach_h_input=True),
-    dict(variant="deep", d_model=64, n_layers=2, heads=4, block="gated", init_std=0.02),
+    dict(variant="sapient", d_model=64, heads=4, h_period=2, block="gated", init_std=0.02),
     dict(variant="deep", d_model=64, n_layers=2, heads=4, block="plain", init_std=0.02, rmsnorm="standard"),
-], ids=["v1", "v3", "mid-gated", "deep-plain"])
-def test_ours_equals_reference_formulation(fields):
-    """Outputs and gradients match the seed's formulation (full nn.MultiheadAttention, per-step embedding)."""
+], ids=["quick-gated", "deep-plain"])
+def test_fast_path_equals_reference_formulation_for_new_models(fields):
+    """hrmlab's own (standard-norm) models: the fused length-1 fast path gives the outputs and gradients of the
+    formulation with real nn.MultiheadAttention (which test_seed_models shows is the original's)."""
     model = build_model(HRMConfig(**fields), seed=1)
     reference = reference_from(model)
     x = torch.rand(8, 20, 2)
@@ -89,20 +89,21 @@ def test_ours_equals_reference_formulation(fields):
         assert (p.grad - ref).norm() <= 1e-4 * ref.norm() + 1e-8, name
 
 
-def test_full_size_gated_model_equals_reference():
-    model = build_model(HRMConfig(variant="deep", d_model=512, n_layers=4, heads=8, block="gated", init_std=0.01))
-    x = torch.rand(2, 20, 2)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference_from(model)(x), rtol=1e-4, atol=1e-5)
-
-
-def test_encoder_is_order_invariant_over_history():
+def test_encoder_sees_the_last_step_but_not_the_order_of_the_others():
+    """8gpu_v2 has no positional encoding and reads the last token: reordering the first T-1 steps changes
+    nothing (attention is permutation-equivariant), moving another step into last place does."""
     model = build_model(HRMConfig(variant="encoder", d_model=32, n_layers=2, heads=4, block="gated", ffn="gelu",
-                                  init_std=0.02))
+                                  init_std=0.2))
     assert isinstance(model, EncoderHRM)
     x = torch.rand(5, 20, 2)
+    shuffled = torch.cat([x[:, torch.randperm(19)], x[:, 19:]], dim=1)
+    swapped = torch.cat([x[:, :18], x[:, 19:], x[:, 18:19]], dim=1)
     with torch.no_grad():
-        torch.testing.assert_close(model(x), model(x[:, torch.randperm(20)]), rtol=1e-4, atol=1e-6)
+        out = model(x)
+        scale = out.abs().max()
+        # only float32 summation order differs (~1e-6 of the output here; exact to 1e-15 in float64)
+        assert (model(shuffled) - out).abs().max() <= 1e-4 * scale
+        assert (model(swapped) - out).abs().max() > 1e-2 * scale  # measured ~0.1 of the output
 
 
 def test_random_initial_state_and_bad_configs():

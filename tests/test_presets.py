@@ -42,7 +42,7 @@ def test_recipes_follow_the_spec():
     gpu8 = load_preset("hrm-cloud-8gpu")
     assert gpu8.hardware.gpus == 8 and gpu8.train_hrm.batch_size == 16_384
     v2 = load_preset("hrm-cloud-8gpu-v2")
-    assert v2.train_hrm.optimizer == "lamb" and v2.seed_protocol == "seed-v4" and v2.hrm.rmsnorm == "standard"
+    assert v2.train_hrm.optimizer == "lamb-torch-optimizer" and v2.seed_protocol == "seed-v4" and v2.hrm.rmsnorm == "standard"
     assert load_preset("hrm-cloud-v2").data.history == 10
 
 

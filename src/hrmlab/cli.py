@@ -326,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="closed-loop evaluation of forecasters + planner on a protocol")
     p.add_argument("--protocol", help="seed-v1 | seed-v2 | seed-v3 | seed-v4 | standard (default standard)")
     p.add_argument("--forecasters", default="ignore,zero,constant-velocity,bounce-aware,oracle",
-                   help="comma list of physics forecasters and/or NAME=CHECKPOINT for trained models")
+                   help="comma list of physics forecasters, NAME=CHECKPOINT for models trained by hrmlab, "
+                        "NAME=seed:SCRIPT:PATH for weights saved by an original script (e.g. seed:hrm_cloudv3:best_hrm.pt)")
     p.add_argument("--episodes", type=int, help="episodes per forecaster (default 1000)")
     p.add_argument("--start", type=int, help="first episode index (seed protocols: original episode s)")
     p.add_argument("--preset", help="take world/planner/eval settings from this preset")

@@ -90,6 +90,9 @@ class ExperimentConfig:
     seed_time_index: Literal["aligned", "seed"] = "seed"
     """Planner time index for the seed-protocol run: `seed` replays the original's numbers (its
     off-by-one), `aligned` shows what the same episodes give with the fix."""
+    seed_hrm_precision: Literal["fp32", "bf16"] = "fp32"
+    """Precision of the HRM in the seed-protocol run: RobustFix and 8gpu_v2 evaluated theirs in bf16
+    (here bf16 autocast; the main run always evaluates in fp32)."""
     models: list[str] = field(default_factory=lambda: ["hrm", "lstm"])
     """Learned models to train and evaluate."""
     physics_forecasters: list[str] = field(default_factory=lambda: ["ignore", "zero", "constant-velocity",

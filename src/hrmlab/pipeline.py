@@ -198,6 +198,11 @@ def seed_style_lines(results: dict, models: list[str]) -> list[str]:
     return lines
 
 
+def seed_protocol_specs(cfg: ExperimentConfig, specs: list[ForecasterSpec]) -> list[ForecasterSpec]:
+    """The forecasters of the seed-protocol run: the HRM at the precision its script evaluated it in."""
+    return [dataclasses.replace(s, precision=cfg.seed_hrm_precision) if s.name == "hrm" else s for s in specs]
+
+
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=None) -> dict:
     """The whole pipeline for a grid preset. Returns the results dict also written to results.json.
 
@@ -223,7 +228,8 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
     if cfg.seed_protocol:
         seed_cfg = dataclasses.replace(cfg.eval, protocol=cfg.seed_protocol, episodes=cfg.seed_episodes, start=0)
         seed_planner = dataclasses.replace(cfg.planner, time_index=cfg.seed_time_index)
-        evaluations[cfg.seed_protocol] = stage_evaluate(cfg, seed_cfg, seed_planner, specs, spec_keys, opts, backend)
+        evaluations[cfg.seed_protocol] = stage_evaluate(cfg, seed_cfg, seed_planner, seed_protocol_specs(cfg, specs),
+                                                        spec_keys, opts, backend)
     evaluations[cfg.eval.protocol] = stage_evaluate(cfg, cfg.eval, cfg.planner, specs, spec_keys, opts, backend)
 
     results = {

@@ -113,10 +113,10 @@ def simulate_positions(world: BounceGridConfig, split: str, first_index: int, ep
         stop = min(end, (start // reset_batch + 1) * reset_batch)
         state = bounce_grid.reset_split(world, split, np.arange(start, stop))
         block = out[start - first_index:stop - first_index]
-        block[:, :, 0] = state.pos / world.grid_size
+        block[:, :, 0] = state.pos / world.position_scale
         for t in range(1, steps):
             bounce_grid.step(world, state)
-            block[:, :, t] = state.pos / world.grid_size
+            block[:, :, t] = state.pos / world.position_scale
         start = stop
     return out
 
@@ -211,7 +211,7 @@ def _new_manifest(world: BounceGridConfig, data: DataConfig, key: str) -> dict:
         "config": store_config(world, data),
         "data_config": to_dict(data),
         "layout": (f"<split>.npy: float32 (episodes, {n}, {s}, 2); [e, n, t] = (row, col) of obstacle n "
-                   f"after t physics steps of episode e, divided by grid_size {world.grid_size}; t = 0 is the reset"),
+                   f"after t physics steps of episode e, divided by {world.position_scale} (world.coordinates); t = 0 is the reset"),
         "splits": {
             split: {"first_index": 0, "episodes": data.episodes(split),
                     "samples": data.episodes(split) * n * (s - h), "history": h}

@@ -50,7 +50,10 @@ class Protocol:
                                    radius=self.radius or planner.radius)
 
 
-V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian", velocity_std=0.5)
+# v1 (hrm_cloud.py): 8 obstacles drawn anywhere (walls ignored) with N(0, 0.5²) velocities, 40 wall draws (the
+# intended cells; the as-run code filled whole rows), bounces clipped at size − 0.1, raw cell coordinates.
+V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian", velocity_std=0.5,
+                            obstacle_draw="uniform", clip_max=19.9, coordinates="cells")
 
 # Scenario suites (docs/suites.md): worlds where forecasting matters. Each is the `standard` protocol
 # (test split, crash test first) on its own world; the preset of the same name trains on that world.

@@ -175,6 +175,8 @@ def summarise(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig, 
         out["pairwise"].append({"a": a, "b": b, **test})
     out["per_episode"] = {"indices": indices,
                           **{name: [OUTCOMES[o] for o in merged[name]["outcome"]] for name in names}}
+    # agent moves made when each episode ended (its success / crash step; max_steps for a timeout)
+    out["per_episode_steps"] = {name: [int(s) for s in merged[name]["steps"]] for name in names}
     return out
 
 

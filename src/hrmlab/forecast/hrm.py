@@ -4,12 +4,14 @@
 * `DeepSapientHRM` (Mid, FullScale, RobustFix, 8gpu): the same schedule with stacks of n L and n H blocks.
 * `EncoderHRM` (8gpu_v2): not recurrent; gated blocks with full attention over all history tokens.
 
+Each model reproduces its original class to float32 precision when loaded with the original weights
+(`seed_import.py` maps the names; tests/test_seed_models.py checks it against the original's outputs).
+
 The recurrent blocks attend over a length-1 sequence, where softmax over a single key is 1 and
 attention reduces to out_proj(v_proj(x)). `LengthOneAttention` keeps nn.MultiheadAttention's
 parameters (same names and shapes, so the parameter counts and state dicts match the seed's) but only
 computes the value/output path: identical results, a quarter of the attention matmuls skipped.
-The embedding of all T history steps is one batched matmul. `reference.py` holds the seed's original
-formulation (real nn.MultiheadAttention, per-step embedding) for equivalence tests and benchmarks.
+The embedding of all T history steps is one batched matmul.
 """
 
 from __future__ import annotations
@@ -46,11 +48,16 @@ class HRMConfig:
     rmsnorm: Literal["original", "standard"] = "standard"
     """original: the seed's g·x/‖x‖·d^-½ (output RMS 1/d, a bug kept for presets); standard: RMS 1."""
     norm_eps: float = 1e-6
-    """Added to the mean square inside RMSNorm (keeps an all-zero initial state finite)."""
+    """RMSNorm's epsilon; where it acts is `norm_eps_mode`."""
+    norm_eps_mode: Literal["standard", "original"] = "standard"
+    """standard: eps added to the mean square (F.rms_norm); original: the scripts' form, the divisor
+    clamped at eps, x / max(‖x‖, eps) (8gpu_v2: x / max(‖x‖·d^-½, eps)), computed in fp32. The scripts
+    used eps 1e-12 (F.normalize: v1–v3, Boosted, FullScale) or 1e-6 (Mid, RobustFix, Split, 8gpu, 8gpu_v2)."""
     detach_h_input: bool = True
     """The H module reads a detached L state (v3 and later); False lets gradients flow through it (v1, v2)."""
     init_std: float = 0.0
-    """0: PyTorch default init. > 0: Linear weights N(0, init_std²) (encoder: truncated at ±2σ), zero biases."""
+    """0: PyTorch default init. > 0: Linear weights N(0, init_std²), zero biases (encoder: trunc_normal_ with
+    PyTorch's default cut at ±2 absolute, i.e. practically untruncated for small std, as 8gpu_v2 did)."""
     initial_state: Literal["zero", "random"] = "zero"
     """Recurrent states start at zero, or at randn·initial_state_std on every call (RobustFix; also at test time)."""
     initial_state_std: float = 0.01
@@ -64,9 +71,7 @@ class HRMConfig:
     gate_residual_scale: float = 0.7071
     """Gated blocks scale x + s by this (the seed's rounded 1/√2) before attention."""
     encoder_repeats: int = 2
-    """Encoder only: how many times the second group of `n_layers` blocks is applied."""
-    encoder_readout: Literal["mean", "last"] = "mean"
-    """Encoder only: head on the mean over history tokens (the seed; order-invariant) or on the last token."""
+    """Encoder only: how many times the high group of `n_layers` blocks is applied (8gpu_v2: its k_step)."""
     dropout: float = 0.0
     """Dropout on block outputs during training (the seed used none)."""
 
@@ -75,19 +80,40 @@ class HRMConfig:
 
 
 class RMSNorm(nn.Module):
-    """g ⊙ x / rms(x), times 1/d for the seed's `original` scaling (whose output RMS is 1/d)."""
+    """g ⊙ x / rms(x), times 1/d for the seed's `original` scaling (whose output RMS is 1/d).
 
-    def __init__(self, d: int, scaling: str = "standard", eps: float = 1e-6):
+    eps_mode `standard` adds eps to the mean square (one fused kernel); `original` is the scripts' own
+    arithmetic: x / max(‖x‖, eps) · d^-½ · g (or, with standard scaling as in 8gpu_v2,
+    x / max(‖x‖ · d^-½, eps) · g), in fp32 and cast back, so small states normalise exactly as they did."""
+
+    def __init__(self, d: int, scaling: str = "standard", eps: float = 1e-6, eps_mode: str = "standard"):
         super().__init__()
         if scaling not in ("original", "standard"):
             raise UserError(f"unknown rmsnorm {scaling!r}; valid choices: original, standard")
+        if eps_mode not in ("original", "standard"):
+            raise UserError(f"unknown norm_eps_mode {eps_mode!r}; valid choices: original, standard")
         self.weight = nn.Parameter(torch.ones(d))
+        self.scaling = scaling
         self.scale = 1.0 / d if scaling == "original" else 1.0
         self.eps = eps
+        self.eps_mode = eps_mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eps_mode == "original":
+            xf = x.float()
+            norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+            root_d = x.shape[-1] ** -0.5
+            if self.scaling == "original":
+                out = xf / norm.clamp(min=self.eps) * root_d * self.weight.float()
+            else:
+                out = xf / (norm * root_d).clamp(min=self.eps) * self.weight.float()
+            return out.to(x.dtype)
         weight = self.weight if self.scale == 1.0 else self.weight * self.scale
         return F.rms_norm(x, (x.shape[-1],), weight.to(x.dtype), self.eps)
+
+
+def make_norm(cfg: "HRMConfig") -> RMSNorm:
+    return RMSNorm(cfg.d_model, cfg.rmsnorm, cfg.norm_eps, cfg.norm_eps_mode)
 
 
 class SwiGLU(nn.Module):
@@ -176,9 +202,9 @@ class PlainBlock(nn.Module):
 
     def __init__(self, cfg: HRMConfig, attention: nn.Module):
         super().__init__()
-        self.norm1 = RMSNorm(cfg.d_model, cfg.rmsnorm, cfg.norm_eps)
+        self.norm1 = make_norm(cfg)
         self.attn = attention
-        self.norm2 = RMSNorm(cfg.d_model, cfg.rmsnorm, cfg.norm_eps)
+        self.norm2 = make_norm(cfg)
         self.ffn = _make_ffn(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -209,6 +235,31 @@ class GatedBlock(PlainBlock):
         return z * c + (1 - z) * s
 
 
+class EncoderBlock(nn.Module):
+    """The 8gpu_v2 block, (x, s) → (h, new state): the gate z = σ(W[x; s] + b) is computed from the
+    block's INPUTS, before the body; h = (x+s)·c; h += attn(norm1 h); h += ffn(norm2 h); the block returns
+    the ungated h (what the next block reads) and, kept apart, z⊙h + (1−z)⊙s (the state this block
+    carries to its next application). Submodules are registered in the original's order (norm, attn,
+    gate, ffn, norm2), so a seeded build draws the original's initial weights."""
+
+    def __init__(self, cfg: HRMConfig, attention: nn.Module):
+        super().__init__()
+        self.norm1 = make_norm(cfg)
+        self.attn = attention
+        self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
+        self.ffn = _make_ffn(cfg)
+        self.norm2 = make_norm(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.residual_scale = cfg.gate_residual_scale
+
+    def forward(self, x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.sigmoid(self.gate(torch.cat([x, s], dim=-1)))
+        h = (x + s) * self.residual_scale
+        h = h + self.drop(self.attn(self.norm1(h)))
+        h = h + self.drop(self.ffn(self.norm2(h)))
+        return h, z * h + (1 - z) * s
+
+
 def make_block(cfg: HRMConfig, attention: nn.Module) -> nn.Module:
     if cfg.block == "plain":
         return PlainBlock(cfg, attention)
@@ -218,13 +269,15 @@ def make_block(cfg: HRMConfig, attention: nn.Module) -> nn.Module:
 
 
 def init_linear_weights(model: nn.Module, std: float, truncated: bool = False) -> None:
-    """N(0, std²) (or truncated at ±2σ) for every nn.Linear weight, zero biases; 0 keeps PyTorch defaults."""
+    """N(0, std²) for every nn.Linear weight (attention out_proj included, in_proj not: it is no Linear),
+    zero biases; 0 keeps PyTorch defaults. `truncated`: trunc_normal_ with its default cut at ±2 (absolute,
+    as 8gpu_v2 called it: for std 0.01 a cut at 200σ, so the distribution is N(0, std²))."""
     if std <= 0:
         return
     for module in model.modules():
         if isinstance(module, nn.Linear):
             if truncated:
-                nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+                nn.init.trunc_normal_(module.weight, std=std)
             else:
                 nn.init.normal_(module.weight, std=std)
             if module.bias is not None:
@@ -287,36 +340,38 @@ class SapientHRM(DeepSapientHRM):
 
 
 class EncoderHRM(nn.Module):
-    """The 8gpu_v2 model: not recurrent. All T steps are embedded as tokens; a low group of `n_layers`
-    gated blocks runs once (x = embedding, state starting at zero), then a high group of `n_layers`
-    blocks runs `encoder_repeats` times (x = low output, state starting at zero); full attention over
-    the T tokens, no positional encoding.
+    """The 8gpu_v2 model: not recurrent. All T steps are embedded as tokens (full attention over them, no
+    mask, no positional encoding). The low group of `n_layers` `EncoderBlock`s runs once, each block
+    reading the previous block's output with a zero state (its gated state is discarded, so the low
+    gates get no gradient); the high group then runs `encoder_repeats` times over the low output, each
+    block keeping its own gated state from one repeat to the next. The head reads the LAST token.
 
-    Without positions and with the seed's mean readout the model is invariant to the ORDER of the history:
-    it sees the set of past positions, not which is most recent, so it cannot tell the direction of
-    motion from a straight track — a likely reason this script did worse than the recurrent ones."""
+    Without positions, attention is permutation-equivariant: reordering the first T−1 history steps
+    changes nothing; only which position is last is known, not the direction of motion — a likely
+    reason this script did worse than the recurrent ones."""
 
     def __init__(self, cfg: HRMConfig):
         super().__init__()
+        if cfg.ffn != "gelu":
+            raise UserError(f"variant 'encoder' uses the GELU FFN of 8gpu_v2; got ffn={cfg.ffn!r}")
         self.cfg = cfg
         d = cfg.d_model
         self.embed = nn.Linear(POSITION_DIMS, d)
-        self.low_blocks = nn.ModuleList(make_block(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.high_blocks = nn.ModuleList(make_block(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.low_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
+        self.high_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
         self.head = nn.Linear(d, POSITION_DIMS)
         init_linear_weights(self, cfg.init_std, truncated=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.embed(x)  # (B, T, d)
-        low = torch.zeros_like(tokens)
+        h = self.embed(x)  # (B, T, d)
+        zero = torch.zeros_like(h)
         for block in self.low_blocks:
-            low = block(tokens, low)
-        high = torch.zeros_like(tokens)
+            h, _ = block(h, zero)
+        states = [zero] * len(self.high_blocks)
         for _ in range(self.cfg.encoder_repeats):
-            for block in self.high_blocks:
-                high = block(low, high)
-        pooled = high.mean(dim=1) if self.cfg.encoder_readout == "mean" else high[:, -1]
-        return self.head(pooled)
+            for i, block in enumerate(self.high_blocks):
+                h, states[i] = block(h, states[i])
+        return self.head(h[:, -1])
 
 
 # ---------------------------------------------------------------------------------------- factory

@@ -21,8 +21,10 @@ from hrmlab.train.checkpoint import load_checkpoint
 MODEL_CONFIGS = {"hrm": HRMConfig, "lstm": LSTMConfig}
 
 
-def model_metadata(kind: str, model_cfg, grid_size: int, history: int) -> dict:
-    """What a checkpoint must carry to rebuild its forecaster (stored under config['forecaster'])."""
+def model_metadata(kind: str, model_cfg, grid_size: float, history: int) -> dict:
+    """What a checkpoint must carry to rebuild its forecaster (stored under config['forecaster']).
+    `grid_size` is what the model's positions are divided by: the world's `position_scale` (the grid size,
+    or 1 for v1's raw cell coordinates)."""
     from hrmlab.config import to_dict
 
     return {"kind": kind, "model": to_dict(model_cfg), "grid_size": grid_size, "history": history}

@@ -1,7 +1,8 @@
 """Forecasters by name: physics rules are built directly, learned models from their checkpoint.
 
 A `ForecasterSpec` is small and picklable, so evaluation workers (local processes or Modal
-containers) rebuild the forecaster themselves instead of receiving a model object.
+containers) rebuild the forecaster themselves instead of receiving a model object. `NAME=seed:SCRIPT:PATH`
+names weights trained by an original script (`seed_import.py`).
 """
 
 from __future__ import annotations
@@ -19,17 +20,23 @@ class ForecasterSpec:
     """Display name (unique within an evaluation)."""
     checkpoint: str | None = None
     """Checkpoint of a learned model; None for physics forecasters (name = the rule)."""
+    seed_script: str | None = None
+    """Set when `checkpoint` was saved by an original script (its stem, e.g. hrm_cloudv3), not by hrmlab."""
     precision: str = "fp32"
     """Learned models: fp32 (default) or bf16 at evaluation."""
 
 
 def parse_forecasters(text: str) -> list[ForecasterSpec]:
-    """'oracle,constant-velocity,hrm=runs/x/hrm/best.pt' → specs; unknown names are a UserError."""
+    """'oracle,constant-velocity,hrm=runs/x/hrm/best.pt,old=seed:hrm_cloudv3:best_hrm.pt' → specs; unknown
+    names, unknown original scripts and missing seed checkpoints are a UserError."""
     specs = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if "=" in item:
-            name, path = item.split("=", 1)
-            specs.append(ForecasterSpec(name.strip(), path.strip()))
+            name, path = (part.strip() for part in item.split("=", 1))
+            if path.startswith("seed:"):
+                specs.append(_seed_spec(name, path))
+            else:
+                specs.append(ForecasterSpec(name, path))
         elif item in PHYSICS_FORECASTERS:
             specs.append(ForecasterSpec(item))
         else:
@@ -43,11 +50,32 @@ def parse_forecasters(text: str) -> list[ForecasterSpec]:
     return specs
 
 
+def _seed_spec(name: str, text: str) -> ForecasterSpec:
+    from pathlib import Path
+
+    from hrmlab.forecast.seed_import import SEED_SCRIPTS
+
+    parts = text.split(":", 2)
+    if len(parts) != 3 or not parts[1] or not parts[2]:
+        raise UserError(f"forecaster {name}: expected seed:SCRIPT:PATH, got {text!r}")
+    _, script, path = parts
+    if script not in SEED_SCRIPTS:
+        raise UserError(f"forecaster {name}: unknown original script {script!r}; valid choices: {', '.join(SEED_SCRIPTS)}")
+    if not Path(path).is_file():
+        raise UserError(f"forecaster {name}: checkpoint {path} does not exist")
+    return ForecasterSpec(name, path, seed_script=script)
+
+
 def build_forecaster(spec: ForecasterSpec, device: str = "cpu") -> Forecaster:
     if spec.checkpoint is None:
         if spec.name not in PHYSICS_FORECASTERS:
             raise UserError(f"unknown forecaster {spec.name!r}; valid choices: {', '.join(PHYSICS_FORECASTERS)}")
         return PHYSICS_FORECASTERS[spec.name]()
+    if spec.seed_script is not None:
+        from hrmlab.forecast.seed_import import load_seed_forecaster
+
+        return load_seed_forecaster(spec.seed_script, spec.checkpoint, name=spec.name, device=device,
+                                    precision=spec.precision)
     from hrmlab.forecast.loading import load_forecaster  # torch only when a learned model is asked for
 
     return load_forecaster(spec.checkpoint, name=spec.name, device=device, precision=spec.precision)

@@ -56,7 +56,7 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
         "train": to_dict(train_cfg), "progress": progress,
         "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
                  "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val}},
-        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history)},
+        "config": {"forecaster": model_metadata(kind, model_cfg, world.position_scale, data.history)},
     }
     if gpus > 1:
         spec_path = run_dir / "train_spec.json"

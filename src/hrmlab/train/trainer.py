@@ -55,8 +55,9 @@ METRICS_FILE = "metrics.jsonl"
 class TrainConfig:
     """Training recipe; presets set the seed's values (SPEC §5)."""
 
-    optimizer: Literal["adamw", "lamb"] = "adamw"
-    """adamw (fused kernel where available) or lamb (the 8gpu_v2 script)."""
+    optimizer: Literal["adamw", "lamb", "lamb-torch-optimizer"] = "adamw"
+    """adamw (fused kernel where available), lamb (the paper's, bias-corrected) or lamb-torch-optimizer
+    (torch_optimizer.Lamb, the 8gpu_v2 script's: no bias correction, ‖w‖ clamped at 10 in the trust ratio)."""
     lr: float = 1e-3
     """Peak learning rate (OneCycle's max_lr; cosine's start)."""
     weight_decay: float = 0.01

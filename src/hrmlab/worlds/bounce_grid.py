@@ -38,6 +38,12 @@ class BounceGridConfig:
     """Mixed speeds: if ≥ 0, each obstacle's speed is uniform in [speed_min, speed] (split episodes only)."""
     velocity_std: float = 0.5
     """Per-axis velocity std for `gaussian` velocities."""
+    obstacle_draw: Literal["cell", "uniform"] = "cell"
+    """cell: each obstacle starts on a random wall-free integer cell (v2+); uniform: anywhere in
+    [0, grid_size)², walls ignored, as v1 drew them (rand(2) · size)."""
+    coordinates: Literal["normalised", "cells"] = "normalised"
+    """What learned forecasters are trained on and fed: positions / grid_size (v2+) or raw cell
+    coordinates (v1)."""
     clip_max: float = 19.99
     """Upper clip of a bounced coordinate (the seed's 19.99 for a 20-cell grid); scaled with grid_size."""
     wall_bounce: bool = False
@@ -56,6 +62,11 @@ class BounceGridConfig:
     @property
     def clip_hi(self) -> float:
         return self.clip_max * self.grid_size / 20.0
+
+    @property
+    def position_scale(self) -> float:
+        """Learned forecasters see positions divided by this (`coordinates`)."""
+        return float(self.grid_size) if self.coordinates == "normalised" else 1.0
 
 
 @dataclass
@@ -119,9 +130,12 @@ def reset_seed_exact(cfg: BounceGridConfig, seeds) -> WorldState:
             walls[e, cell[0], cell[1]] = True
         walls[e, 0, 0] = walls[e, g - 1, g - 1] = False  # the original drew, then cleared start and goal
         for k in range(n):
-            cell = rng.randint(0, g, 2)
-            while walls[e, cell[0], cell[1]]:
+            if cfg.obstacle_draw == "uniform":  # v1: {'pos': rand(2) * size, 'vel': randn(2) * std} per obstacle
+                cell = rng.rand(2) * g
+            else:
                 cell = rng.randint(0, g, 2)
+                while walls[e, cell[0], cell[1]]:
+                    cell = rng.randint(0, g, 2)
             if cfg.velocity == "gaussian":
                 v = rng.randn(2) * cfg.velocity_std
             else:
@@ -170,14 +184,17 @@ def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
     pos = np.zeros((b, n, 2))
     vel = np.zeros((b, n, 2))
     for k in range(n):
-        r, c = draw_cell()
-        for _attempt in range(256):
-            bad = walls[rows, r, c]
-            if not bad.any():
-                break
-            r2, c2 = draw_cell(bad)
-            r, c = np.where(bad, r2, r), np.where(bad, c2, c)
-        pos[:, k, 0], pos[:, k, 1] = r, c
+        if cfg.obstacle_draw == "uniform":  # v1: anywhere, walls ignored
+            pos[:, k, 0], pos[:, k, 1] = draw() * g, draw() * g
+        else:
+            r, c = draw_cell()
+            for _attempt in range(256):
+                bad = walls[rows, r, c]
+                if not bad.any():
+                    break
+                r2, c2 = draw_cell(bad)
+                r, c = np.where(bad, r2, r), np.where(bad, c2, c)
+            pos[:, k, 0], pos[:, k, 1] = r, c
         if cfg.velocity == "gaussian":
             u1, u2 = 1.0 - draw(), draw()
             radius = np.sqrt(-2.0 * np.log(u1)) * cfg.velocity_std
