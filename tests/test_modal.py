@@ -16,6 +16,7 @@ import pytest
 
 modal = pytest.importorskip("modal")
 
+from hrmlab.backends.routed import RoutedBackend  # noqa: E402
 from hrmlab.cloud import launcher, orchestrate  # noqa: E402
 from hrmlab.cloud import modal_app  # noqa: E402
 from hrmlab.data import shards  # noqa: E402
@@ -111,7 +112,7 @@ def test_generic_task_worker_runs_a_top_level_function():
 
 def test_backend_routes_each_core_function_and_refuses_unknown_ones():
     sync = CountingSync()
-    backend = orchestrate.ModalBackend({len: lambda items: [len(i) for i in items]}, before_map=sync.commit)
+    backend = RoutedBackend({len: lambda items: [len(i) for i in items]}, before_map=sync.commit)
     assert list(backend.map(len, ["ab", "c"])) == [2, 1]
     assert sync.calls == ["commit"]
     assert list(backend.map(len, [])) == [] and sync.calls == ["commit"]

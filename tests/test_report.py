@@ -23,7 +23,7 @@ from hrmlab.planning.spacetime_astar import PlannerConfig
 from hrmlab.report import (compare_runs, load_run, pick_disagreements, render_diffusion, render_episode,
                            replay_episode, write_report)
 from hrmlab.report import video
-from hrmlab.settings import EvaluateSettings
+from hrmlab.evaluate.runner import EvaluateSettings
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 FORECASTERS = "zero,constant-velocity,oracle"

@@ -38,7 +38,7 @@ def cmd_evaluate(args) -> int:
     from hrmlab.evaluate.protocols import get_protocol
     from hrmlab.evaluate.runner import evaluate, format_table
     from hrmlab.forecast.registry import parse_forecasters
-    from hrmlab.settings import EvaluateSettings
+    from hrmlab.evaluate.runner import EvaluateSettings
 
     settings = EvaluateSettings()
     if args.preset:

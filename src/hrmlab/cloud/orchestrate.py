@@ -32,6 +32,7 @@ from hrmlab.errors import UserError
 from hrmlab.evaluate.runner import evaluate_chunk
 from hrmlab.experiment import CloudConfig, HardwareConfig
 from hrmlab.families import family_of
+from hrmlab.backends.routed import RoutedBackend, function_ref
 from hrmlab.pipeline import RunOptions, TrainJob, run_train_job
 
 VOLUME_NAME = "hrmlab-cache"
@@ -116,11 +117,6 @@ def collect_and_store(map_payloads: Mapper, specs: list, resources: dict) -> Ite
         yield store_shard(spec, payload)
 
 
-def function_ref(fn: Callable) -> str:
-    """'module:qualname' of a top-level function, so a generic worker can import it."""
-    return f"{fn.__module__}:{fn.__qualname__}"
-
-
 def call_task(task: tuple[str, object], sync: VolumeSync = LOCAL_SYNC):
     """Generic worker: run `module:function` on one item between a Volume reload and commit."""
     ref, item = task
@@ -133,33 +129,6 @@ def call_task(task: tuple[str, object], sync: VolumeSync = LOCAL_SYNC):
 
 
 # -------------------------------------------------------------------------------------------- backend
-class ModalBackend:
-    """A pipeline backend whose `map` sends each core function to its own route (a Modal function's `.map`).
-
-    routes: {core function: items → results in order}. Functions without a route go to `fallback`
-    ((fn, items) → results) when given, else they are an error: nothing silently runs in the orchestrator."""
-
-    name = "modal"
-
-    def __init__(self, routes: dict[Callable, Callable[[list], Iterable]], before_map: Callable[[], None] = None,
-                 fallback: Callable[[Callable, list], Iterable] | None = None):
-        self.routes = dict(routes)
-        self.before_map = before_map
-        self.fallback = fallback
-
-    def map(self, fn: Callable, items: Iterable) -> Iterable:
-        items = list(items)
-        route = self.routes.get(fn)
-        if route is None and self.fallback is None:
-            raise ValueError(f"the Modal backend has no route for {function_ref(fn)}")
-        if not items:
-            return
-        if self.before_map is not None:
-            self.before_map()  # workers must see what this container wrote (manifests, checkpoints)
-        log.info("modal: %d × %s", len(items), function_ref(fn))
-        yield from route(items) if route is not None else self.fallback(fn, items)
-
-
 def generic_fallback(map_task: Mapper, resources: dict, sync: VolumeSync) -> Callable[[Callable, list], Iterable]:
     """Route any other top-level function (e.g. diffusion expert generation) through a generic worker."""
 
@@ -240,7 +209,7 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
         evaluate_chunk: lambda chunks: map_eval(chunks, resources["eval"]),
     }
     fallback = generic_fallback(map_task, resources["collect"], sync) if map_task is not None else None
-    backend = ModalBackend(routes, before_map=sync.commit, fallback=fallback)
+    backend = RoutedBackend(routes, before_map=sync.commit, fallback=fallback)
     train_runner = remote_train_runner(train_remote, resources["train"], cloud.checkpoint_commit_s, sync)
     cache_root = Path(cache_root)
     out = Path(out) if out is not None else cache_root / "runs" / run_dir_name(preset, smoke)
@@ -253,7 +222,7 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
         sync.commit()  # results, report and stage markers persist even when a later stage failed
 
 
-def _run_family(cfg, opts: RunOptions, backend: ModalBackend, train_runner, map_task: Mapper | None,
+def _run_family(cfg, opts: RunOptions, backend: RoutedBackend, train_runner, map_task: Mapper | None,
                 train_resources: dict, sync: VolumeSync) -> dict:
     family = family_of(cfg)
     if family.remote_training == "job":

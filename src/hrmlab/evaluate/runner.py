@@ -202,3 +202,12 @@ def format_table(results: dict) -> str:
         for p in results["pairwise"]:
             lines.append(f"  {p['a']:>20} vs {p['b']:<20} {p['a_only']:>5} / {p['b_only']:<5} p={p['p_value']:.3g}")
     return "\n".join(lines)
+
+
+@dataclass
+class EvaluateSettings:
+    """`hrmlab evaluate`: the world, the planner and the evaluation (all `--set`-able)."""
+
+    world: BounceGridConfig = field(default_factory=BounceGridConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
