@@ -99,10 +99,19 @@ class ExperimentConfig:
     """Torch device for training and learned-model evaluation: auto | cpu | cuda."""
 
     def train_config(self, model: str) -> TrainConfig:
-        return {"hrm": self.train_hrm, "lstm": self.train_lstm}[model]
+        """The training recipe of model kind `model` (section `train_<kind>`, '-' written '_')."""
+        return getattr(self, "train_" + _section(model))
 
     def model_config(self, model: str):
-        return {"hrm": self.hrm, "lstm": self.lstm}[model]
+        """The architecture of model kind `model` (section `<kind>`, '-' written '_', e.g. `hrm_act`)."""
+        return getattr(self, _section(model))
+
+
+def _section(model: str) -> str:
+    from hrmlab.forecast.models import get_kind
+
+    get_kind(model)  # an unknown kind is a UserError naming the valid ones
+    return model.replace("-", "_")
 
 
 def smoke(cfg: ExperimentConfig) -> ExperimentConfig:

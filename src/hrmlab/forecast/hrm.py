@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.lstm import POSITION_DIMS, LSTMConfig, LSTMPredictor
+from hrmlab.forecast.lstm import POSITION_DIMS, LSTMConfig, LSTMPredictor, OutputSettings
 
 
 @dataclass
-class HRMConfig:
+class HRMConfig(OutputSettings):
     """Every architectural knob of the HRM family; presets set the seed's values (SPEC §4 table)."""
 
     variant: Literal["sapient", "deep", "encoder"] = "deep"
@@ -323,26 +323,11 @@ class EncoderHRM(nn.Module):
 
 
 def build_model(cfg, seed: int | None = 0) -> nn.Module:
-    """Model from an HRMConfig, an LSTMConfig, or a dict {"kind": "hrm"|"lstm", **fields}.
+    """Any registered model (HRM, LSTM, hrm-act, trm) from its config or a {"kind": ..., **fields} dict:
+    the registry's factory (`forecast/models.py`), which also applies the output settings."""
+    from hrmlab.forecast.models import build_model as build_registered
 
-    Initialised from `seed` inside a forked RNG (the global torch RNG is left untouched); None uses the
-    current global RNG state."""
-    if isinstance(cfg, dict):
-        from hrmlab.config import from_dict
-
-        fields = dict(cfg)
-        kind = fields.pop("kind", "hrm")
-        if kind == "hrm":
-            cfg = from_dict(HRMConfig, fields, "model")
-        elif kind == "lstm":
-            cfg = from_dict(LSTMConfig, fields, "model")
-        else:
-            raise UserError(f"unknown model kind {kind!r}; valid choices: hrm, lstm")
-    if seed is None:
-        return _construct(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _construct(cfg)
+    return build_registered(cfg, seed)
 
 
 def _construct(cfg) -> nn.Module:
