@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast import hrm, lstm
+from hrmlab.forecast import hrm, hrm_act, lstm, trm
 from hrmlab.forecast.heads import apply_output_settings
 
 
@@ -41,6 +41,9 @@ MODELS: dict[str, ModelKind] = {
     "hrm": ModelKind(hrm.HRMConfig, hrm._construct,
                      "HRM-style recurrence over the history (the seed's models, SPEC §4)"),
     "lstm": ModelKind(lstm.LSTMConfig, lstm.LSTMPredictor, "2-layer LSTM over the history (SPEC §4)"),
+    "hrm-act": ModelKind(hrm_act.HRMActConfig, hrm_act.HRMAct,
+                         "the HRM paper's design: H/L transformers cycling over the history tokens, ACT"),
+    "trm": ModelKind(trm.TRMConfig, trm.TRM, "Tiny Recursive Model: one small network recursing on z and y"),
 }
 
 
