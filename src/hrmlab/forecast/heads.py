@@ -5,7 +5,7 @@ An untrained model should forecast something harmless. The seed's gated HRM star
 steps unlearning that. Two settings, offered to every model alike through `OutputSettings` (a base
 class of each model's config), fix the start:
 
-* `head_init: zero` — the final Linear (every model names it `head`) starts at zero weights and bias,
+* `head_init: zero` — the final Linear (every model names one Linear `head`) starts at zero weights and bias,
   so the untrained model predicts zero motion.
 * `output: residual-cv` — the model predicts the residual over constant velocity: forecast = last
   observed displacement + model output (for a (B, K, 2) multi-step output the last displacement is added
@@ -75,14 +75,14 @@ class ResidualOverConstantVelocity(nn.Module):
 
 
 def zero_head(model: nn.Module) -> None:
-    """Zero the weights and bias of `model.head`, the final Linear every forecaster names `head`."""
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(f"{type(model).__name__} has no Linear `head` to zero-initialise")
+    """Zero the weights and bias of the model's output head: the one Linear named `head` (at any depth)."""
+    heads = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1] == "head"]
+    if len(heads) != 1 or not isinstance(heads[0], nn.Linear):
+        raise TypeError(f"{type(model).__name__} needs exactly one Linear named `head` to zero-initialise")
     with torch.no_grad():
-        head.weight.zero_()
-        if head.bias is not None:
-            head.bias.zero_()
+        heads[0].weight.zero_()
+        if heads[0].bias is not None:
+            heads[0].bias.zero_()
 
 
 def apply_output_settings(model: nn.Module, cfg: OutputSettings) -> nn.Module:
