@@ -54,7 +54,7 @@ def test_hrm_act_one_step_gradient_only_the_last_l_and_h_update_carry_gradient()
     assert high == 2 * ([(False, False, False)] * 2 + [(True, False, True)])
     assert all(p.grad is not None for p in model.low.parameters())
     assert all(p.grad is not None for p in model.high.parameters())
-    assert model.q_head.weight.grad is None  # no ACT: the Q head is not trained
+    assert model.q_head is None  # no ACT: no Q head (DDP needs every parameter to get a gradient)
 
 
 def test_hrm_act_initial_state_gets_no_gradient_unless_the_segment_is_a_single_update():
@@ -71,7 +71,7 @@ def test_hrm_act_initial_state_gets_no_gradient_unless_the_segment_is_a_single_u
 
 
 def test_hrm_act_q_head_starts_at_zero_weights_and_bias_minus_five_and_init_is_truncated_lecun():
-    model = HRMAct(HRMActConfig(**TOY_ACT))
+    model = HRMAct(HRMActConfig(**TOY_ACT, act=True))
     assert torch.count_nonzero(model.q_head.weight) == 0
     assert torch.equal(model.q_head.bias, torch.full((2,), -5.0))
     w = model.low.blocks[0].mlp.w1.weight  # fan_in 16: std 1/4 after truncation at ±2σ
@@ -93,7 +93,9 @@ def test_act_halts_when_halt_beats_continue_and_otherwise_runs_to_the_maximum():
     first = halting(x)
     assert halting.last_segments == 1
     one_segment = copy.deepcopy(halting)
-    one_segment.cfg = HRMActConfig(**{**TOY_ACT, "segments": 1, "act": False})
+    one_segment.cfg = HRMActConfig(**{**TOY_ACT, "segments": 1, "act": True})
+    with torch.no_grad():
+        one_segment.q_head.bias.fill_(-5.0)  # never halts early: runs its one segment
     torch.testing.assert_close(first, one_segment(x), rtol=0, atol=0)  # the first segment's answer
 
     never = _act_model(-5.0, 5.0)
@@ -101,7 +103,7 @@ def test_act_halts_when_halt_beats_continue_and_otherwise_runs_to_the_maximum():
     assert never.last_segments == 3
     no_act = copy.deepcopy(never)
     no_act.cfg = HRMActConfig(**{**TOY_ACT, "segments": 3, "act": False})
-    torch.testing.assert_close(out, no_act(x), rtol=0, atol=0)  # the last segment's answer
+    torch.testing.assert_close(out, no_act(x), rtol=0, atol=0)  # the last segment's answer (ACT off)
 
     fresh = _act_model(-5.0, -5.0)  # the paper's init: halt == continue, so no sample halts early
     fresh(x)
@@ -229,7 +231,7 @@ def test_model_contract_multi_step_output_and_residual_cv(cfg):
 @pytest.mark.parametrize("kind", ["hrm-act", "trm"])
 def test_quick_sizes_parameter_counts(kind):
     cfg = load_preset("quick")
-    counts = {"hrm-act": 83_332, "trm": 83_202, "hrm": 114_114}
+    counts = {"hrm-act": 83_202, "trm": 83_202, "hrm": 114_114}  # equal by coincidence: 2 blocks each
     model = build_model(cfg.model_config(kind))
     print(f"quick {kind}: {count_parameters(model):,} parameters (quick hrm {counts['hrm']:,})")
     assert count_parameters(model) == counts[kind]
@@ -269,3 +271,36 @@ def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
         assert Path(results["training"][kind]["checkpoint"]).is_file()
     with pytest.raises(UserError, match="unknown model kind"):
         resolve("quick", ["models=[hrm,transformer]"])
+
+
+@pytest.mark.parametrize("model", [
+    {"kind": "hrm-act", **TOY_ACT, "act": True, "h_cycles": 2, "output": "residual-cv"},
+    {"kind": "trm", **TOY_TRM, "recursions": 2, "output": "residual-cv"},
+], ids=["hrm-act", "trm"])
+def test_two_process_ddp_trains_them_through_the_target_forward(model, tmp_path):
+    import json
+
+    from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
+    from hrmlab.train.trainer import read_metrics
+
+    x, y = batch(320)
+    for name, arr in (("tx", x[:256]), ("ty", y[:256]), ("vx", x[256:]), ("vy", y[256:])):
+        np.save(tmp_path / f"{name}.npy", arr.numpy())
+    spec = {"run_dir": str(tmp_path / "ddp"), "model": model, "progress": False,
+            "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "log_every_steps": 1, "checkpoint_every_steps": 0},
+            "data": {"kind": "npy", **{k: str(tmp_path / f"{v}.npy") for k, v in
+                                       (("train_x", "tx"), ("train_y", "ty"), ("val_x", "vx"), ("val_y", "vy"))}}}
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    launch_torchrun(spec_path, nproc=2, timeout=120, capture=True)
+    result = json.loads((tmp_path / "ddp" / RESULT_FILE).read_text())
+    # identical parameters (and, for trm, identical EMA buffers: the digest covers the state dict)
+    assert result["world_size"] == 2 and result["steps"] == 4
+    assert result["rank_param_digests"][0] == result["rank_param_digests"][1]
+    single = run_spec({**spec, "run_dir": str(tmp_path / "single")})
+    losses = [[r["loss"] for r in read_metrics(tmp_path / d) if r["kind"] == "train"] for d in ("ddp", "single")]
+    # the same global batches on 1 or 2 ranks: equal up to the order of float32 reductions
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-4)
+    if not model.get("act"):  # ACT's halt decisions are discontinuous: near-ties may flip in the last bit
+        assert result["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=1e-4)
+    assert np.isfinite(result["final_val_loss"])

@@ -40,7 +40,7 @@ from hrmlab.forecast.lstm import POSITION_DIMS
 
 @dataclass
 class HRMActConfig(OutputSettings):
-    """The HRM paper's architecture at forecaster size (defaults: ≈84k parameters)."""
+    """The HRM paper's architecture at forecaster size (defaults: 83,202 parameters; 83,332 with ACT)."""
 
     output: Literal["displacement", "residual-cv"] = "residual-cv"
     """See OutputSettings; new models predict the residual over constant velocity by default."""
@@ -131,7 +131,8 @@ class Attention(nn.Module):
         self._tables: dict = {}
 
     def _rotary(self, t: int, dh: int, like: torch.Tensor):
-        key = (t, like.device, like.dtype)
+        # inference-mode tensors cannot enter autograd later, so tables made under it are kept apart
+        key = (t, like.device, like.dtype, torch.is_inference_mode_enabled())
         if key not in self._tables:  # a few (T, dh/2) tables, computed once per length
             freq = self.theta ** (-torch.arange(0, dh, 2, device=like.device, dtype=torch.float32) / dh)
             angle = torch.arange(t, device=like.device, dtype=torch.float32)[:, None] * freq
@@ -240,13 +241,15 @@ class HRMAct(nn.Module):
         self.low = ReasoningModule(cfg.l_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps)
         self.high = ReasoningModule(cfg.h_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps)
         self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
-        self.q_head = nn.Linear(d, 2)  # (halt, continue) logits
+        # (halt, continue) logits; only with ACT, so no parameter goes unused in training (DDP requires it)
+        self.q_head = nn.Linear(d, 2) if cfg.act else None
         self.register_buffer("h_init", initial_state(d))
         self.register_buffer("l_init", initial_state(d))
         init_lecun(self)
-        with torch.no_grad():  # the paper's Q head: zero weights, bias −5 (both logits start at "no")
-            self.q_head.weight.zero_()
-            self.q_head.bias.fill_(-5.0)
+        if self.q_head is not None:
+            with torch.no_grad():  # the paper's Q head: zero weights, bias −5 (both logits start at "no")
+                self.q_head.weight.zero_()
+                self.q_head.bias.fill_(-5.0)
         self.compute_scale = 1.0
         self.last_segments = 0  # segments the latest forward ran (ACT diagnostics)
 
@@ -271,10 +274,11 @@ class HRMAct(nn.Module):
         z_h = self.high(z_h, z_l)
         return z_h, z_l
 
-    def readout(self, z_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(forecast, (B, 2) halt/continue logits) from the query token's H state."""
+    def readout(self, z_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(forecast, (B, 2) halt/continue logits or None without ACT) from the query token's H state."""
         query = z_h[:, -1]
-        return shape_output(self.head(query), self.cfg.out_steps), self.q_head(query).float()
+        q = self.q_head(query).float() if self.q_head is not None else None
+        return shape_output(self.head(query), self.cfg.out_steps), q
 
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if target is not None:

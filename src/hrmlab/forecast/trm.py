@@ -32,7 +32,7 @@ from hrmlab.forecast.lstm import POSITION_DIMS
 
 @dataclass
 class TRMConfig(OutputSettings):
-    """The Tiny Recursive Model at forecaster size (defaults: ≈83k parameters)."""
+    """The Tiny Recursive Model at forecaster size (defaults: 83,202 parameters)."""
 
     output: Literal["displacement", "residual-cv"] = "residual-cv"
     """See OutputSettings; new models predict the residual over constant velocity by default."""
