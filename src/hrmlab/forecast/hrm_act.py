@@ -280,18 +280,22 @@ class HRMAct(nn.Module):
         q = self.q_head(query).float() if self.q_head is not None else None
         return shape_output(self.head(query), self.cfg.out_steps), q
 
+    def run_segments(self, x: torch.Tensor, count: int):
+        """Yield (forecast, Q logits) after each of `count` segments; the carry passes on detached."""
+        tokens = self.tokens(x)
+        z_h, z_l = self.initial_carry(tokens)
+        for s in range(count):
+            z_h, z_l = self.segment(tokens, z_h, z_l)
+            self.last_segments = s + 1
+            yield self.readout(z_h)
+            z_h, z_l = z_h.detach(), z_l.detach()
+
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         if target is not None:
             return self.training_loss(x, target)
-        tokens = self.tokens(x)
-        z_h, z_l = self.initial_carry(tokens)
-        segments = self.cfg.segments if self.training else scaled_count(self.cfg.segments, self.compute_scale)
+        count = self.cfg.segments if self.training else scaled_count(self.cfg.segments, self.compute_scale)
         result, halted = None, torch.zeros(len(x), dtype=torch.bool, device=x.device)
-        for s in range(segments):
-            z_h, z_l = self.segment(tokens, z_h, z_l)
-            out, q = self.readout(z_h)
-            z_h, z_l = z_h.detach(), z_l.detach()
-            self.last_segments = s + 1
+        for out, q in self.run_segments(x, count):
             if not self.cfg.act:
                 result = out
                 continue
@@ -304,14 +308,9 @@ class HRMAct(nn.Module):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean over segments of the forecast MSE (deep supervision, detached carry), plus ACT's Q losses."""
-        tokens = self.tokens(x)
-        z_h, z_l = self.initial_carry(tokens)
         y = y.float()
         losses, q_logits, correct = [], [], []
-        for _ in range(self.cfg.segments):
-            z_h, z_l = self.segment(tokens, z_h, z_l)
-            out, q = self.readout(z_h)
-            z_h, z_l = z_h.detach(), z_l.detach()
+        for out, q in self.run_segments(x, self.cfg.segments):
             error = out.float() - y
             losses.append(error.pow(2).mean())
             if self.cfg.act:
