@@ -9,8 +9,8 @@ from torch import nn
 
 from hrmlab.errors import UserError
 from hrmlab.forecast.base import Observation
-from hrmlab.forecast.hrm import (EncoderHRM, HRMConfig, LengthOneAttention, SequenceAttention, build_model,
-                                 count_parameters)
+from hrmlab.forecast.hrm import EncoderHRM, HRMConfig, LengthOneAttention, SequenceAttention
+from hrmlab.forecast.models import build_model, count_parameters
 from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.forecast.reference import reference_from

@@ -143,7 +143,7 @@ def test_suites_only_runs_the_named_suites_and_refuses_unknown_ones(cache, tmp_p
     from hrmlab.errors import UserError
     from hrmlab.suites import run_suites
 
-    with pytest.raises(UserError, match="unknown suite 'suite-nope'; valid choices: suite-mixed"):
+    with pytest.raises(UserError, match="unknown suite 'suite-nope'; valid choices: suite-clockwork, suite-mixed"):
         run_suites(tmp_path / "x.md", tmp_path / "runs", cache, smoke=True, only=["suite-nope"])
     text = run_suites(tmp_path / "suites.md", tmp_path / "runs", cache, smoke=True, workers=1, only=["suite-rush"])
     assert "| `suite-rush` | 12 |" in text and "| `suite-patrol` | 12 |" not in text

@@ -3,7 +3,7 @@
 import pytest
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import build_model, count_parameters
+from hrmlab.forecast.models import build_model, count_parameters
 from hrmlab.presets import load_preset, preset_names
 
 # SPEC §4: (HRM params, LSTM params) per preset

@@ -9,7 +9,8 @@ import torch
 
 from hrmlab.backends.local import make_backend
 from hrmlab.data.collect import DataConfig, collect
-from hrmlab.forecast.hrm import HRMConfig, build_model
+from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.models import build_model
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.train.forecaster import train_forecaster
 from hrmlab.train.trainer import TrainConfig

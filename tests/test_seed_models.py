@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import build_model, count_parameters
+from hrmlab.forecast.models import build_model, count_parameters
 from hrmlab.forecast.reference import reference_from
 from hrmlab.forecast.seed_import import (SEED_SCRIPTS, detect_kind, hrmlab_names, load_seed_model, model_config,
                                          read_state_dict)

@@ -14,7 +14,8 @@ import torch
 
 from hrmlab.data.base import ArraySource
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import HRMConfig, build_model
+from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.models import build_model
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint
 from hrmlab.train.optim import Lamb

@@ -124,8 +124,9 @@ def cmd_train(args) -> int:
 
     cfg = _resolve(args)
     family_of(cfg).require("train", cfg.name)
-    if args.model not in ("hrm", "lstm"):
-        raise UserError(f"unknown model {args.model!r}; valid choices: hrm, lstm")
+    from hrmlab.forecast.models import get_kind
+
+    get_kind(args.model)  # an unknown kind is a UserError naming the valid ones
     opts = _options(args, cfg)
     gpus = check_hardware(cfg, opts)
     paths = stage_data(cfg, opts, make_backend(args.workers))
@@ -276,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a preset's HRM or LSTM (data collected first if needed)")
     add_run_args(p, preset_required=True)
-    p.add_argument("--model", required=True, help="hrm | lstm")
+    p.add_argument("--model", required=True, help="hrm | lstm | hrm-act | trm")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("suites", help="train and evaluate every scenario suite; write the table (docs/suites.md)")

@@ -15,7 +15,9 @@ from hrmlab.config import apply_overrides, from_dict
 from hrmlab.data.collect import DataConfig
 from hrmlab.evaluate.runner import EvalConfig
 from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.hrm_act import HRMActConfig
 from hrmlab.forecast.lstm import LSTMConfig
+from hrmlab.forecast.trm import TRMConfig
 from hrmlab.planning.spacetime_astar import PlannerConfig
 from hrmlab.train.trainer import TrainConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -77,8 +79,14 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     hrm: HRMConfig = field(default_factory=HRMConfig)
     lstm: LSTMConfig = field(default_factory=LSTMConfig)
+    hrm_act: HRMActConfig = field(default_factory=HRMActConfig)
+    """Model kind `hrm-act` (the HRM paper's design); trained when `models` lists it."""
+    trm: TRMConfig = field(default_factory=TRMConfig)
+    """Model kind `trm` (Tiny Recursive Model); trained when `models` lists it."""
     train_hrm: TrainConfig = field(default_factory=TrainConfig)
     train_lstm: TrainConfig = field(default_factory=TrainConfig)
+    train_hrm_act: TrainConfig = field(default_factory=TrainConfig)
+    train_trm: TrainConfig = field(default_factory=TrainConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The `standard` protocol run (the default, correct evaluation)."""
@@ -94,7 +102,8 @@ class ExperimentConfig:
     """Precision of the HRM in the seed-protocol run: RobustFix and 8gpu_v2 evaluated theirs in bf16
     (here bf16 autocast; the main run always evaluates in fp32)."""
     models: list[str] = field(default_factory=lambda: ["hrm", "lstm"])
-    """Learned models to train and evaluate."""
+    """Learned models to train and evaluate, by kind: hrm, lstm, hrm-act, trm (forecast/models.py); each
+    uses the config section of its name ('-' written '_') and `train_<section>`."""
     physics_forecasters: list[str] = field(default_factory=lambda: ["ignore", "zero", "constant-velocity",
                                                                      "bounce-aware", "oracle"])
     """Physics baselines evaluated beside the learned models (on the same episodes)."""
@@ -102,10 +111,19 @@ class ExperimentConfig:
     """Torch device for training and learned-model evaluation: auto | cpu | cuda."""
 
     def train_config(self, model: str) -> TrainConfig:
-        return {"hrm": self.train_hrm, "lstm": self.train_lstm}[model]
+        """The training recipe of model kind `model` (section `train_<kind>`, '-' written '_')."""
+        return getattr(self, "train_" + _section(model))
 
     def model_config(self, model: str):
-        return {"hrm": self.hrm, "lstm": self.lstm}[model]
+        """The architecture of model kind `model` (section `<kind>`, '-' written '_', e.g. `hrm_act`)."""
+        return getattr(self, _section(model))
+
+
+def _section(model: str) -> str:
+    from hrmlab.forecast.models import get_kind
+
+    get_kind(model)  # an unknown kind is a UserError naming the valid ones
+    return model.replace("-", "_")
 
 
 def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -119,8 +137,13 @@ def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
         hrm=dataclasses.replace(cfg.hrm, d_model=min(cfg.hrm.d_model, 32), heads=min(cfg.hrm.heads, 4),
                                 n_layers=min(cfg.hrm.n_layers, 1)),
         lstm=dataclasses.replace(cfg.lstm, hidden=min(cfg.lstm.hidden, 32)),
+        hrm_act=dataclasses.replace(cfg.hrm_act, d_model=min(cfg.hrm_act.d_model, 32), heads=min(cfg.hrm_act.heads, 4),
+                                    l_layers=1, h_layers=1),
+        trm=dataclasses.replace(cfg.trm, d_model=min(cfg.trm.d_model, 32), heads=min(cfg.trm.heads, 4), layers=1),
         train_hrm=dataclasses.replace(cfg.train_hrm, **train),
         train_lstm=dataclasses.replace(cfg.train_lstm, **train),
+        train_hrm_act=dataclasses.replace(cfg.train_hrm_act, **train),
+        train_trm=dataclasses.replace(cfg.train_trm, **train),
         eval=dataclasses.replace(cfg.eval, episodes=12, chunk_size=12),
         seed_episodes=4,
     )
@@ -133,6 +156,8 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
 
     cfg = from_dict(ExperimentConfig, {**data, "name": name})
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    for model in cfg.models:
+        _section(model)  # an unknown model kind fails here, before any stage runs
     protocol = get_protocol(cfg.eval.protocol)
     if protocol.world is not None:  # the protocol's world is the base; `--set world.*` still applies on top
         if data.get("world"):
@@ -151,7 +176,7 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
 
 def describe(cfg: ExperimentConfig) -> str:
     """One line for `hrmlab presets`: exact parameter counts, data size, hardware, protocols."""
-    from hrmlab.forecast.hrm import build_model, count_parameters
+    from hrmlab.forecast.models import build_model, count_parameters
 
     models = " · ".join(f"{m.upper()} {count_parameters(build_model(cfg.model_config(m))):,} params"
                         for m in cfg.models)

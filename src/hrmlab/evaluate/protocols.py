@@ -62,12 +62,15 @@ SUITE_WORLDS = {
     "suite-rush": BounceGridConfig(num_obstacles=10, speed=1.2),
     "suite-mixed": BounceGridConfig(num_obstacles=12, speed=1.0, speed_min=0.4),
     "suite-turning": BounceGridConfig(num_obstacles=10, turn_prob=0.1),
+    "suite-clockwork": BounceGridConfig(num_obstacles=10, turn_period_min=4, turn_period_max=8),
 }
 SUITE_DESCRIPTIONS = {
     "suite-patrol": "16 obstacles walking rectangular loops (sides 2–5 cells): the history shows the route",
     "suite-rush": "10 obstacles at speed 1.2: frequent border bounces that constant velocity misses",
     "suite-mixed": "12 obstacles with speeds uniform in [0.4, 1.0]",
     "suite-turning": "10 obstacles turning at random (p = 0.1 per step): unpredictable by design (a control)",
+    "suite-clockwork": "10 obstacles turning 90° every k steps (k = 4–8, direction and phase per obstacle): "
+                       "deterministic, but only counting the steps since the last turn predicts the next",
 }
 
 PROTOCOLS: dict[str, Protocol] = {

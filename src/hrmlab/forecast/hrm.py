@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.lstm import POSITION_DIMS, LSTMConfig, LSTMPredictor
+from hrmlab.forecast.lstm import POSITION_DIMS, OutputSettings
 
 
 @dataclass
-class HRMConfig:
+class HRMConfig(OutputSettings):
     """Every architectural knob of the HRM family; presets set the seed's values (SPEC §4 table)."""
 
     variant: Literal["sapient", "deep", "encoder"] = "deep"
@@ -377,34 +377,9 @@ class EncoderHRM(nn.Module):
 # ---------------------------------------------------------------------------------------- factory
 
 
-def build_model(cfg, seed: int | None = 0) -> nn.Module:
-    """Model from an HRMConfig, an LSTMConfig, or a dict {"kind": "hrm"|"lstm", **fields}.
-
-    Initialised from `seed` inside a forked RNG (the global torch RNG is left untouched); None uses the
-    current global RNG state."""
-    if isinstance(cfg, dict):
-        from hrmlab.config import from_dict
-
-        fields = dict(cfg)
-        kind = fields.pop("kind", "hrm")
-        if kind == "hrm":
-            cfg = from_dict(HRMConfig, fields, "model")
-        elif kind == "lstm":
-            cfg = from_dict(LSTMConfig, fields, "model")
-        else:
-            raise UserError(f"unknown model kind {kind!r}; valid choices: hrm, lstm")
-    if seed is None:
-        return _construct(cfg)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return _construct(cfg)
-
-
-def _construct(cfg) -> nn.Module:
-    if isinstance(cfg, LSTMConfig):
-        return LSTMPredictor(cfg)
-    if not isinstance(cfg, HRMConfig):
-        raise TypeError(f"build_model needs an HRMConfig or LSTMConfig, got {type(cfg).__name__}")
+def build_hrm(cfg: HRMConfig) -> nn.Module:
+    """The HRM variant `cfg` names, freshly initialised (seeding and output settings:
+    `hrmlab.forecast.models.build_model`, the one factory for every model kind)."""
     if cfg.variant == "sapient":
         return SapientHRM(cfg)
     if cfg.variant == "deep":
@@ -412,8 +387,3 @@ def _construct(cfg) -> nn.Module:
     if cfg.variant == "encoder":
         return EncoderHRM(cfg)
     raise UserError(f"unknown HRM variant {cfg.variant!r}; valid choices: deep, encoder, sapient")
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Every parameter, trainable or not (the seed's printed totals count q/k of length-1 attention too)."""
-    return sum(p.numel() for p in model.parameters())

@@ -13,12 +13,11 @@ import torch
 
 from hrmlab.config import from_dict
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import HRMConfig, build_model
 from hrmlab.forecast.learned import LearnedForecaster
-from hrmlab.forecast.lstm import LSTMConfig
+from hrmlab.forecast.models import MODELS, build_model
 from hrmlab.train.checkpoint import load_checkpoint
 
-MODEL_CONFIGS = {"hrm": HRMConfig, "lstm": LSTMConfig}
+MODEL_CONFIGS = {kind: entry.config for kind, entry in MODELS.items()}
 
 
 def model_metadata(kind: str, model_cfg, grid_size: float, history: int) -> dict:

@@ -7,12 +7,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hrmlab.forecast.heads import OutputSettings
+
 POSITION_DIMS = 2
 """Inputs are (row, col) positions, outputs (row, col) displacements."""
 
 
 @dataclass
-class LSTMConfig:
+class LSTMConfig(OutputSettings):
     """The seed's LSTMPredictor. hidden 128 → 199,938 params; 256 → 793,090; 512 → 3,159,042."""
 
     hidden: int = 256

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import HRMConfig, build_model
+from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.models import build_model
 from hrmlab.forecast.lstm import LSTMConfig
 
 GRID_SIZE = 20

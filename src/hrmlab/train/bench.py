@@ -16,7 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hrmlab.forecast.hrm import HRMConfig, build_model, count_parameters
+from hrmlab.forecast.hrm import HRMConfig
+from hrmlab.forecast.models import build_model, count_parameters
 from hrmlab.forecast.reference import reference_from
 from hrmlab.train.optim import make_optimizer
 

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from hrmlab.config import from_dict, load_yaml
 from hrmlab.data.base import ArraySource
 from hrmlab.errors import UserError
-from hrmlab.forecast.hrm import build_model
+from hrmlab.forecast.models import build_model
 from hrmlab.train import distributed as dist_utils
 from hrmlab.train.trainer import TrainConfig, train
 

@@ -37,7 +37,7 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
 
     gpus > 1 launches torchrun with that many ranks; otherwise training runs in this process. Either way
     the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation."""
-    from hrmlab.forecast.hrm import build_model, count_parameters
+    from hrmlab.forecast.models import build_model, count_parameters
     from hrmlab.forecast.loading import model_metadata
     from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
 

@@ -11,8 +11,9 @@ from it mid-epoch and continues the same loss curve.
 The loss hook: `loss_fn(model, batch) -> scalar tensor`, where `batch` is the tuple returned by the
 source's `get_batch` as float32 tensors on the training device, called inside the precision mode's
 autocast. The default is MSE between model(X) and Y. In `bf16-pure` mode cast inputs to the model's
-dtype yourself (see `mse_loss`). `TrainHooks` adds an after-step callback and state that is saved in
-and restored from checkpoints (e.g. an EMA of the weights).
+dtype yourself (see `mse_loss`). A model may bring its own objective (`training_loss`, which `mse_loss`
+uses in training) and an `after_optimizer_step()` the loop calls after every step (TRM's EMA).
+`TrainHooks` adds an after-step callback and state that is saved in and restored from checkpoints.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from hrmlab.data.base import SampleSource
 from hrmlab.errors import UserError
 from hrmlab.progress import make_progress
 from hrmlab.train import distributed as dist_utils
-from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint
+from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from hrmlab.train.optim import make_optimizer, make_scheduler
 from hrmlab.train.precision import Precision, make_precision
 
@@ -138,9 +139,13 @@ class TrainHooks:
 
 
 def mse_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Default loss: MSE between model(X) and the target displacement Y."""
+    """Default loss: MSE between model(X) and the target displacement Y — or, in training, the model's
+    own objective when it defines `training_loss` (deep supervision, ACT; forecast/models.py). That one is
+    reached as `model(X, target=Y)`, through the forward, so DDP and torch.compile wrappers see the call."""
     x, y = batch[0], batch[1]
     dtype = next(model.parameters()).dtype
+    if model.training and hasattr(unwrap_model(model), "training_loss"):
+        return model(x.to(dtype), target=y).float()
     return F.mse_loss(model(x.to(dtype)).float(), y.float())
 
 
@@ -294,6 +299,7 @@ class _Trainer:
         if cfg.compile:
             self.ddp_model = torch.compile(self.ddp_model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.model_step_hooks = [m for m in self.model.modules() if hasattr(m, "after_optimizer_step")]
         self._log_setup()
 
     # ------------------------------------------------------------------------------------ setup
@@ -444,6 +450,8 @@ class _Trainer:
                                         f"step {st.step}; lower train.lr, set train.grad_clip, or use fp32/bf16")
                     if skipped and self.info.is_main:
                         log.warning("step %d: non-finite loss or gradient, step skipped on every rank", st.step)
+                    for module in self.model_step_hooks:  # a model's own per-step update (e.g. TRM's EMA)
+                        module.after_optimizer_step()
                     self.hooks.after_step(self.model, st.step)
                     window.add(loss, grad_norm, lr, skipped, time.perf_counter() - t0)
                     if st.step % max(1, cfg.log_every_steps) == 0 or st.step == 1:

@@ -56,6 +56,12 @@ class BounceGridConfig:
     """Smallest side (cells) of a patrol rectangle."""
     patrol_max_side: int = 0
     """Largest side (cells) of a patrol rectangle; 0 = grid_size // 2."""
+    turn_period_min: int = 0
+    """Clockwork turning: if > 0, every obstacle turns its heading by 90° every k of its steps, with
+    k uniform in [turn_period_min, turn_period_max], a turn direction (left or right) and a phase drawn
+    per obstacle and episode. Deterministic, and the history shows k, the direction and the phase."""
+    turn_period_max: int = 0
+    """Largest clockwork period k (≥ turn_period_min)."""
     seed: int = 0
     """Base seed of split-based episodes: changing it gives a different, equally disjoint, episode set."""
 
@@ -83,6 +89,9 @@ class WorldState:
     waypoints: np.ndarray | None = None  # (B, N, 4, 2) patrol rectangle corners
     next_wp: np.ndarray | None = None  # (B, N) index of the waypoint each obstacle walks to
     speeds: np.ndarray | None = None  # (B, N) patrol speed
+    turn_period: np.ndarray | None = None  # (B, N) clockwork period k
+    turn_sign: np.ndarray | None = None  # (B, N) +1: turn left (counter-clockwise in (row, col)), −1: right
+    until_turn: np.ndarray | None = None  # (B, N) steps left before the next clockwork turn (1 … k)
 
     @property
     def batch(self) -> int:
@@ -95,7 +104,7 @@ class WorldState:
         t = self.t.copy() if isinstance(self.t, np.ndarray) else self.t  # `t += 1` on a copy stays there
         return WorldState(self.walls.copy(), self.pos.copy(), self.vel.copy(), self.start.copy(),
                           self.goal.copy(), self.keys.copy(), t, c(self.waypoints), c(self.next_wp),
-                          c(self.speeds))
+                          c(self.speeds), c(self.turn_period), c(self.turn_sign), c(self.until_turn))
 
     def subset(self, idx) -> "WorldState":
         def s(a):
@@ -104,7 +113,8 @@ class WorldState:
         t = self.t[idx].copy() if isinstance(self.t, np.ndarray) else self.t
         return WorldState(self.walls[idx].copy(), self.pos[idx].copy(), self.vel[idx].copy(),
                           self.start[idx].copy(), self.goal[idx].copy(), self.keys[idx].copy(), t,
-                          s(self.waypoints), s(self.next_wp), s(self.speeds))
+                          s(self.waypoints), s(self.next_wp), s(self.speeds), s(self.turn_period),
+                          s(self.turn_sign), s(self.until_turn))
 
 
 def _corners(cfg: BounceGridConfig, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,8 +157,7 @@ def reset_seed_exact(cfg: BounceGridConfig, seeds) -> WorldState:
     ids = seeding.episode_ids("seed", seeds)
     keys = seeding.episode_keys(ids, cfg.seed, salt=1)
     state = WorldState(walls, pos, vel, start, goal, keys)
-    if cfg.patrol:
-        _init_patrol(cfg, state)
+    _init_dynamics(cfg, state)
     return state
 
 
@@ -209,9 +218,26 @@ def reset_ids(cfg: BounceGridConfig, ids: np.ndarray) -> WorldState:
             vel[:, k, 1] = speed * np.sin(angle)
     start, goal = _corners(cfg, b)
     state = WorldState(walls, pos, vel, start, goal, seeding.splitmix64(keys))
+    _init_dynamics(cfg, state)
+    return state
+
+
+def _init_dynamics(cfg: BounceGridConfig, state: WorldState) -> None:
+    """Per-obstacle state of the optional dynamics, drawn from each episode's key."""
     if cfg.patrol:
         _init_patrol(cfg, state)
-    return state
+    if cfg.turn_period_min > 0:
+        _init_clockwork(cfg, state)
+
+
+def _init_clockwork(cfg: BounceGridConfig, state: WorldState) -> None:
+    """Draw each obstacle's period k, turn direction and phase (steps until its first turn, 1 … k)."""
+    lo, hi = cfg.turn_period_min, max(cfg.turn_period_min, cfg.turn_period_max)
+    n = state.pos.shape[1]
+    u = seeding.uniform(state.keys[:, None, None], 20_000 + 3 * np.arange(n)[None, :, None] + np.arange(3))  # (B, N, 3)
+    state.turn_period = lo + np.minimum(np.floor(u[..., 0] * (hi - lo + 1)), hi - lo).astype(np.int64)
+    state.turn_sign = np.where(u[..., 1] < 0.5, 1.0, -1.0)
+    state.until_turn = 1 + np.minimum(np.floor(u[..., 2] * state.turn_period), state.turn_period - 1).astype(np.int64)
 
 
 def _init_patrol(cfg: BounceGridConfig, state: WorldState) -> None:
@@ -261,6 +287,8 @@ def step(cfg: BounceGridConfig, state: WorldState) -> None:
             speed = np.linalg.norm(state.vel, axis=-1)
             new = np.stack([speed * np.cos(angle), speed * np.sin(angle)], axis=-1)
             state.vel = np.where(turn[..., None], new, state.vel)
+    if state.until_turn is not None:
+        _clockwork_turn(state)
     old = state.pos
     pos = old + state.vel
     hi = cfg.grid_size
@@ -272,6 +300,17 @@ def step(cfg: BounceGridConfig, state: WorldState) -> None:
         pos = _wall_reflect(cfg, state, old, pos)
     state.pos = pos
     state.t += 1
+
+
+def _clockwork_turn(state: WorldState) -> None:
+    """Obstacles whose countdown ends turn 90° (by their sign) before this step's move; the countdown
+    restarts at their period."""
+    state.until_turn = state.until_turn - 1
+    turn = state.until_turn == 0
+    if turn.any():
+        rotated = np.stack([-state.turn_sign * state.vel[..., 1], state.turn_sign * state.vel[..., 0]], axis=-1)
+        state.vel = np.where(turn[..., None], rotated, state.vel)
+        state.until_turn = np.where(turn, state.turn_period, state.until_turn)
 
 
 def _wall_reflect(cfg: BounceGridConfig, state: WorldState, old: np.ndarray, pos: np.ndarray) -> np.ndarray:
