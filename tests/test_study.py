@@ -61,7 +61,7 @@ def test_summary_picks_the_strongest_physics_yardstick_and_seed_noise():
 
 
 def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
-    args = ["study", "--smoke", "--only", "quick", "--out", str(tmp_path / "study.md"), "--json",
+    args = ["study", "--smoke", "--only", "quick", "--models", "lstm,hrm", "--out", str(tmp_path / "study.md"), "--json",
             str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"),
             "--no-progress"]
     assert main(args) == 0

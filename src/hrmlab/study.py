@@ -54,9 +54,9 @@ class StudyConfig:
     """What the study compares and with how much compute."""
 
     worlds: list[str] = field(default_factory=lambda: ["quick", "suite-patrol", "suite-rush", "suite-mixed",
-                                                       "suite-turning"])
+                                                       "suite-turning", "suite-clockwork"])
     """Grid presets, one per world: `quick` (the seed's world) and the scenario suites."""
-    models: list[str] = field(default_factory=lambda: ["lstm", "hrm"])
+    models: list[str] = field(default_factory=lambda: ["lstm", "hrm", "hrm-act", "trm"])
     """Learned models (their config sections in the preset)."""
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
     """Candidate learning rates; each model picks one on validation loss."""
@@ -189,7 +189,7 @@ def best_model(summary: dict) -> dict:
 # ------------------------------------------------------------------------------------------- running
 def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool = False, backend=None) -> dict:
     """Select recipes, train every seed, evaluate — all through the cached pipeline stages."""
-    from hrmlab.pipeline import stage_data, stage_evaluate, stage_train
+    from hrmlab.pipeline import stage_data, stage_evaluate
     from hrmlab.presets import resolve
     from hrmlab.forecast.registry import ForecasterSpec
 
@@ -200,21 +200,28 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     cfg = equal_budget(dataclasses.replace(cfg, models=list(study.models)), study.models)
     t0 = time.perf_counter()
     data_paths = stage_data(cfg, opts, backend)
+
+    def train_all(runs: list[tuple[str, float, int]]) -> dict:
+        """Train (model, lr, seed) runs through the backend: independent cached stages, one torch thread
+        each, so a 2-core machine trains two small models at once."""
+        jobs = [TrainRun(with_recipe(cfg, m, lr=lr, seed=s), m, data_paths,
+                         dataclasses.replace(opts, out=opts.out / "train" / f"{m}-lr{lr:g}-s{s}", progress=False))
+                for m, lr, s in runs]
+        done = dict(zip(runs, backend.map(train_run, jobs)))
+        spent.extend(summary.get("seconds") or 0 for summary in done.values())
+        return done
+
     training, selection, specs, keys, spent = {}, {}, [], {}, []
+    trials = train_all([(m, lr, 0) for m in study.models for lr in study.lrs])  # selection: seed 0, val loss
+    chosen = {}
     for model in study.models:
-        trials = {}
-        for lr in study.lrs:  # selection runs: seed 0, every candidate rate, validation loss only
-            trial = stage_train(with_recipe(cfg, model, lr=lr, seed=0), model, data_paths, opts)
-            trials[lr] = trial
-            spent.append(trial.get("seconds") or 0)
-        chosen = min(trials, key=lambda lr: _val_loss(trials[lr]))
-        selection[model] = {"chosen": chosen, "val_loss": {f"{lr:g}": _val_loss(t) for lr, t in trials.items()}}
+        losses = {lr: _val_loss(trials[(model, lr, 0)]) for lr in study.lrs}
+        chosen[model] = min(losses, key=losses.get)
+        selection[model] = {"chosen": chosen[model], "val_loss": {f"{lr:g}": v for lr, v in losses.items()}}
+    extra = train_all([(m, chosen[m], s) for m in study.models for s in range(1, study.seeds)])
+    for model in study.models:
         for seed in range(study.seeds):
-            if seed == 0:
-                summary = trials[chosen]
-            else:
-                summary = stage_train(with_recipe(cfg, model, lr=chosen, seed=seed), model, data_paths, opts)
-                spent.append(summary.get("seconds") or 0)
+            summary = (trials if seed == 0 else extra)[(model, chosen[model], seed)]
             label = seed_label(model, seed)
             training[label] = {k: summary.get(k) for k in ("parameters", "seconds", "best_val_loss", "checkpoint")}
             specs.append(ForecasterSpec(label, summary["checkpoint"]))
@@ -226,6 +233,22 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
                    compute_minutes=round((sum(spent) + (evaluation.get("seconds") or 0)) / 60, 1))
     return summary
+
+
+@dataclass
+class TrainRun:
+    """One training stage of the study (picklable: it runs in a worker process)."""
+
+    cfg: object
+    model: str
+    data_paths: object
+    opts: object
+
+
+def train_run(run: TrainRun) -> dict:
+    from hrmlab.pipeline import stage_train
+
+    return stage_train(run.cfg, run.model, run.data_paths, run.opts)
 
 
 def _val_loss(summary: dict) -> float:
