@@ -58,6 +58,18 @@ class CloudConfig:
 
 
 @dataclass
+class ForecastConfig:
+    """How the learned forecasters are trained to roll out and are evaluated (forecast/learned.py)."""
+
+    rollout: Literal["window", "stateful", "direct"] = "window"
+    """window: re-encode the sliding history per horizon step (the seed's; every hrm-cloud-* preset);
+    stateful: encode once, advance the recurrence per step (recurrent models; teacher-forced K-step loss);
+    direct: a K-step head predicts the whole horizon in one pass (K = planner.horizon; K-step loss)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Learned models at evaluation: fp32, or bf16 autocast (for GPU evaluation of large models)."""
+
+
+@dataclass
 class ExperimentConfig:
     """A whole grid experiment: world → data → HRM + LSTM training → paired evaluation → report."""
 
@@ -80,6 +92,7 @@ class ExperimentConfig:
     train_hrm: TrainConfig = field(default_factory=TrainConfig)
     train_lstm: TrainConfig = field(default_factory=TrainConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The `standard` protocol run (the default, correct evaluation)."""
     seed_protocol: str = "seed-v3"
@@ -102,7 +115,10 @@ class ExperimentConfig:
         return {"hrm": self.train_hrm, "lstm": self.train_lstm}[model]
 
     def model_config(self, model: str):
-        return {"hrm": self.hrm, "lstm": self.lstm}[model]
+        """The model's config with `out_steps` following the roll-out: planner.horizon for direct, else 1
+        (forecast.rollout is its one source of truth)."""
+        cfg = {"hrm": self.hrm, "lstm": self.lstm}[model]
+        return dataclasses.replace(cfg, out_steps=self.planner.horizon if self.forecast.rollout == "direct" else 1)
 
 
 def smoke(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -130,6 +146,16 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
 
     cfg = from_dict(ExperimentConfig, {**data, "name": name})
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
+    for model in ("hrm", "lstm"):
+        if getattr(cfg, model).out_steps != 1:
+            raise UserError(f"preset {name}: {model}.out_steps is set by forecast.rollout (direct: the planner's "
+                            "horizon); remove it and set forecast.rollout=direct")
+    if cfg.forecast.rollout == "stateful":  # fail before any data is collected: is every model recurrent?
+        from hrmlab.forecast.hrm import build_model
+        from hrmlab.forecast.learned import check_rollout
+
+        for model in cfg.models:
+            check_rollout(build_model(cfg.model_config(model)), "stateful")
     protocol = get_protocol(cfg.eval.protocol)
     if protocol.world is not None:
         if data.get("world"):

@@ -1,10 +1,15 @@
 """Train one forecaster (HRM or LSTM) on a collected dataset: the pipeline's training stage.
 
 Wires data → model → trainer and stores, in every checkpoint, what a later evaluation needs to rebuild
-the forecaster (model kind and config, grid size, history length). With several GPUs the same work is
-launched under torchrun; one process otherwise. Afterwards the model is scored on validation episodes
-against the zero-motion and constant-velocity baselines, so a user sees at once whether it learned more
-than physics.
+the forecaster (model kind and config, grid size, history length, roll-out). With several GPUs the same
+work is launched under torchrun; one process otherwise. Afterwards the model is scored on validation
+episodes against the zero-motion and constant-velocity baselines, so a user sees at once whether it
+learned more than physics.
+
+The roll-out mode (forecast/learned.py) picks the samples and the loss: `window` trains on one-step
+samples with the trainer's default MSE; `direct` and `stateful` train on windows with their K-step future
+(K = the planner's horizon), `direct` with the same MSE over the K-step head, `stateful` with
+`teacher_forced_loss`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 from pathlib import Path
 
 from hrmlab.config import to_dict
+from hrmlab.errors import UserError
 from hrmlab.evaluate.forecast_metrics import format_forecast_table
 from hrmlab.data.collect import DataConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -22,25 +28,65 @@ from hrmlab.worlds.bounce_grid import BounceGridConfig
 log = logging.getLogger("hrmlab.train")
 
 
-def open_sources(dataset: str, history: int, has_val: bool):
-    """(train, val) sample sources of a collected dataset; the torchrun spec's data callable."""
+def open_sources(dataset: str, history: int, has_val: bool, future: int = 1):
+    """(train, val) sample sources of a collected dataset; the torchrun spec's data callable.
+    future: target displacements per sample (1, or K for the direct and stateful roll-outs)."""
     from hrmlab.data.dataset import open_dataset
 
-    val = open_dataset(Path(dataset), "val", history=history) if has_val else None
-    return open_dataset(Path(dataset), "train", history=history), val
+    val = open_dataset(Path(dataset), "val", history=history, future=future) if has_val else None
+    return open_dataset(Path(dataset), "train", history=history, future=future), val
+
+
+def teacher_forced_loss(model, batch):
+    """Stateful roll-out's loss: MSE of the per-step displacement over the K steps of Y (B, K, 2), the
+    model encoding X (B, H, 2) and then advancing with the true positions X[-1] + cumsum(Y) — the same
+    recurrence, fed the same way (position = last position + displacement), as the stateful forecast."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = batch[0], batch[1]
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
+        model = getattr(model, "module", None) or model._orig_mod
+    dtype = next(model.parameters()).dtype
+    state, step = model.encode(x.to(dtype))
+    steps, position = [step], x[:, -1]
+    for k in range(1, y.shape[1]):
+        position = position + y[:, k - 1]
+        state, step = model.advance(state, position.to(dtype))
+        steps.append(step)
+    return F.mse_loss(torch.stack(steps, dim=1).float(), y.float())
+
+
+def rollout_loss(rollout: str):
+    """The trainer's loss_fn for a roll-out mode (None = the trainer's default one-step / K-step MSE)."""
+    return teacher_forced_loss if rollout == "stateful" else None
+
+
+def rollout_future(rollout: str, horizon: int) -> int:
+    """Target displacements per training sample: 1 for window, the horizon K otherwise."""
+    return 1 if rollout == "window" else int(horizon)
 
 
 def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig, data: DataConfig, data_paths,
                      run_dir: Path, gpus: int = 0, preset_gpus: int = 0, device: str = "auto",
-                     progress: bool = True) -> dict:
+                     progress: bool = True, rollout: str = "window", horizon: int = 20) -> dict:
     """Train `kind` ('hrm' | 'lstm'); resumes from run_dir/last.pt if a previous attempt was interrupted.
 
     gpus > 1 launches torchrun with that many ranks; otherwise training runs in this process. Either way
-    the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation."""
+    the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation.
+    rollout: the roll-out mode to train for; horizon: its K (direct: model_cfg.out_steps must equal it)."""
     from hrmlab.forecast.hrm import build_model, count_parameters
+    from hrmlab.forecast.learned import check_rollout
     from hrmlab.forecast.loading import model_metadata
     from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
 
+    check_rollout(build_model(model_cfg), rollout)
+    if rollout == "stateful" and gpus > 1:
+        raise UserError("stateful training runs in one process (its loss calls encode/advance, which DDP does not "
+                        "synchronise); use --gpus 1, or forecast.rollout=window or direct")
+    future = rollout_future(rollout, horizon)
+    if rollout == "direct" and getattr(model_cfg, "out_steps", 1) != future:
+        raise UserError(f"direct roll-out: the model predicts {model_cfg.out_steps} steps but the horizon is {future}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
@@ -55,8 +101,10 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
         "run_dir": str(run_dir), "model": {"kind": kind, **to_dict(model_cfg)}, "model_seed": train_cfg.seed,
         "train": to_dict(train_cfg), "progress": progress,
         "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
-                 "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val}},
-        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history)},
+                 "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val,
+                            "future": future}},
+        "rollout": rollout,
+        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history, rollout)},
     }
     if gpus > 1:
         spec_path = run_dir / "train_spec.json"
