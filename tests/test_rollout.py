@@ -232,3 +232,22 @@ def test_pipeline_trains_and_evaluates_each_mode_at_smoke_size(rollout, tmp_path
         row = results["evaluations"]["standard"]["results"][model]
         assert sum(row["outcomes"].values()) == row["episodes"] == cfg.eval.episodes
         assert np.isfinite(results["training"][model]["best_val_loss"])
+
+
+def test_forecast_bench_reports_every_mode_with_exact_lstm_flops():
+    from hrmlab.forecast.bench import bench_forecast
+
+    out = bench_forecast(episodes=2, chunk=2, warmup_episodes=1, models=("lstm",))  # the HRM: same code, slower
+    assert set(out["forecast_ms_per_step"]["lstm"]) == set(out["forecast_mflop_per_forecast"]["lstm"]) == {
+        "window", "stateful", "direct"}
+    assert all(ms > 0 for ms in out["forecast_ms_per_step"]["lstm"].values())
+    assert out["forecast_episode_steps"] > 0 and out["matmul_peak_gflops"] > 0
+    # the quick LSTM (2 layers, h = 64, input 2): matmul FLOPs per token and per head call, horizon 20
+    h, horizon, history = 64, 20, 20
+    token = 2 * 4 * h * (2 + h) + 2 * 4 * h * (h + h)
+    head = 2 * h * 2
+    expected = {"window": horizon * (history * token + head),
+                "stateful": (history + horizon - 1) * token + horizon * head,
+                "direct": history * token + horizon * head}
+    for mode, flops in expected.items():
+        assert out["forecast_mflop_per_forecast"]["lstm"][mode] == round(flops / 1e6, 3)
