@@ -1,5 +1,5 @@
 """Roll-out modes (forecast/learned.py): the stateful contract against the window computation, the direct
-head and its loss, the teacher-forced loss, checkpoints that record their mode, and mode settings.
+head and its loss, the free-running stateful loss, checkpoints that record their mode, and mode settings.
 
 What must match between `stateful` and `window`, and why: both feed back the predicted position
 (last + displacement), but a window forecast re-encodes only the last H positions from a fresh state while
@@ -30,7 +30,7 @@ from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.loading import load_forecaster, model_metadata
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.train.checkpoint import save_checkpoint
-from hrmlab.train.forecaster import teacher_forced_loss
+from hrmlab.train.forecaster import direct_loss, free_running_loss
 from hrmlab.train.trainer import mse_loss
 from hrmlab.worlds import bounce_grid
 
@@ -134,25 +134,30 @@ def test_direct_head_shapes_chaining_and_loss(cfg):
     expected = torch.stack(expected[:12], 1).double().numpy().reshape(out.shape) * WORLD.grid_size
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-8)
     np.testing.assert_array_equal(direct.forecast(obs, 3), out[:, :, :3])
-    # the direct loss: mean squared per-step displacement error over the K steps and both coordinates
+    # the direct loss: mean squared position error over the K steps (positions = running sums of steps)
     y = torch.rand(7, 5, 2, dtype=torch.float64)
-    expected_loss = ((model(x) - y) ** 2).sum(-1).mean(-1).mean() / 2
-    torch.testing.assert_close(mse_loss(model, (x, y)).double(), expected_loss, rtol=1e-6, atol=0)
+    error = torch.cumsum(model(x) - y, dim=1)
+    expected_loss = (error ** 2).sum(-1).mean() / 2  # mean over samples, steps and both coordinates
+    torch.testing.assert_close(direct_loss(model, (x, y)).double(), expected_loss, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", RECURRENT)
-def test_teacher_forced_loss_scores_each_step_on_the_true_sequence(name):
+def test_free_running_loss_is_the_position_error_of_the_stateful_forecast(name):
     model = _model(RECURRENT[name])
     x = torch.rand(4, 20, 2, dtype=torch.float64)
     y = 0.01 * torch.randn(4, 6, 2, dtype=torch.float64)
-    seq = torch.cat([x, x[:, -1:] + torch.cumsum(y[:, :-1], dim=1)], dim=1)  # true positions fed in
-    preds = torch.stack([model(seq[:, :20 + k]) for k in range(6)], dim=1)
-    # losses come back as float32 (one rounding of the float64 value: 6e-8 relative)
-    torch.testing.assert_close(teacher_forced_loss(model, (x, y)), F.mse_loss(preds, y).float(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(teacher_forced_loss(model, (x, y[:, :1])), mse_loss(model, (x, y[:, 0])),
-                               rtol=1e-6, atol=0)
-    teacher_forced_loss(model, (x, y)).backward()  # differentiable through every advance
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    seq, positions = x, []  # the stateful forecast, written as forward() over the growing sequence
+    for _ in range(6):
+        positions.append(seq[:, -1] + model(seq))
+        seq = torch.cat([seq, positions[-1][:, None]], dim=1)
+    truth = x[:, -1:] + torch.cumsum(y, dim=1)
+    expected = F.mse_loss(torch.stack(positions, dim=1), truth)
+    # the loss comes back as float32 (one rounding of the float64 value: 6e-8 relative)
+    torch.testing.assert_close(free_running_loss(model, (x, y)), expected.float(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(free_running_loss(model, (x, y[:, :1])), mse_loss(model, (x, y[:, 0])),
+                               rtol=1e-6, atol=0)  # K = 1: the window mode's one-step loss
+    free_running_loss(model, (x, y)).backward()  # differentiable through every advance and fed-back position
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def _checkpoint(tmp_path, cfg, kind, rollout):

@@ -63,8 +63,9 @@ class ForecastConfig:
 
     rollout: Literal["window", "stateful", "direct"] = "window"
     """window: re-encode the sliding history per horizon step (the seed's; every hrm-cloud-* preset);
-    stateful: encode once, advance the recurrence per step (recurrent models; teacher-forced K-step loss);
-    direct: a K-step head predicts the whole horizon in one pass (K = planner.horizon; K-step loss)."""
+    stateful: encode once, advance the recurrence per step feeding back predictions (recurrent models);
+    direct: a K-step head predicts the whole horizon in one pass (K = planner.horizon). Both non-window
+    modes train on the position error of their own K-step roll-out."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Learned models at evaluation: fp32, or bf16 autocast (for GPU evaluation of large models)."""
 

@@ -20,14 +20,15 @@ The model contract (every learned model family implements it):
   `state` is opaque (it may be updated in place). encode(x[:, :T-1]) followed by advance(·, x[:, T-1])
   must equal forward(x): the recurrence is the same, only cut in two.
 
-Training objective per mode (train/forecaster.py), in normalised units, always the mean squared
-per-step displacement error over K steps and both coordinates:
+Training objective per mode (train/forecaster.py), in normalised units: the mean squared error of the
+POSITIONS the mode's own roll-out predicts over K steps (both coordinates), each roll-out exactly as at
+inference:
 
-* `window`: K = 1, the one-step MSE (the seed's loss);
-* `direct`: K = horizon, predicted in one pass;
-* `stateful`: K = horizon, teacher-forced: encode the history, then advance with the TRUE positions,
-  scoring the displacement predicted at each step — the recurrence is trained on the sequence lengths
-  H … H+K−1 it runs at inference.
+* `window`: K = 1, the one-step displacement MSE (the seed's loss; position error = displacement error);
+* `direct`: K = horizon, the K-step head's displacements summed into positions;
+* `stateful`: K = horizon, free-running: encode the history, then advance K − 1 times feeding back the
+  model's own predicted positions, differentiated end to end — the recurrence is trained on the sequence
+  lengths H … H+K−1 and on the inputs it sees at inference.
 
 Which modes a checkpoint runs (`TRAINED_RUNS`): a window- or stateful-trained one-step model runs
 `window` and, if recurrent, `stateful` (a window-trained model then runs its recurrence past the H

@@ -7,9 +7,8 @@ episodes against the zero-motion and constant-velocity baselines, so a user sees
 learned more than physics.
 
 The roll-out mode (forecast/learned.py) picks the samples and the loss: `window` trains on one-step
-samples with the trainer's default MSE; `direct` and `stateful` train on windows with their K-step future
-(K = the planner's horizon), `direct` with the same MSE over the K-step head, `stateful` with
-`teacher_forced_loss`.
+samples with the trainer's default MSE (the seed's); `direct` and `stateful` train on windows with their
+K-step future (K = the planner's horizon) with `horizon_position_loss` on their own roll-out.
 """
 
 from __future__ import annotations
@@ -37,29 +36,47 @@ def open_sources(dataset: str, history: int, has_val: bool, future: int = 1):
     return open_dataset(Path(dataset), "train", history=history, future=future), val
 
 
-def teacher_forced_loss(model, batch):
-    """Stateful roll-out's loss: MSE of the per-step displacement over the K steps of Y (B, K, 2), the
-    model encoding X (B, H, 2) and then advancing with the true positions X[-1] + cumsum(Y) — the same
-    recurrence, fed the same way (position = last position + displacement), as the stateful forecast."""
-    import torch
+def horizon_position_loss(steps, y):
+    """Mean squared POSITION error over the K steps (both coordinates, normalised units): the per-step
+    displacements are summed into positions relative to the last observed one, so an early error counts at
+    every later step, as it does in the forecast the planner reads. K = 1 is the one-step MSE."""
     import torch.nn.functional as F
 
-    x, y = batch[0], batch[1]
+    return F.mse_loss(steps.float().cumsum(dim=1), y.float().cumsum(dim=1))
+
+
+def _unwrap(model):
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
         model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def direct_loss(model, batch):
+    """Direct roll-out: X (B, H, 2) → the K-step head's displacements (B, K, 2), scored on positions."""
+    x, y = batch[0], batch[1]
+    return horizon_position_loss(model(x.to(next(model.parameters()).dtype)), y)
+
+
+def free_running_loss(model, batch):
+    """Stateful roll-out: encode X, then advance K − 1 times feeding back the model's OWN predicted
+    positions — exactly the stateful forecast, differentiated end to end — scored on positions."""
+    import torch
+
+    x, y = batch[0], batch[1]
+    model = _unwrap(model)
     dtype = next(model.parameters()).dtype
     state, step = model.encode(x.to(dtype))
-    steps, position = [step], x[:, -1]
-    for k in range(1, y.shape[1]):
-        position = position + y[:, k - 1]
+    steps, position = [step], x[:, -1] + step.float()
+    for _ in range(1, y.shape[1]):
         state, step = model.advance(state, position.to(dtype))
         steps.append(step)
-    return F.mse_loss(torch.stack(steps, dim=1).float(), y.float())
+        position = position + step.float()
+    return horizon_position_loss(torch.stack(steps, dim=1), y)
 
 
 def rollout_loss(rollout: str):
-    """The trainer's loss_fn for a roll-out mode (None = the trainer's default one-step / K-step MSE)."""
-    return teacher_forced_loss if rollout == "stateful" else None
+    """The trainer's loss_fn for a roll-out mode (None: the trainer's default one-step MSE, for window)."""
+    return {"window": None, "direct": direct_loss, "stateful": free_running_loss}[rollout]
 
 
 def rollout_future(rollout: str, horizon: int) -> int:
