@@ -1,5 +1,5 @@
 """Roll-out modes (forecast/learned.py): the stateful contract against the window computation, the direct
-head and its loss, the free-running stateful loss, checkpoints that record their mode, and mode settings.
+head and its loss, checkpoints that record their mode, and mode settings.
 
 What must match between `stateful` and `window`, and why: both feed back the predicted position
 (last + displacement), but a window forecast re-encodes only the last H positions from a fresh state while
@@ -21,7 +21,6 @@ index, state or feedback changes outputs by > 1e-4 relative at these sizes).
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from hrmlab.errors import UserError
 from hrmlab.forecast.base import Observation
@@ -30,7 +29,6 @@ from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.loading import load_forecaster, model_metadata
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.train.checkpoint import save_checkpoint
-from hrmlab.train.forecaster import direct_loss, free_running_loss
 from hrmlab.train.trainer import mse_loss
 from hrmlab.worlds import bounce_grid
 
@@ -134,30 +132,11 @@ def test_direct_head_shapes_chaining_and_loss(cfg):
     expected = torch.stack(expected[:12], 1).double().numpy().reshape(out.shape) * WORLD.grid_size
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-8)
     np.testing.assert_array_equal(direct.forecast(obs, 3), out[:, :, :3])
-    # the direct loss: mean squared position error over the K steps (positions = running sums of steps)
+    # the direct loss (the trainer's default on (B, K, 2) targets): mean squared per-step displacement
+    # error over the K steps and both coordinates; returned in float32 (6e-8 relative)
     y = torch.rand(7, 5, 2, dtype=torch.float64)
-    error = torch.cumsum(model(x) - y, dim=1)
-    expected_loss = (error ** 2).sum(-1).mean() / 2  # mean over samples, steps and both coordinates
-    torch.testing.assert_close(direct_loss(model, (x, y)).double(), expected_loss, rtol=1e-6, atol=0)
-
-
-@pytest.mark.parametrize("name", RECURRENT)
-def test_free_running_loss_is_the_position_error_of_the_stateful_forecast(name):
-    model = _model(RECURRENT[name])
-    x = torch.rand(4, 20, 2, dtype=torch.float64)
-    y = 0.01 * torch.randn(4, 6, 2, dtype=torch.float64)
-    seq, positions = x, []  # the stateful forecast, written as forward() over the growing sequence
-    for _ in range(6):
-        positions.append(seq[:, -1] + model(seq))
-        seq = torch.cat([seq, positions[-1][:, None]], dim=1)
-    truth = x[:, -1:] + torch.cumsum(y, dim=1)
-    expected = F.mse_loss(torch.stack(positions, dim=1), truth)
-    # the loss comes back as float32 (one rounding of the float64 value: 6e-8 relative)
-    torch.testing.assert_close(free_running_loss(model, (x, y)), expected.float(), rtol=1e-6, atol=0)
-    torch.testing.assert_close(free_running_loss(model, (x, y[:, :1])), mse_loss(model, (x, y[:, 0])),
-                               rtol=1e-6, atol=0)  # K = 1: the window mode's one-step loss
-    free_running_loss(model, (x, y)).backward()  # differentiable through every advance and fed-back position
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    expected_loss = ((model(x) - y) ** 2).sum(-1).mean() / 2
+    torch.testing.assert_close(mse_loss(model, (x, y)).double(), expected_loss, rtol=1e-6, atol=0)
 
 
 def _checkpoint(tmp_path, cfg, kind, rollout):
@@ -174,9 +153,9 @@ def test_checkpoints_record_their_mode_and_refuse_the_wrong_one(tmp_path):
     assert load_forecaster(window, "m", rollout="stateful").rollout == "stateful"  # a recurrent one-step model
     with pytest.raises(UserError, match="trained for the window roll-out and cannot be evaluated direct"):
         load_forecaster(window, "m", rollout="direct")
-    stateful = _checkpoint(tmp_path, HRMConfig(variant="sapient", d_model=16), "hrm", "stateful")
-    assert load_forecaster(stateful, "m").rollout == "stateful"
-    assert load_forecaster(stateful, "m", rollout="window").rollout == "window"
+    hrm = _checkpoint(tmp_path, HRMConfig(variant="sapient", d_model=16), "hrm", "window")
+    assert load_forecaster(hrm, "m", rollout="stateful").forecast(_observation(1), 3).shape == (
+        1, WORLD.num_obstacles, 3, 2)
     direct = _checkpoint(tmp_path, LSTMConfig(hidden=8, out_steps=20), "lstm", "direct")
     assert load_forecaster(direct, "m").forecast(_observation(1), 20).shape == (1, WORLD.num_obstacles, 20, 2)
     for other in ("window", "stateful"):
@@ -205,6 +184,7 @@ def test_mode_errors_reach_the_cli_as_one_line(tmp_path):
 
 
 def test_mode_settings_in_presets():
+    from hrmlab.pipeline import train_key
     from hrmlab.presets import preset_names, resolve
 
     for name in preset_names():
@@ -212,7 +192,11 @@ def test_mode_settings_in_presets():
             assert resolve(name, []).forecast.rollout == "window", name
     direct = resolve("quick", ["forecast.rollout=direct"])
     assert direct.model_config("hrm").out_steps == direct.planner.horizon == direct.model_config("lstm").out_steps
-    assert resolve("quick", ["forecast.rollout=stateful"]).model_config("hrm").out_steps == 1
+    stateful = resolve("quick", ["forecast.rollout=stateful"])
+    assert stateful.model_config("hrm").out_steps == 1
+    for model in ("hrm", "lstm"):  # stateful runs the window-trained model: one cached checkpoint
+        assert train_key(stateful, model) == train_key(resolve("quick", ["forecast.rollout=window"]), model)
+        assert train_key(direct, model) != train_key(stateful, model)
     with pytest.raises(UserError, match="out_steps is set by forecast.rollout"):
         resolve("quick", ["hrm.out_steps=5"])
     with pytest.raises(UserError, match="EncoderHRM is not recurrent"):
@@ -232,7 +216,8 @@ def test_pipeline_trains_and_evaluates_each_mode_at_smoke_size(rollout, tmp_path
                                              progress=False))
     for model in ("hrm", "lstm"):
         meta = read_metadata(results["training"][model]["checkpoint"])
-        assert meta["rollout"] == rollout and meta["model"]["out_steps"] == (20 if rollout == "direct" else 1)
+        assert meta["rollout"] == ("direct" if rollout == "direct" else "window")  # what it was trained for
+        assert meta["model"]["out_steps"] == (20 if rollout == "direct" else 1)
         assert results["forecasters"][model]["rollout"] == rollout
         row = results["evaluations"]["standard"]["results"][model]
         assert sum(row["outcomes"].values()) == row["episodes"] == cfg.eval.episodes

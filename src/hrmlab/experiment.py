@@ -63,9 +63,9 @@ class ForecastConfig:
 
     rollout: Literal["window", "stateful", "direct"] = "window"
     """window: re-encode the sliding history per horizon step (the seed's; every hrm-cloud-* preset);
-    stateful: encode once, advance the recurrence per step feeding back predictions (recurrent models);
-    direct: a K-step head predicts the whole horizon in one pass (K = planner.horizon). Both non-window
-    modes train on the position error of their own K-step roll-out."""
+    stateful: encode once, advance the recurrence per step feeding back predictions (recurrent models;
+    the same one-step training as window); direct: a K-step head predicts the whole horizon in one pass
+    (K = planner.horizon), trained on the per-step displacement error over the K steps."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Learned models at evaluation: fp32, or bf16 autocast (for GPU evaluation of large models)."""
 

@@ -109,8 +109,11 @@ def stage_data(cfg: ExperimentConfig, opts: RunOptions, backend):
 def train_key(cfg: ExperimentConfig, model: str) -> str:
     from hrmlab.data.collect import store_config
 
-    rollout = cfg.forecast.rollout
-    extra = {} if rollout == "window" else {"rollout": rollout, "horizon": cfg.planner.horizon}
+    from hrmlab.forecast.learned import TRAINED_FOR
+
+    # window and stateful train the same one-step model (one cached checkpoint); direct its K-step head
+    trained = TRAINED_FOR[cfg.forecast.rollout]
+    extra = {} if trained == "window" else {"trained_for": trained}
     return config_hash({"model": model, "arch": to_dict(cfg.model_config(model)),
                         "train": to_dict(cfg.train_config(model)), "data": store_config(cfg.world, cfg.data),
                         "history": cfg.data.history, **extra})
@@ -134,7 +137,7 @@ class TrainJob:
     rollout: str = "window"
     """Roll-out mode the model is trained for (forecast/learned.py)."""
     horizon: int = 20
-    """Its K: steps of future per training sample for direct and stateful."""
+    """The planner's horizon: direct's K, steps of future per training sample."""
 
 
 def run_train_job(job: TrainJob) -> dict:

@@ -20,20 +20,24 @@ The model contract (every learned model family implements it):
   `state` is opaque (it may be updated in place). encode(x[:, :T-1]) followed by advance(·, x[:, T-1])
   must equal forward(x): the recurrence is the same, only cut in two.
 
-Training objective per mode (train/forecaster.py), in normalised units: the mean squared error of the
-POSITIONS the mode's own roll-out predicts over K steps (both coordinates), each roll-out exactly as at
-inference:
+Training (train/forecaster.py) — the trainer's MSE of the predicted displacements, in normalised units:
 
-* `window`: K = 1, the one-step displacement MSE (the seed's loss; position error = displacement error);
-* `direct`: K = horizon, the K-step head's displacements summed into positions;
-* `stateful`: K = horizon, free-running: encode the history, then advance K − 1 times feeding back the
-  model's own predicted positions, differentiated end to end — the recurrence is trained on the sequence
-  lengths H … H+K−1 and on the inputs it sees at inference.
+* `window` and `stateful`: the one-step model, trained on one-step samples exactly as the seed trained
+  it (a stateful forecast runs that model); the checkpoint records `window`;
+* `direct`: the K-step head (K = the planner's horizon) on windows with their K-step future, the loss the
+  mean squared per-step displacement error over the K steps and both coordinates; records `direct`.
 
-Which modes a checkpoint runs (`TRAINED_RUNS`): a window- or stateful-trained one-step model runs
-`window` and, if recurrent, `stateful` (a window-trained model then runs its recurrence past the H
-tokens it was trained on — allowed, and measured in docs/benchmarks.md); `direct` needs a direct-trained
-multi-step head, and a direct-trained head runs only `direct`.
+Why stateful has no objective of its own: two were tried on quick's data — teacher-forced (advance with
+the true positions, one-step loss at every step) and free-running (feed back the predictions, position
+loss over the horizon); both made the LSTM plan clearly worse than one-step training run stateful, and
+the quick HRM, whose recurrence is unstable past the trained length, diverged under both. Likewise a
+direct head scored on positions instead of per-step displacements forecast better on average but planned
+worse: it trades the near-term accuracy the planner needs most for the late steps.
+
+Which modes a checkpoint runs (`TRAINED_RUNS`): a one-step (`window`) checkpoint runs `window` and, if
+the model is recurrent, `stateful` — the recurrence then runs past the H tokens it was trained on, which
+costs the LSTM little and degrades the late horizon steps of the quick HRM (docs/benchmarks.md); a
+`direct` checkpoint runs only `direct`, and `direct` needs one.
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ from hrmlab.errors import UserError
 from hrmlab.forecast.base import ROLLOUTS, Forecaster, Observation
 
 EVAL_DTYPES = ("fp32", "bf16")
-TRAINED_RUNS = {"window": ("window", "stateful"), "stateful": ("stateful", "window"), "direct": ("direct",)}
-"""Roll-out a checkpoint was trained for → the roll-outs it may be evaluated with."""
+TRAINED_FOR = {"window": "window", "stateful": "window", "direct": "direct"}
+"""Roll-out mode → the training its model gets (and its checkpoint records)."""
+TRAINED_RUNS = {"window": ("window", "stateful"), "direct": ("direct",)}
+"""Training a checkpoint records → the roll-outs it may be evaluated with."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -86,7 +92,7 @@ def check_rollout(model: nn.Module, rollout: str) -> None:
 def check_trained_for(trained: str, rollout: str, what: str) -> None:
     """UserError (one line) when a checkpoint trained for `trained` is asked to run `rollout`."""
     if trained not in TRAINED_RUNS:
-        raise UserError(f"{what} records an unknown roll-out {trained!r}; valid choices: {', '.join(ROLLOUTS)}")
+        raise UserError(f"{what} records an unknown training {trained!r}; valid choices: {', '.join(TRAINED_RUNS)}")
     if rollout not in TRAINED_RUNS[trained]:
         raise UserError(f"{what} was trained for the {trained} roll-out and cannot be evaluated {rollout}; "
                         f"it runs {' or '.join(TRAINED_RUNS[trained])} (retrain with forecast.rollout={rollout})")

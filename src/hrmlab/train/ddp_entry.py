@@ -12,7 +12,6 @@ Spec keys:
   data: {"kind": "npy", "train_x", "train_y", "val_x"?, "val_y"?}  (memory-mapped .npy files)
       | {"kind": "callable", "target": "package.module:function", "kwargs": {...}}  → (train_source, val_source)
   progress: show the progress bar (default true)
-  rollout: window | stateful | direct — the roll-out mode's loss (train/forecaster.py; default window)
   config: resolved run config to store in checkpoints (optional)
 
 `launch_torchrun(spec_path, nproc)` starts it on `nproc` local processes (gloo on CPU, NCCL on GPU).
@@ -93,11 +92,8 @@ def run_spec(spec: dict) -> dict:
     cfg = from_dict(TrainConfig, spec.get("train", {}), "train")
     train_source, val_source = build_sources(spec["data"])
     config = spec.get("config") or {"model": spec["model"], "data": spec["data"]}
-    from hrmlab.train.forecaster import rollout_loss
-
     result = train(model, train_source, val_source, cfg, run_dir, config_dict=config,
-                   progress=bool(spec.get("progress", True)),
-                   loss_fn=rollout_loss(spec.get("rollout", "window"))).to_dict()
+                   progress=bool(spec.get("progress", True))).to_dict()
     digest = parameter_digest(model)
     digests = [digest]
     if dist.is_available() and dist.is_initialized():

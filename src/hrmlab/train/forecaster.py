@@ -6,9 +6,10 @@ work is launched under torchrun; one process otherwise. Afterwards the model is 
 episodes against the zero-motion and constant-velocity baselines, so a user sees at once whether it
 learned more than physics.
 
-The roll-out mode (forecast/learned.py) picks the samples and the loss: `window` trains on one-step
-samples with the trainer's default MSE (the seed's); `direct` and `stateful` train on windows with their
-K-step future (K = the planner's horizon) with `horizon_position_loss` on their own roll-out.
+The roll-out mode (forecast/learned.py) picks the samples: `window` and `stateful` train the one-step
+model on one-step samples (the seed's training; a stateful forecast runs that model), `direct` trains
+its K-step head on windows with their K-step future (K = the planner's horizon). The loss is always the
+trainer's default MSE of the predicted displacements: one step, or every step of the K.
 """
 
 from __future__ import annotations
@@ -29,59 +30,11 @@ log = logging.getLogger("hrmlab.train")
 
 def open_sources(dataset: str, history: int, has_val: bool, future: int = 1):
     """(train, val) sample sources of a collected dataset; the torchrun spec's data callable.
-    future: target displacements per sample (1, or K for the direct and stateful roll-outs)."""
+    future: target displacements per sample (1, or K for the direct roll-out)."""
     from hrmlab.data.dataset import open_dataset
 
     val = open_dataset(Path(dataset), "val", history=history, future=future) if has_val else None
     return open_dataset(Path(dataset), "train", history=history, future=future), val
-
-
-def horizon_position_loss(steps, y):
-    """Mean squared POSITION error over the K steps (both coordinates, normalised units): the per-step
-    displacements are summed into positions relative to the last observed one, so an early error counts at
-    every later step, as it does in the forecast the planner reads. K = 1 is the one-step MSE."""
-    import torch.nn.functional as F
-
-    return F.mse_loss(steps.float().cumsum(dim=1), y.float().cumsum(dim=1))
-
-
-def _unwrap(model):
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):  # DDP / torch.compile wrappers
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
-
-
-def direct_loss(model, batch):
-    """Direct roll-out: X (B, H, 2) → the K-step head's displacements (B, K, 2), scored on positions."""
-    x, y = batch[0], batch[1]
-    return horizon_position_loss(model(x.to(next(model.parameters()).dtype)), y)
-
-
-def free_running_loss(model, batch):
-    """Stateful roll-out: encode X, then advance K − 1 times feeding back the model's OWN predicted
-    positions — exactly the stateful forecast, differentiated end to end — scored on positions."""
-    import torch
-
-    x, y = batch[0], batch[1]
-    model = _unwrap(model)
-    dtype = next(model.parameters()).dtype
-    state, step = model.encode(x.to(dtype))
-    steps, position = [step], x[:, -1] + step.float()
-    for _ in range(1, y.shape[1]):
-        state, step = model.advance(state, position.to(dtype))
-        steps.append(step)
-        position = position + step.float()
-    return horizon_position_loss(torch.stack(steps, dim=1), y)
-
-
-def rollout_loss(rollout: str):
-    """The trainer's loss_fn for a roll-out mode (None: the trainer's default one-step MSE, for window)."""
-    return {"window": None, "direct": direct_loss, "stateful": free_running_loss}[rollout]
-
-
-def rollout_future(rollout: str, horizon: int) -> int:
-    """Target displacements per training sample: 1 for window, the horizon K otherwise."""
-    return 1 if rollout == "window" else int(horizon)
 
 
 def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig, data: DataConfig, data_paths,
@@ -91,19 +44,17 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
 
     gpus > 1 launches torchrun with that many ranks; otherwise training runs in this process. Either way
     the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation.
-    rollout: the roll-out mode to train for; horizon: its K (direct: model_cfg.out_steps must equal it)."""
+    rollout: the roll-out mode to train for; horizon: direct's K (model_cfg.out_steps must equal it)."""
     from hrmlab.forecast.hrm import build_model, count_parameters
-    from hrmlab.forecast.learned import check_rollout
+    from hrmlab.forecast.learned import TRAINED_FOR, check_rollout
     from hrmlab.forecast.loading import model_metadata
     from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
 
     check_rollout(build_model(model_cfg), rollout)
-    if rollout == "stateful" and gpus > 1:
-        raise UserError("stateful training runs in one process (its loss calls encode/advance, which DDP does not "
-                        "synchronise); use --gpus 1, or forecast.rollout=window or direct")
-    future = rollout_future(rollout, horizon)
-    if rollout == "direct" and getattr(model_cfg, "out_steps", 1) != future:
-        raise UserError(f"direct roll-out: the model predicts {model_cfg.out_steps} steps but the horizon is {future}")
+    trained = TRAINED_FOR[rollout]
+    future = horizon if trained == "direct" else 1
+    if getattr(model_cfg, "out_steps", 1) != future:
+        raise UserError(f"{rollout} roll-out: the model predicts {model_cfg.out_steps} steps per call, it needs {future}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
@@ -120,8 +71,7 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
         "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
                  "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val,
                             "future": future}},
-        "rollout": rollout,
-        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history, rollout)},
+        "config": {"forecaster": model_metadata(kind, model_cfg, world.grid_size, data.history, trained)},
     }
     if gpus > 1:
         spec_path = run_dir / "train_spec.json"
