@@ -131,6 +131,29 @@ def test_loader_shapes_dtypes_and_bounds(tmp_path):
         open_dataset(paths, "test")
 
 
+def test_windows_with_their_future_extend_the_one_step_samples(tmp_path):
+    """future=K: sample (e, w, n) keeps the one-step sample's X, and Y[k] is the one-step Y of the window
+    k steps later; only windows whose K-step future was observed exist (S − H − K + 1 per obstacle)."""
+    paths = collect(WORLD, TINY, tmp_path, progress=False)
+    one = open_dataset(paths, "train")
+    k = 7
+    multi = open_dataset(paths, "train", future=k)
+    n, s, h = WORLD.num_obstacles, TINY.steps_per_episode, TINY.history
+    assert multi.windows_per_episode == s - h - k + 1 and len(multi) == TINY.train_episodes * n * (s - h - k + 1)
+    x, y = multi.get_batch(np.arange(len(multi)))
+    assert x.shape == (len(multi), h, 2) and y.shape == (len(multi), k, 2) and y.dtype == np.float32
+    episode, start, obstacle = multi.locate(np.arange(len(multi)))
+    for step in range(k):  # the one-step sample of (episode, start + step, obstacle)
+        twin = (episode * (s - h) + start + step) * n + obstacle
+        x1, y1 = one.get_batch(twin)
+        if step == 0:
+            np.testing.assert_array_equal(x, x1)
+        np.testing.assert_array_equal(y[:, step], y1)  # the same float32 subtraction: exact
+    assert multi.get_batch(np.arange(3))[1].shape == (3, k, 2)
+    with pytest.raises(UserError, match="future"):
+        open_dataset(paths, "train", future=s - h + 1)
+
+
 def test_load_or_collect_returns_both_splits(tmp_path):
     splits = load_or_collect(WORLD, TINY, tmp_path, progress=False)
     assert set(splits) == {"train", "val"}

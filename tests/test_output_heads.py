@@ -97,3 +97,22 @@ def test_every_kind_accepts_the_output_settings():
     for kind, entry in MODELS.items():
         fields = {f.name for f in dataclasses.fields(entry.config)}
         assert {"output", "head_init"} <= fields, kind
+
+
+def test_residual_cv_keeps_the_stateful_contract_of_a_recurrent_model():
+    """encode(x[:, :T-1]) then advance(·, x[:, T-1]) equals forward(x), residual included; a non-recurrent
+    inner model offers no stateful roll-out through the wrapper either."""
+    from hrmlab.forecast.learned import is_recurrent
+    from hrmlab.forecast.lstm import LSTMConfig
+
+    model = build_model(LSTMConfig(hidden=16, output="residual-cv"), seed=3).eval()
+    x = torch.cumsum(torch.randn(5, 20, 2) * 0.03, dim=1)
+    with torch.no_grad():
+        state, _ = model.encode(x[:, :-1])
+        _, step = model.advance(state, x[:, -1])
+        whole = model(x)
+    # same float32 ops in the same order except the residual's add: a few ulp of values ~0.05
+    torch.testing.assert_close(step, whole, rtol=0, atol=1e-6)
+    assert is_recurrent(model)
+    trm = build_model({"kind": "trm", "d_model": 16, "heads": 2, "output": "residual-cv"}, seed=0)
+    assert not is_recurrent(trm)

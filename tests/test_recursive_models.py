@@ -261,8 +261,9 @@ def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
     from hrmlab.presets import resolve
 
     monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    # the recursive kinds are not recurrent over time: they roll out directly (a K-step head), not statefully
     cfg = resolve("quick", ["physics_forecasters=[oracle]", "models=[hrm-act,trm]", "eval.episodes=4",
-                            "seed_protocol="], smoke=True)
+                            "seed_protocol=", "forecast.rollout=direct"], smoke=True)
     results = run_experiment(cfg, RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1,
                                              progress=False))
     rows = results["evaluations"][results["primary_protocol"]]["results"]
@@ -271,6 +272,8 @@ def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
         assert Path(results["training"][kind]["checkpoint"]).is_file()
     with pytest.raises(UserError, match="unknown model kind"):
         resolve("quick", ["models=[hrm,transformer]"])
+    with pytest.raises(UserError, match="no stateful roll-out"):  # quick's default roll-out is stateful
+        resolve("quick", ["models=[lstm,trm]"])
 
 
 @pytest.mark.parametrize("model", [

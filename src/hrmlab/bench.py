@@ -77,6 +77,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "hrm_train": _lazy("hrmlab.train.bench", "bench_hrm_training"),
     "expert": _lazy("hrmlab.diffusion.bench", "bench_expert"),
     "gym": _lazy("hrmlab.envs.bench", "bench_gym"),  # needs the gym extra; not in the default set
+    "forecast": _lazy("hrmlab.forecast.bench", "bench_forecast"),
 }
 
 

@@ -236,7 +236,7 @@ def cmd_bench(args) -> int:
     from hrmlab.bench import BENCHMARKS, run_benchmarks
 
     names = args.only.split(",") if args.only else ["closed_loop", "planner", "collect", "loader", "hrm_train",
-                                                    "expert"]
+                                                    "expert", "forecast"]
     for n in names:
         if n not in BENCHMARKS:
             raise UserError(f"unknown benchmark {n!r}; valid choices: {', '.join(BENCHMARKS)}")

@@ -60,6 +60,19 @@ class CloudConfig:
 
 
 @dataclass
+class ForecastConfig:
+    """How the learned forecasters are trained to roll out and are evaluated (forecast/learned.py)."""
+
+    rollout: Literal["window", "stateful", "direct"] = "window"
+    """window: re-encode the sliding history per horizon step (the seed's; every hrm-cloud-* preset);
+    stateful: encode once, advance the recurrence per step feeding back predictions (recurrent models;
+    the same one-step training as window); direct: a K-step head predicts the whole horizon in one pass
+    (K = planner.horizon), trained on the per-step displacement error over the K steps."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Learned models at evaluation: fp32, or bf16 autocast (for GPU evaluation of large models)."""
+
+
+@dataclass
 class ExperimentConfig:
     """A whole grid experiment: world → data → HRM + LSTM training → paired evaluation → report."""
 
@@ -88,6 +101,7 @@ class ExperimentConfig:
     train_hrm_act: TrainConfig = field(default_factory=TrainConfig)
     train_trm: TrainConfig = field(default_factory=TrainConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     """The `standard` protocol run (the default, correct evaluation)."""
     seed_protocol: str = "seed-v3"
@@ -115,8 +129,11 @@ class ExperimentConfig:
         return getattr(self, "train_" + _section(model))
 
     def model_config(self, model: str):
-        """The architecture of model kind `model` (section `<kind>`, '-' written '_', e.g. `hrm_act`)."""
-        return getattr(self, _section(model))
+        """The architecture of model kind `model` (section `<kind>`, '-' written '_', e.g. `hrm_act`), with
+        `out_steps` following the roll-out: planner.horizon for direct, else 1 (forecast.rollout is its one
+        source of truth)."""
+        cfg = getattr(self, _section(model))
+        return dataclasses.replace(cfg, out_steps=self.planner.horizon if self.forecast.rollout == "direct" else 1)
 
 
 def _section(model: str) -> str:
@@ -157,7 +174,15 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
     cfg = from_dict(ExperimentConfig, {**data, "name": name})
     cfg = apply_overrides(cfg, overrides) if overrides else cfg
     for model in cfg.models:
-        _section(model)  # an unknown model kind fails here, before any stage runs
+        if getattr(cfg, _section(model)).out_steps != 1:  # also: an unknown model kind fails here
+            raise UserError(f"preset {name}: {model}.out_steps is set by forecast.rollout (direct: the planner's "
+                            "horizon); remove it and set forecast.rollout=direct")
+    if cfg.forecast.rollout == "stateful":  # fail before any data is collected: is every model recurrent?
+        from hrmlab.forecast.learned import check_rollout
+        from hrmlab.forecast.models import build_model
+
+        for model in cfg.models:
+            check_rollout(build_model(cfg.model_config(model)), "stateful")
     protocol = get_protocol(cfg.eval.protocol)
     if protocol.world is not None:  # the protocol's world is the base; `--set world.*` still applies on top
         if data.get("world"):

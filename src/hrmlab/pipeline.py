@@ -103,9 +103,14 @@ def stage_data(cfg: ExperimentConfig, opts: RunOptions, backend):
 def train_key(cfg: ExperimentConfig, model: str) -> str:
     from hrmlab.data.collect import store_config
 
+    from hrmlab.forecast.learned import TRAINED_FOR
+
+    # window and stateful train the same one-step model (one cached checkpoint); direct its K-step head
+    trained = TRAINED_FOR[cfg.forecast.rollout]
+    extra = {} if trained == "window" else {"trained_for": trained}
     return config_hash({"model": model, "arch": cfg.model_config(model),
                         "train": cfg.train_config(model), "data": store_config(cfg.world, cfg.data),
-                        "history": cfg.data.history})
+                        "history": cfg.data.history, **extra})
 
 
 @dataclass
@@ -123,6 +128,10 @@ class TrainJob:
     preset_gpus: int
     device: str
     progress: bool = True
+    rollout: str = "window"
+    """Roll-out mode the model is trained for (forecast/learned.py)."""
+    horizon: int = 20
+    """The planner's horizon: direct's K, steps of future per training sample."""
 
 
 def run_train_job(job: TrainJob) -> dict:
@@ -131,7 +140,8 @@ def run_train_job(job: TrainJob) -> dict:
 
     return train_forecaster(kind=job.kind, model_cfg=job.model_cfg, train_cfg=job.train_cfg, world=job.world,
                             data=job.data, data_paths=job.data_paths, run_dir=job.run_dir, gpus=job.gpus,
-                            preset_gpus=job.preset_gpus, device=job.device, progress=job.progress)
+                            preset_gpus=job.preset_gpus, device=job.device, progress=job.progress,
+                            rollout=job.rollout, horizon=job.horizon)
 
 
 def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions, gpus: int = 0,
@@ -150,7 +160,8 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
             log.warning("stage train/%s: %s is unreadable or its checkpoint is gone; retraining", model, done)
         t0 = time.perf_counter()
         job = TrainJob(model, cfg.model_config(model), cfg.train_config(model), cfg.world, cfg.data, data_paths,
-                       stage_dir, gpus, cfg.hardware.gpus, cfg.device, opts.progress)
+                       stage_dir, gpus, cfg.hardware.gpus, cfg.device, opts.progress, cfg.forecast.rollout,
+                       cfg.planner.horizon)
         summary = train_runner(job)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["key"] = key
@@ -165,6 +176,7 @@ def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: Planner
                    specs: list[ForecasterSpec], spec_keys: dict, opts: RunOptions, backend) -> dict:
     key = config_hash({"format": EVAL_FORMAT, "world": cfg.world, "planner": planner,
                        "eval": eval_cfg, "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
+                                                          + ([s.rollout] if s.rollout else [])
                                                                   for s in specs]})
     path = opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json"
     cached = _read_json(path)
@@ -219,7 +231,8 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
     data_paths = stage_data(cfg, opts, backend) if cfg.models else None
     trained = {m: stage_train(cfg, m, data_paths, opts, gpus, train_runner) for m in cfg.models}
 
-    learned = [ForecasterSpec(m, trained[m]["checkpoint"]) for m in cfg.models]
+    learned = [ForecasterSpec(m, trained[m]["checkpoint"], precision=cfg.forecast.precision,
+                              rollout=cfg.forecast.rollout) for m in cfg.models]
     physics = [ForecasterSpec(name) for name in cfg.physics_forecasters]
     specs = learned + physics
     spec_keys = {m: trained[m]["key"] for m in cfg.models}
@@ -235,7 +248,8 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
     results = {
         "preset": cfg.name, "description": cfg.description, "provenance": cfg.provenance,
         "published": cfg.published, "smoke": opts.smoke,
-        "forecasters": {s.name: {"checkpoint": s.checkpoint} for s in specs},
+        "forecasters": {s.name: {"checkpoint": s.checkpoint, "rollout": s.rollout, "precision": s.precision}
+                        if s.checkpoint else {"checkpoint": None} for s in specs},
         "training": {m: trained[m] for m in cfg.models},
         "primary_protocol": cfg.eval.protocol,
         "evaluations": evaluations,

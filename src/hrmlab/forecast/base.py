@@ -15,6 +15,9 @@ import numpy as np
 
 from hrmlab.worlds.bounce_grid import BounceGridConfig, WorldState
 
+ROLLOUTS = ("window", "stateful", "direct")
+"""How a learned forecaster rolls a model out over the horizon; defined and documented in learned.py."""
+
 
 @dataclass
 class Observation:

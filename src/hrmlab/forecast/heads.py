@@ -61,6 +61,34 @@ class ResidualOverConstantVelocity(nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def cfg(self):
+        """The inner model's config (roll-outs read `out_steps` from it)."""
+        return self.model.cfg
+
+    # The stateful roll-out contract (forecast/learned.py), offered exactly when the inner model offers it:
+    # the state carries the last position, so each step adds the displacement just observed.
+    @property
+    def encode(self):
+        if not callable(getattr(self.model, "encode", None)):
+            raise AttributeError("encode")
+        return self._encode
+
+    @property
+    def advance(self):
+        if not callable(getattr(self.model, "advance", None)):
+            raise AttributeError("advance")
+        return self._advance
+
+    def _encode(self, x: torch.Tensor):
+        state, step = self.model.encode(x)
+        return (state, x[:, -1]), step + last_displacement(x).to(step.dtype)
+
+    def _advance(self, state, x_next: torch.Tensor):
+        inner, previous = state
+        inner, step = self.model.advance(inner, x_next)
+        return (inner, x_next), step + (x_next - previous).to(step.dtype)
+
     def forward(self, x: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
         cv = last_displacement(x)
         if target is None:

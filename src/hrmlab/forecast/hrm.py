@@ -74,6 +74,9 @@ class HRMConfig(OutputSettings):
     """Encoder only: how many times the high group of `n_layers` blocks is applied (8gpu_v2: its k_step)."""
     dropout: float = 0.0
     """Dropout on block outputs during training (the seed used none)."""
+    out_steps: int = 1
+    """K: displacements predicted per call. 1: forward → (B, 2); K > 1: (B, K, 2), the next K per-step
+    displacements (the `direct` roll-out; set through forecast.rollout, not by hand)."""
 
 
 # ---------------------------------------------------------------------------------------- components
@@ -292,7 +295,11 @@ class DeepSapientHRM(nn.Module):
 
     For t in 0..T-1: every k steps the H stack updates from the (detached) top L state; then the L stack
     updates from embed(x_t) + top H state. Each block of a stack keeps its own state and feeds its new
-    state to the next block. The head reads the top L state after the last step."""
+    state to the next block. The head reads the top L state after the last step.
+
+    Stateful roll-out (forecast/learned.py): `encode(x)` runs the history and returns (RecurrentState,
+    next displacement); `advance(state, x_next)` runs one more time step t = T, T+1, ... (the H stack
+    keeps its period in t), so encode(x[:, :T-1]) then advance(·, x[:, T-1]) equals forward(x)."""
 
     def __init__(self, cfg: HRMConfig, attention_cls: type[nn.Module] = LengthOneAttention):
         super().__init__()
@@ -301,7 +308,7 @@ class DeepSapientHRM(nn.Module):
         self.embed = nn.Linear(POSITION_DIMS, d)
         self.l_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
         self.h_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.head = nn.Linear(d, POSITION_DIMS)
+        self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
         init_linear_weights(self, cfg.init_std)
 
     def initial_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
@@ -313,20 +320,44 @@ class DeepSapientHRM(nn.Module):
         return [zero] * self.cfg.n_layers
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode(x)[1]
+
+    def encode(self, x: torch.Tensor) -> tuple["RecurrentState", torch.Tensor]:
         embedded = self.embed(x.transpose(0, 1))  # (T, B, d): all steps in one matmul, each step contiguous
-        s_low = self.initial_states(x.shape[0], embedded)
-        s_high = self.initial_states(x.shape[0], embedded)
-        low_attn = [block.attn.fused_weights() for block in self.l_blocks]  # once per forward, not per step
-        high_attn = [block.attn.fused_weights() for block in self.h_blocks]
-        for t in range(x.shape[1]):
-            if t % self.cfg.h_period == 0:
+        state = RecurrentState(self.initial_states(x.shape[0], embedded), self.initial_states(x.shape[0], embedded),
+                               # fused attention weights: once per forward, not per step
+                               [block.attn.fused_weights() for block in self.l_blocks],
+                               [block.attn.fused_weights() for block in self.h_blocks])
+        return self._run(state, embedded)
+
+    def advance(self, state: "RecurrentState", x_next: torch.Tensor) -> tuple["RecurrentState", torch.Tensor]:
+        return self._run(state, self.embed(x_next)[None])
+
+    def _run(self, state: "RecurrentState", embedded: torch.Tensor) -> tuple["RecurrentState", torch.Tensor]:
+        s_low, s_high, low_attn, high_attn = state.low, state.high, state.low_attn, state.high_attn
+        for e in embedded:
+            if state.t % self.cfg.h_period == 0:
                 inp = s_low[-1].detach() if self.cfg.detach_h_input else s_low[-1]
                 for i, block in enumerate(self.h_blocks):
                     s_high[i] = inp = block(inp, s_high[i], high_attn[i])
-            inp = embedded[t] + s_high[-1]
+            inp = e + s_high[-1]
             for i, block in enumerate(self.l_blocks):
                 s_low[i] = inp = block(inp, s_low[i], low_attn[i])
-        return self.head(s_low[-1])
+            state.t += 1
+        step = self.head(s_low[-1])
+        return state, step if self.cfg.out_steps == 1 else step.view(-1, self.cfg.out_steps, POSITION_DIMS)
+
+
+@dataclass
+class RecurrentState:
+    """A recurrent HRM's state between time steps: per-block L and H states, the fused attention weights
+    of this call, and the time index t that schedules the H updates. Updated in place by `_run`."""
+
+    low: list[torch.Tensor]
+    high: list[torch.Tensor]
+    low_attn: list[tuple[torch.Tensor, torch.Tensor]]
+    high_attn: list[tuple[torch.Tensor, torch.Tensor]]
+    t: int = 0
 
 
 class SapientHRM(DeepSapientHRM):
@@ -359,7 +390,7 @@ class EncoderHRM(nn.Module):
         self.embed = nn.Linear(POSITION_DIMS, d)
         self.low_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
         self.high_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.head = nn.Linear(d, POSITION_DIMS)
+        self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
         init_linear_weights(self, cfg.init_std, truncated=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -371,7 +402,8 @@ class EncoderHRM(nn.Module):
         for _ in range(self.cfg.encoder_repeats):
             for i, block in enumerate(self.high_blocks):
                 h, states[i] = block(h, states[i])
-        return self.head(h[:, -1])
+        step = self.head(h[:, -1])
+        return step if self.cfg.out_steps == 1 else step.view(-1, self.cfg.out_steps, POSITION_DIMS)
 
 
 # ---------------------------------------------------------------------------------------- factory

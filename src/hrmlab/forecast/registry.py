@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.base import Forecaster
+from hrmlab.forecast.base import ROLLOUTS, Forecaster
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
 
 
@@ -24,19 +24,26 @@ class ForecasterSpec:
     """Set when `checkpoint` was saved by an original script (its stem, e.g. hrm_cloudv3), not by hrmlab."""
     precision: str = "fp32"
     """Learned models: fp32 (default) or bf16 at evaluation."""
+    rollout: str | None = None
+    """Learned models: window | stateful | direct (forecast/learned.py); None = the one it was trained for."""
 
 
 def parse_forecasters(text: str) -> list[ForecasterSpec]:
     """'oracle,constant-velocity,hrm=runs/x/hrm/best.pt,old=seed:hrm_cloudv3:best_hrm.pt' → specs; unknown
-    names, unknown original scripts and missing seed checkpoints are a UserError."""
+    names, unknown original scripts and missing seed checkpoints are a UserError.
+
+    A learned model may name its roll-out after '@': 'hrm-fast=runs/x/hrm/best.pt@stateful'."""
     specs = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if "=" in item:
             name, path = (part.strip() for part in item.split("=", 1))
             if path.startswith("seed:"):
                 specs.append(_seed_spec(name, path))
-            else:
-                specs.append(ForecasterSpec(name, path))
+                continue
+            path, _, rollout = path.partition("@")
+            if rollout and rollout.strip() not in ROLLOUTS:
+                raise UserError(f"unknown roll-out {rollout.strip()!r} in {item!r}; valid choices: {', '.join(ROLLOUTS)}")
+            specs.append(ForecasterSpec(name, path.strip(), rollout=rollout.strip() or None))
         elif item in PHYSICS_FORECASTERS:
             specs.append(ForecasterSpec(item))
         else:
@@ -78,4 +85,5 @@ def build_forecaster(spec: ForecasterSpec, device: str = "cpu") -> Forecaster:
                                     precision=spec.precision)
     from hrmlab.forecast.loading import load_forecaster  # torch only when a learned model is asked for
 
-    return load_forecaster(spec.checkpoint, name=spec.name, device=device, precision=spec.precision)
+    return load_forecaster(spec.checkpoint, name=spec.name, device=device, precision=spec.precision,
+                           rollout=spec.rollout)

@@ -85,7 +85,8 @@ class RunDir:
             path = Path(checkpoint)
             if not path.is_absolute() and not path.exists() and (self.path / path).exists():
                 path = self.path / path
-            return ForecasterSpec(name, str(path))
+            return ForecasterSpec(name, str(path), precision=entry.get("precision", "fp32"),
+                                  rollout=entry.get("rollout"))
         if name in PHYSICS_FORECASTERS:
             return ForecasterSpec(name)
         return None

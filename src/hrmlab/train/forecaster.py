@@ -1,10 +1,15 @@
 """Train one forecaster (HRM or LSTM) on a collected dataset: the pipeline's training stage.
 
 Wires data → model → trainer and stores, in every checkpoint, what a later evaluation needs to rebuild
-the forecaster (model kind and config, grid size, history length). With several GPUs the same work is
-launched under torchrun; one process otherwise. Afterwards the model is scored on validation episodes
-against the zero-motion and constant-velocity baselines, so a user sees at once whether it learned more
-than physics.
+the forecaster (model kind and config, grid size, history length, roll-out). With several GPUs the same
+work is launched under torchrun; one process otherwise. Afterwards the model is scored on validation
+episodes against the zero-motion and constant-velocity baselines, so a user sees at once whether it
+learned more than physics.
+
+The roll-out mode (forecast/learned.py) picks the samples: `window` and `stateful` train the one-step
+model on one-step samples (the seed's training; a stateful forecast runs that model), `direct` trains
+its K-step head on windows with their K-step future (K = the planner's horizon). The loss is always the
+trainer's default MSE of the predicted displacements: one step, or every step of the K.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import logging
 from pathlib import Path
 
 from hrmlab.config import to_dict
+from hrmlab.errors import UserError
 from hrmlab.evaluate.forecast_metrics import format_forecast_table
 from hrmlab.data.collect import DataConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -22,25 +28,33 @@ from hrmlab.worlds.bounce_grid import BounceGridConfig
 log = logging.getLogger("hrmlab.train")
 
 
-def open_sources(dataset: str, history: int, has_val: bool):
-    """(train, val) sample sources of a collected dataset; the torchrun spec's data callable."""
+def open_sources(dataset: str, history: int, has_val: bool, future: int = 1):
+    """(train, val) sample sources of a collected dataset; the torchrun spec's data callable.
+    future: target displacements per sample (1, or K for the direct roll-out)."""
     from hrmlab.data.dataset import open_dataset
 
-    val = open_dataset(Path(dataset), "val", history=history) if has_val else None
-    return open_dataset(Path(dataset), "train", history=history), val
+    val = open_dataset(Path(dataset), "val", history=history, future=future) if has_val else None
+    return open_dataset(Path(dataset), "train", history=history, future=future), val
 
 
 def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig, data: DataConfig, data_paths,
                      run_dir: Path, gpus: int = 0, preset_gpus: int = 0, device: str = "auto",
-                     progress: bool = True) -> dict:
+                     progress: bool = True, rollout: str = "window", horizon: int = 20) -> dict:
     """Train `kind` ('hrm' | 'lstm'); resumes from run_dir/last.pt if a previous attempt was interrupted.
 
     gpus > 1 launches torchrun with that many ranks; otherwise training runs in this process. Either way
-    the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation."""
+    the global batch of the preset (designed for `preset_gpus`) is kept through gradient accumulation.
+    rollout: the roll-out mode to train for; horizon: direct's K (model_cfg.out_steps must equal it)."""
+    from hrmlab.forecast.learned import TRAINED_FOR, check_rollout
     from hrmlab.forecast.models import build_model, count_parameters
     from hrmlab.forecast.loading import model_metadata
     from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
 
+    check_rollout(build_model(model_cfg), rollout)
+    trained = TRAINED_FOR[rollout]
+    future = horizon if trained == "direct" else 1
+    if getattr(model_cfg, "out_steps", 1) != future:
+        raise UserError(f"{rollout} roll-out: the model predicts {model_cfg.out_steps} steps per call, it needs {future}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     train_cfg = dataclasses.replace(train_cfg, gpus=max(1, preset_gpus), device=device)
@@ -55,8 +69,9 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
         "run_dir": str(run_dir), "model": {"kind": kind, **to_dict(model_cfg)}, "model_seed": train_cfg.seed,
         "train": to_dict(train_cfg), "progress": progress,
         "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
-                 "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val}},
-        "config": {"forecaster": model_metadata(kind, model_cfg, world.position_scale, data.history)},
+                 "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val,
+                            "future": future}},
+        "config": {"forecaster": model_metadata(kind, model_cfg, world.position_scale, data.history, trained)},
     }
     if gpus > 1:
         spec_path = run_dir / "train_spec.json"
