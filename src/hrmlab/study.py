@@ -64,6 +64,10 @@ class StudyConfig:
     """Training seeds per model at the chosen learning rate (seed 0 is the selection run)."""
     episodes: int = 1000
     """Test episodes per world."""
+    rollout: str = "direct"
+    """Roll-out of every learned model (forecast.rollout): `direct` is the one mode all four kinds offer
+    (hrm-act and trm are not recurrent over time), so every model has the same objective (per-step
+    displacement MSE over the planner's horizon) and the same cost per forecast: one pass."""
 
 
 def train_field(model: str) -> str:
@@ -193,7 +197,7 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     from hrmlab.presets import resolve
     from hrmlab.forecast.registry import ForecasterSpec
 
-    cfg = resolve(preset, list(overrides), smoke=smoke)
+    cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
     unknown = [m for m in study.models if not hasattr(cfg, train_field(m))]
     if unknown:
         raise UserError(f"preset {preset} has no recipe for model(s) {', '.join(unknown)}")
@@ -260,7 +264,8 @@ def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
     """What decides a world's summary: the resolved preset, the study's models, rates, seeds, episodes."""
     from hrmlab.presets import resolve
 
-    return config_hash({"format": STUDY_FORMAT, "preset": to_dict(resolve(preset, list(overrides), smoke=smoke)),
+    cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
+    return config_hash({"format": STUDY_FORMAT, "preset": to_dict(cfg),
                         "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
                         "episodes": study.episodes, "smoke": smoke})
 
