@@ -121,6 +121,8 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
             "constant-velocity": {"success_rate": 0.69, "ci95": (0.66, 0.72)},
             "lstm": {"success_rate": 0.90, "ci95": (0.88, 0.92)}}
     assert meets_bar(rows)
+    # the yardstick is the best physics rule: a bounce-aware rule at 0.95 leaves no 15-point gap
+    assert not meets_bar({**rows, "bounce-aware": {"success_rate": 0.95, "ci95": (0.93, 0.96)}})
     assert not meets_bar({**rows, "lstm": {"success_rate": 0.80, "ci95": (0.77, 0.83)}})  # closes < half
     assert not meets_bar({**rows, "lstm": {"success_rate": 0.85, "ci95": (0.71, 0.95)}})  # CIs overlap
     assert not meets_bar({**rows, "oracle": {"success_rate": 0.96, "ci95": (0.95, 0.97)}})  # oracle < 97 %
