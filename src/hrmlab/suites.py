@@ -134,10 +134,12 @@ def training_recipe(cfg) -> str:
             f"{train(cfg.train_hrm)}")
 
 
-def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[str, str] | None = None) -> str:
+def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[str, str] | None = None,
+                    overrides=()) -> str:
     """The whole docs/suites.md: what each suite is, how it was run, the table and the verdict."""
     passing = [p for p, run in runs.items() if meets_bar(run["evaluations"][p]["results"])]
-    command = "hrmlab suites" + (" --smoke" if smoke else "")
+    command = "hrmlab suites" + (" --smoke" if smoke else "") + "".join(f" --set '{o}'" for o in overrides)
+    trained = any(run.get("training") for run in runs.values())
     parts = [
         "# Scenario suites\n\n"
         "Worlds where forecasting matters. With the aligned planner the seed's world is easy (constant velocity "
@@ -155,13 +157,17 @@ def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[st
         "below it, and the best learned model closes ≥ half of that gap with an interval that does not overlap "
         "the rule's.\n\n",
         suites_table(runs) + "\n\n",
-        f"{len(passing)} of {len(runs)} suites meet the bar" + (": " + ", ".join(f"`{p}`" for p in passing)
-                                                                 if passing else "")
-        + ".\n\n",
+        (f"{len(passing)} of {len(runs)} suites meet the bar" + (": " + ", ".join(f"`{p}`" for p in passing)
+                                                                  if passing else "") + ".\n\n"
+         if trained else "This run tabulated the worlds only (no learned models trained): the column *best physics "
+         "rule below the oracle* is what a forecaster can still win in each world. Learned models: `hrmlab study` "
+         "(docs/study.md).\n\n"),
     ]
     comparison = learned_comparison(runs)
     if comparison:
         parts.append(f"LSTM vs HRM on the same episodes (paired exact McNemar): {comparison}.\n\n")
+    if not trained:
+        return "".join(parts)
     parts += [
         "Training recipes (from the resolved presets):\n\n",
         "".join(f"- `{p}`: {r}\n" for p, r in (recipes or {}).items()),
@@ -188,7 +194,7 @@ def run_suites(out_md: Path, runs_dir: Path, cache: Path, smoke: bool = False, w
                           workers=workers, progress=progress)
         log.info("suite %s: running preset %s", protocol, cfg.name)
         runs[protocol] = run_experiment(cfg, opts)
-    text = suites_document(runs, smoke, recipes)
+    text = suites_document(runs, smoke, recipes, overrides)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text(text)
     return text
