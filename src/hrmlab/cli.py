@@ -81,10 +81,17 @@ def cmd_run(args) -> int:
     cfg = _resolve(args)
     opts = _options(args, cfg)
     if args.backend == "modal":
+        if cfg.family == "diffusion-st":
+            raise UserError(f"preset {cfg.name} runs locally only (no Modal adapter for the space-time planner yet)")
         from hrmlab.cloud.launcher import run_on_modal
 
         return run_on_modal(args.preset or "quick", args.set or [], smoke=args.smoke, out=opts.out)
-    if cfg.family == "diffusion":
+    if cfg.family == "diffusion-st":
+        from hrmlab.diffusion.spacetime.experiment import print_st_summary, run_st_pipeline
+
+        results = run_st_pipeline(cfg, opts)
+        print_st_summary(results)
+    elif cfg.family == "diffusion":
         from hrmlab.diffusion.experiment import print_diffusion_summary, run_diffusion_pipeline
 
         results = run_diffusion_pipeline(cfg, opts)
@@ -139,7 +146,11 @@ def cmd_presets(args) -> int:
     for name in preset_names():
         cfg = load_preset(name)
         data = preset_data(name)
-        if cfg.family == "diffusion":
+        if cfg.family == "diffusion-st":
+            from hrmlab.diffusion.spacetime.experiment import describe
+
+            detail = describe(cfg)
+        elif cfg.family == "diffusion":
             from hrmlab.diffusion.experiment import describe_diffusion
 
             detail = describe_diffusion(cfg)

@@ -37,12 +37,13 @@ class EpisodeRecords:
     trajectories: np.ndarray | None = None  # (E, M+1, 2) agent cells, when recorded
 
 
-def make_episodes(protocol: Protocol, world: BounceGridConfig, indices: np.ndarray) -> WorldState:
-    """The protocol's episodes `indices`: legacy seeds for seed protocols, the test split otherwise."""
+def make_episodes(protocol: Protocol, world: BounceGridConfig, indices: np.ndarray, split: str = "test") -> WorldState:
+    """The protocol's episodes `indices`: legacy seeds for seed protocols, else `split` (the test split;
+    `val` for choosing settings)."""
     world = protocol.world or world
     if protocol.seed_offset is not None:
         return bounce_grid.reset_seed_exact(world, np.asarray(indices) + protocol.seed_offset)
-    return bounce_grid.reset_split(world, "test", indices)
+    return bounce_grid.reset_split(world, split, indices)
 
 
 def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len: int) -> np.ndarray:
@@ -64,13 +65,18 @@ def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len:
 
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
-                    forecast_error: bool = True, record_paths: bool = False) -> EpisodeRecords:
-    """Run `forecaster` + planner on the protocol's episodes `indices` (one batch)."""
+                    forecast_error: bool = True, record_paths: bool = False, policy=None,
+                    split: str = "test") -> EpisodeRecords:
+    """Run `forecaster` + planner on the protocol's episodes `indices` (one batch).
+
+    `policy(obs, agents, forecast, idx) -> next cells` replaces the A* planner when given (e.g. the
+    space-time diffusion planner); `idx` are the active episodes' indices in this batch, and
+    `planner.horizon` still sets how far the forecast reaches. `split` picks non-seed episodes."""
     world = protocol.world or world
     if protocol.horizon is not None or protocol.radius is not None:
         planner = PlannerConfig(horizon=protocol.horizon or planner.horizon,
                                 radius=protocol.radius or planner.radius, time_index=planner.time_index)
-    state = make_episodes(protocol, world, indices)
+    state = make_episodes(protocol, world, indices, split)
     batch = state.batch
     history = warm_up(world, state, protocol.warmup, history_len)
     agent = state.start.copy()
@@ -99,7 +105,10 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig, planner: Planne
         t0 = time.perf_counter()
         forecast = forecaster.forecast(obs, horizon)
         t1 = time.perf_counter()
-        moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
+        if policy is None:
+            moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
+        else:
+            moves = policy(obs, agent[idx], forecast, idx)
         t2 = time.perf_counter()
         rec.forecast_seconds += t1 - t0
         rec.plan_seconds += t2 - t1

@@ -1,7 +1,7 @@
 """Presets: one YAML file per experiment of the seed (plus `quick`), loaded into experiment configs.
 
-A preset's `family` picks its config tree: `grid` (forecaster + A*, `hrmlab.experiment`) or `diffusion`
-(`hrmlab.diffusion.experiment`). Files only hold what differs from the defaults.
+A preset's `family` picks its config tree: `grid` (forecaster + A*, `hrmlab.experiment`), `diffusion`
+(`hrmlab.diffusion.experiment`) or `diffusion-st` (`hrmlab.diffusion.spacetime.experiment`). Files only hold what differs from the defaults.
 """
 
 from __future__ import annotations
@@ -27,6 +27,10 @@ def preset_data(name: str) -> dict:
 def load_preset(name: str, overrides=()):
     """The experiment config of preset `name` with `key=value` overrides applied."""
     data = preset_data(name)
+    if data.get("family") == "diffusion-st":
+        from hrmlab.diffusion.spacetime.experiment import load_st_experiment
+
+        return load_st_experiment(data, name, overrides)
     if data.get("family", "grid") == "diffusion":
         from hrmlab.diffusion.experiment import load_diffusion_experiment
 
@@ -43,7 +47,9 @@ def resolve(name: str | None, overrides=(), smoke: bool = False):
         return cfg
     from hrmlab.config import apply_overrides
 
-    if cfg.family == "diffusion":
+    if cfg.family == "diffusion-st":
+        from hrmlab.diffusion.spacetime.experiment import smoke as shrink
+    elif cfg.family == "diffusion":
         from hrmlab.diffusion.experiment import smoke as shrink
     else:
         from hrmlab.experiment import smoke as shrink
