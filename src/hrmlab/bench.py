@@ -76,6 +76,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "loader": _lazy("hrmlab.data.bench", "bench_loader"),
     "hrm_train": _lazy("hrmlab.train.bench", "bench_hrm_training"),
     "expert": _lazy("hrmlab.diffusion.bench", "bench_expert"),
+    "diffusion_st": _lazy("hrmlab.diffusion.spacetime.bench", "bench_st_planner"),
 }
 
 

@@ -87,7 +87,7 @@ def ablated(sampling: STSamplingConfig, planner: STPlannerConfig, ablation: str 
     if ablation == "no-check":
         return sampling, dataclasses.replace(planner, check=False)
     if ablation == "no-replan":
-        return sampling, dataclasses.replace(planner, replan_every=0, check=False)
+        return sampling, dataclasses.replace(planner, replan_every=0)
     if ablation == "no-forecast":
         return sampling, dataclasses.replace(planner, forecast_conditioning=False)
     raise UserError(f"unknown ablation {ablation!r}; valid choices: {', '.join(ABLATIONS)}")

@@ -17,7 +17,8 @@ committed plan and
 4. falls back to the evade move (the legal move with the most room from the obstacles one step
    ahead) when the next step of its plan would collide.
 
-With `check: false` (ablation) the pick is the lowest guidance cost, with no re-check and no evade.
+With `check: false` (ablation) the pick is the lowest guidance cost, with no re-check and no evade; with
+`replan_every: 0` (ablation) the first checked plan is followed open loop.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class STPlannerConfig:
     """How candidates are judged and how often the plan is renewed."""
 
     replan_every: int = 4
-    """k: renew the plan every k steps with a fresh forecast; 0 = plan once and follow it (open loop)."""
+    """k: renew the plan every k steps with a fresh forecast; 0 = plan once (checked) and follow it open
+    loop: no re-check, no evade move (ablation)."""
     check: bool = True
     """Judge candidates with the evaluator's collision test against the forecast (and re-check the
     committed plan every step); false = pick the lowest guidance cost, never re-check (ablation)."""
@@ -104,11 +106,13 @@ class DiffusionSTPolicy:
         t_len = self.horizon
         rows = np.arange(len(idx))
 
+        closed_loop = self.cfg.replan_every > 0
+        recheck = self.cfg.check and closed_loop
         need = ~self.valid[idx] | np.any(self.plan[idx, self.pointer[idx]] != agents, axis=1)
-        if self.cfg.replan_every > 0:
+        if closed_loop:
             need |= self.age[idx] >= self.cfg.replan_every
         rest = self._rest(idx)
-        if self.cfg.check:
+        if recheck:
             hit, _ = traj_mod.check_paths(rest[0], rows, rest[1], obstacles, radius, self.cfg.clearance_margin)
             need |= hit < t_len
         todo = np.flatnonzero(need)
@@ -117,7 +121,7 @@ class DiffusionSTPolicy:
             self._replan(idx[part], agents[part], goals[part], obstacles[part], rest[0][part], radius)
 
         nxt = self.plan[idx, np.minimum(self.pointer[idx] + 1, t_len - 1)]
-        if self.cfg.check and obstacles.shape[2]:
+        if recheck and obstacles.shape[2]:
             close = np.linalg.norm(nxt[:, None, :] - obstacles[:, 1], axis=-1).min(axis=1) < radius
             if close.any():
                 e = np.flatnonzero(close)
