@@ -57,7 +57,8 @@ class STEvalConfig:
     planners: list[str] = field(default_factory=lambda: ["astar", "diffusion"])
     """Planners: astar (the world's space-time A*) and/or diffusion."""
     ablations: list[str] = field(default_factory=list)
-    """Extra diffusion rows with one component off: no-guidance, no-check, no-replan, no-forecast."""
+    """Extra diffusion rows with one component off: no-guidance, no-check, no-replan, no-forecast; `a+b`
+    switches off several (e.g. no-check+no-guidance: the network's own proposals)."""
     ablation_forecasters: list[str] = field(default_factory=lambda: ["oracle"])
     """Forecasters the ablation rows run with."""
     split: str = "test"
@@ -79,8 +80,12 @@ class STEvalConfig:
 
 
 def ablated(sampling: STSamplingConfig, planner: STPlannerConfig, ablation: str | None):
-    """The sampling and planner settings of one ablation row."""
+    """The sampling and planner settings of one ablation row; `a+b` switches off both."""
     if ablation is None:
+        return sampling, planner
+    if "+" in ablation:
+        for part in ablation.split("+"):
+            sampling, planner = ablated(sampling, planner, part)
         return sampling, planner
     if ablation == "no-guidance":
         return dataclasses.replace(sampling, guide_steps=0), planner
@@ -256,6 +261,7 @@ def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
             "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
             "ade_sum": rec.ade_sum, "ade_count": rec.ade_count,
             "replans": getattr(policy, "replans", rec.plan_calls),
+            "sampled": getattr(policy, "sampled", 0), "sampled_feasible": getattr(policy, "sampled_feasible", 0),
         }
     return result
 
@@ -297,4 +303,43 @@ def evaluate_rows(chunks: list[STChunk], backend, progress=None) -> dict:
         row["replans"] = int(replans)
         seconds = sum(r.per_forecaster[name]["plan_seconds"] for r in results)
         row["plan_ms_per_replan"] = 1000 * seconds / max(1, replans)
+        sampled = sum(r.per_forecaster[name]["sampled"] for r in results)
+        if sampled:  # diffusion rows: share of sampled candidates that passed the evaluator's check
+            row["candidates_feasible"] = sum(r.per_forecaster[name]["sampled_feasible"] for r in results) / sampled
     return out
+
+
+def paired_with_astar(evaluation: dict) -> list[dict]:
+    """The McNemar tests that matter: each diffusion row against A* with the same forecaster, and each
+    ablation row against the full diffusion row with the same forecaster."""
+    out = []
+    for p in evaluation["pairwise"]:
+        a, b = p["a"], p["b"]
+        (pa, fa), (pb, fb) = a.rsplit("+", 1), b.rsplit("+", 1)
+        if fa != fb:
+            continue
+        if {pa, pb} == {"astar", "diffusion"} or (pa == "diffusion" and pb.startswith("diffusion[")):
+            out.append(p)
+    return out
+
+
+def format_rows(evaluation: dict) -> str:
+    """Plain-text table of the rows and the paired tests that matter (console, docs)."""
+    rows = evaluation["results"]
+    width = max(len(n) for n in rows) + 2
+    lines = [f"protocol {evaluation['protocol']} · {evaluation['episodes']['count']} episodes from "
+             f"{evaluation['episodes']['start']}",
+             f"{'row':<{width}}{'success':>12}{'rate':>8}{'95% CI':>16}{'crash':>7}{'timeout':>8}"
+             f"{'ms/step':>9}{'ms/replan':>11}{'feasible':>10}"]
+    for name, r in rows.items():
+        ci = f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+        lines.append(f"{name:<{width}}{r['successes']:>6}/{r['episodes']:<5}{100 * r['success_rate']:>7.1f}%{ci:>16}"
+                     f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}{r['plan_ms_per_step']:>9.2f}"
+                     f"{r.get('plan_ms_per_replan', r['plan_ms_per_step']):>11.2f}"
+                     + (f"{100 * r['candidates_feasible']:>9.1f}%" if "candidates_feasible" in r else f"{'—':>10}"))
+    pairs = paired_with_astar(evaluation)
+    if pairs:
+        lines += ["", "paired exact McNemar tests, same forecaster (a-only / b-only successes):"]
+        lines += [f"  {p['a']:<{width}} vs {p['b']:<{width}} {p['a_only']:>4} / {p['b_only']:<4} p = {p['p_value']:.3g}"
+                  for p in pairs]
+    return "\n".join(lines)

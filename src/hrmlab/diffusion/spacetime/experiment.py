@@ -29,7 +29,8 @@ from hrmlab.data.collect import DataConfig
 from hrmlab.data.shards import write_json_atomic
 from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime import data as st_data
-from hrmlab.diffusion.spacetime.closed_loop import ABLATIONS, STEvalConfig, evaluate_rows, make_chunks, make_rows
+from hrmlab.diffusion.spacetime.closed_loop import (ABLATIONS, STEvalConfig, evaluate_rows, format_rows, make_chunks,
+                                                    make_rows)
 from hrmlab.diffusion.spacetime.data import STDataConfig
 from hrmlab.diffusion.spacetime.model import STDenoiser, STModelConfig, count_parameters
 from hrmlab.diffusion.spacetime.planner import STPlannerConfig
@@ -122,7 +123,7 @@ def validate(cfg: STExperimentConfig) -> STExperimentConfig:
         if name not in valid:
             raise UserError(f"unknown forecaster {name!r} for world {cfg.world_kind}; valid choices: "
                             f"{', '.join(sorted(valid))}")
-    for a in cfg.eval.ablations:
+    for a in [part for ablation in cfg.eval.ablations for part in ablation.split("+")]:
         if a not in ABLATIONS:
             raise UserError(f"unknown ablation {a!r}; valid choices: {', '.join(ABLATIONS)}")
     if cfg.eval.split not in ("test", "val"):
@@ -299,10 +300,8 @@ def run_st_pipeline(cfg: STExperimentConfig, opts, backend=None) -> dict:
 
 def print_st_summary(results: dict) -> None:
     """The console summary of `hrmlab run` for a space-time preset."""
-    from hrmlab.evaluate.runner import format_table
-
     for evaluation in results["evaluations"].values():
         print()
-        print(format_table(evaluation))
+        print(format_rows(evaluation))
     print(f"\ndenoiser: {results['model']['parameters']:,} parameters, {results['model']['horizon']} points; "
           f"{results['expert_trajectories']:,} expert trajectories")

@@ -17,7 +17,8 @@ committed plan and
 4. falls back to the evade move (the legal move with the most room from the obstacles one step
    ahead) when the next step of its plan would collide.
 
-With `check: false` (ablation) the pick is the lowest guidance cost, with no re-check and no evade; with
+With `check: false` (ablation) the pick is the earliest arrival plus the guidance cost, without the
+collision test, and there is no re-check and no evade; with
 `replan_every: 0` (ablation) the first checked plan is followed open loop.
 """
 
@@ -79,6 +80,10 @@ class DiffusionSTPolicy:
         self.horizon = model.horizon
         self.static = None
         self.replans = 0
+        self.sampled = 0
+        """Candidates sampled (the kept plan not counted) and how many of them passed the check: a measure
+        of the network's proposals by themselves."""
+        self.sampled_feasible = 0
 
     # ------------------------------------------------------------------------------------ state
     def _begin(self, static: np.ndarray) -> None:
@@ -165,13 +170,18 @@ class DiffusionSTPolicy:
         which = np.repeat(np.arange(b), n)
         cells, arrival = traj_mod.project_paths(samples.reshape(b * n, t_len, 2), which, agents, goals,
                                                 self.static[episodes], self.rules.moves, self.rules.goal_tolerance)
+        hit, clear = traj_mod.check_paths(cells, which, arrival, obstacles_t, radius, cfg.clearance_margin)
+        feasible = ((hit >= t_len) & (arrival < t_len)).reshape(b, n)[:, :s]
+        self.sampled += b * s
+        self.sampled_feasible += int(feasible.sum())
+        end = np.linalg.norm((cells[:, -1] - goals[which]).astype(np.float64), axis=-1).reshape(b, n)
         if cfg.check:
-            hit, clear = traj_mod.check_paths(cells, which, arrival, obstacles_t, radius, cfg.clearance_margin)
-            end = np.linalg.norm((cells[:, -1] - goals[which]).astype(np.float64), axis=-1)
-            best, _ = traj_mod.pick_candidates(arrival.reshape(b, n), hit.reshape(b, n), clear.reshape(b, n),
-                                               end.reshape(b, n), t_len, cfg.clearance_weight)
-        else:
-            best = cost.cpu().numpy().argmin(axis=1)  # the sampled candidates only: no judged plan to keep
+            best, _ = traj_mod.pick_candidates(arrival.reshape(b, n), hit.reshape(b, n), clear.reshape(b, n), end,
+                                               t_len, cfg.clearance_weight)
+        else:  # unchecked: the earliest arrival (else the nearest end), guidance cost as the clearance term
+            arrive = arrival.reshape(b, n)[:, :s]
+            score = np.where(arrive < t_len, arrive, t_len + end[:, :s]) + cfg.clearance_weight * cost.cpu().numpy()
+            best = score.argmin(axis=1)  # the sampled candidates only: no judged plan to keep
         pick = np.arange(b) * n + best
         self.plan[episodes] = cells[pick]
         self.arrival[episodes] = arrival[pick]

@@ -36,8 +36,8 @@ class STSamplingConfig:
 
     candidates: int = 16
     """Trajectories sampled per planning call and episode (one batch)."""
-    steps: int = 6
-    """Denoising steps from pure noise (uniform in s)."""
+    steps: int = 4
+    """Denoising steps from pure noise (uniform in s). 4: as good as 6 on validation episodes, 30% faster."""
     guide_steps: int = 2
     """Guided steps at the end of the chain (0: no guidance)."""
     guide_iters: int = 3
