@@ -252,6 +252,26 @@ def test_diffusion_policy_moves_legally_in_both_worlds(world_kind):
     assert rec.plan_calls > 0 and policy.replans >= 4
 
 
+def test_diffusion_policy_admits_episodes_whenever_they_first_appear():
+    """BlobWorld episodes that start at the goal never reach the policy: indices need not start complete."""
+    torch.manual_seed(0)
+    model = STDenoiser(TINY, 64, 64).eval()
+    policy = DiffusionSTPolicy(model, blob_rules(BLOB, 2.0, 2.0), STSamplingConfig(candidates=2, steps=1),
+                               STPlannerConfig())
+    state = blob_world.reset_split(BLOB, "test", np.arange(3))
+    history = rewound_history(BLOB, state, 5)
+    oracle = BlobOracleForecaster(BLOB)
+    from hrmlab.diffusion.spacetime.worlds import blob_view
+    from hrmlab.forecast.base import Observation
+
+    for idx in (np.array([1, 2]), np.array([0, 1, 2])):
+        sub = state.subset(idx)
+        obs = Observation(history[idx], sub, blob_view(BLOB))
+        moves = policy(obs, sub.start if idx[0] == 1 else state.start, oracle.forecast(obs, 63), idx)
+        assert moves.shape == (len(idx), 2)
+    assert np.array_equal(policy.static, state.static)
+
+
 class _Recorder:
     """Wraps a policy and asserts every move it makes is legal in its world."""
 

@@ -86,24 +86,40 @@ class DiffusionSTPolicy:
         self.sampled_feasible = 0
 
     # ------------------------------------------------------------------------------------ state
-    def _begin(self, static: np.ndarray) -> None:
-        b = static.shape[0]
-        self.static = np.ascontiguousarray(static, dtype=bool)
-        self.clearance = clearance_field(self.static)
-        self.fields = guide_fields(self.clearance)
-        self.plan = np.zeros((b, self.horizon, 2), dtype=np.int64)
-        self.arrival = np.full(b, self.horizon, dtype=np.int64)
-        self.pointer = np.zeros(b, dtype=np.int64)
-        self.age = np.zeros(b, dtype=np.int64)
-        self.valid = np.zeros(b, dtype=bool)
+    def _admit(self, idx: np.ndarray, static: np.ndarray) -> None:
+        """Per-episode state for episodes not seen before (their static map, clearance, guidance fields)."""
+        size = int(idx.max()) + 1
+        if self.static is None or size > len(self.static):
+            grow = lambda a, fill: np.concatenate([a, np.full((size - len(a),) + a.shape[1:], fill, a.dtype)])  # noqa: E731
+            if self.static is None:
+                g, t_len = static.shape[-1], self.horizon
+                self.static = np.zeros((0, g, g), dtype=bool)
+                self.clearance = np.zeros((0, g, g), dtype=np.float32)
+                self.fields = torch.zeros((0, 3, g, g))
+                self.plan = np.zeros((0, t_len, 2), dtype=np.int64)
+                self.arrival = np.zeros(0, dtype=np.int64)
+                self.pointer = np.zeros(0, dtype=np.int64)
+                self.age = np.zeros(0, dtype=np.int64)
+                self.valid = np.zeros(0, dtype=bool)
+                self.seen = np.zeros(0, dtype=bool)
+            self.static, self.clearance = grow(self.static, False), grow(self.clearance, 0.0)
+            self.fields = torch.cat([self.fields, torch.zeros((size - len(self.fields),) + self.fields.shape[1:])])
+            self.plan, self.arrival = grow(self.plan, 0), grow(self.arrival, self.horizon)
+            self.pointer, self.age = grow(self.pointer, 0), grow(self.age, 0)
+            self.valid, self.seen = grow(self.valid, False), grow(self.seen, False)
+        new = ~self.seen[idx]
+        if new.any():
+            e = idx[new]
+            self.static[e] = static[new]
+            self.clearance[e] = clearance_field(self.static[e])
+            self.fields[torch.as_tensor(e)] = guide_fields(self.clearance[e])
+            self.seen[e] = True
 
     def __call__(self, obs: Observation, agents: np.ndarray, forecast: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        """Next cells (b, 2) of the active episodes `idx` (indices into the batch of the first call,
-        which must hold every episode)."""
+        """Next cells (b, 2) of the active episodes `idx` (their indices in the closed loop's batch)."""
         state = obs.state
-        static = state.walls if hasattr(state, "walls") else state.static
-        if self.static is None:
-            self._begin(static)
+        idx = np.asarray(idx, dtype=np.int64)
+        self._admit(idx, np.asarray(state.walls if hasattr(state, "walls") else state.static, dtype=bool))
         agents = np.asarray(agents, dtype=np.int64)
         goals = np.asarray(state.goal, dtype=np.int64)
         obstacles = obstacles_ahead(np.asarray(obs.history[:, :, -1], dtype=np.float64), forecast)
