@@ -78,6 +78,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "expert": _lazy("hrmlab.diffusion.bench", "bench_expert"),
     "gym": _lazy("hrmlab.envs.bench", "bench_gym"),  # needs the gym extra; not in the default set
     "forecast": _lazy("hrmlab.forecast.bench", "bench_forecast"),
+    "diffusion_st": _lazy("hrmlab.diffusion.spacetime.bench", "bench_st_planner"),
 }
 
 

@@ -89,13 +89,15 @@ def _options(args, cfg):
 def cmd_run(args) -> int:
     cfg = _resolve(args)
     opts = _options(args, cfg)
-    if args.backend == "modal":
-        from hrmlab.cloud.launcher import run_on_modal
-
-        return run_on_modal(args.preset or "quick", args.set or [], smoke=args.smoke, out=opts.out)
     from hrmlab.families import family_of
 
     family = family_of(cfg)
+    if args.backend == "modal":
+        if not family.modal:
+            raise UserError(f"preset {cfg.name} ({family.name} family) runs locally only: no Modal adapter yet")
+        from hrmlab.cloud.launcher import run_on_modal
+
+        return run_on_modal(args.preset or "quick", args.set or [], smoke=args.smoke, out=opts.out)
     results = family.call("run", cfg, opts)
     family.call("print_summary", results, cfg)
     print(f"\nrun directory: {opts.out}  (results.json, report.md, report.html) · {results['seconds']:.0f}s")

@@ -6,6 +6,8 @@ and reports ask this registry for a preset's family and call it; none of them co
 
 * `grid` — forecaster + space-time A* on BounceGrid (`hrmlab.experiment`, `hrmlab.pipeline`).
 * `diffusion` — a denoiser planning paths on BlobWorld (`hrmlab.diffusion.experiment`).
+* `diffusion-st` — the space-time diffusion planner on BlobWorld or BounceGrid, beside A* + the same
+  forecasters (`hrmlab.diffusion.spacetime.experiment`).
 
 Functions are named as "module:attribute" and imported when first called, so asking about a family
 imports neither torch nor the other family's code.
@@ -46,6 +48,8 @@ class Family:
     `task` (a picklable task through the app's generic task function)."""
     train_task: str = ""
     """module:function training one such task (`remote_training = task`)."""
+    modal: bool = True
+    """Whether `hrmlab run --backend modal` can run the family's presets."""
 
     def ref(self, what: str):
         """The function named by field `what`."""
@@ -72,6 +76,12 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            print_summary="hrmlab.diffusion.experiment:print_diffusion_summary",
            describe="hrmlab.diffusion.experiment:describe_diffusion", remote_training="task",
            train_task="hrmlab.diffusion.experiment:run_train_task"),
+    Family("diffusion-st", "a space-time diffusion planner conditioned on forecasts, replanning in the closed loop",
+           load="hrmlab.diffusion.spacetime.experiment:load_st_experiment",
+           smoke="hrmlab.diffusion.spacetime.experiment:smoke",
+           run="hrmlab.diffusion.spacetime.experiment:run_st_pipeline",
+           print_summary="hrmlab.diffusion.spacetime.experiment:print_st_summary",
+           describe="hrmlab.diffusion.spacetime.experiment:describe", modal=False),
 )}
 
 

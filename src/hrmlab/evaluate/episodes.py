@@ -44,13 +44,14 @@ class EpisodeRecords:
     ade_count: int = 0  # obstacle-forecasts that entered ade_sum
 
 
-def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: np.ndarray) -> WorldState:
+def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: np.ndarray,
+                  split: str = "test") -> WorldState:
     """The protocol's episodes `indices` in `world` (None: the protocol's default world): legacy seeds for
-    seed protocols, the test split otherwise."""
+    seed protocols, else `split` (the test split; `val` for choosing settings)."""
     world = world or protocol.default_world()
     if protocol.seed_offset is not None:
         return bounce_grid.reset_seed_exact(world, np.asarray(indices) + protocol.seed_offset)
-    return bounce_grid.reset_split(world, "test", indices)
+    return bounce_grid.reset_split(world, split, indices)
 
 
 def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len: int, *,
@@ -99,10 +100,16 @@ def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles
 
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
-                    forecast_error: bool = True, policy=None, recorder=None) -> EpisodeRecords:
+                    forecast_error: bool = True, policy=None, plan_fn=None, recorder=None,
+                    split: str = "test") -> EpisodeRecords:
     """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
-    protocol's default world). With `policy` (see `hrmlab.policies`), the policy chooses the moves instead
-    and `forecaster` is not used.
+    protocol's default world; `split` picks non-seed episodes).
+
+    `plan_fn(obs, agents, forecast, idx) -> next cells` replaces the A* planner when given (e.g. the
+    space-time diffusion planner): it sees the forecaster's forecast, `idx` are the active episodes'
+    indices in this batch, and `planner.horizon` still sets how far the forecast reaches. With `policy`
+    (see `hrmlab.policies`), the policy chooses the moves from the observation instead and `forecaster`
+    is not used.
 
     `recorder(idx, agent, forecast, moves)`, if given, sees every planning step of the forecaster loop:
     the positions `idx` of the episodes still running, their cells before the move (b, 2), the forecast
@@ -113,7 +120,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
         raise UserError(f"protocol {protocol.name} is one-shot (one plan from the start); policies need a "
                         "closed-loop protocol")
     planner = protocol.planner_for(planner)
-    state = make_episodes(protocol, world, indices)
+    state = make_episodes(protocol, world, indices, split)
     batch = state.batch
     history = warm_up(world, state, protocol.warmup, history_len)
     agent = state.start.copy()
@@ -148,7 +155,10 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
             t0 = time.perf_counter()
             forecast = forecaster.forecast(obs, horizon)
             t1 = time.perf_counter()
-            moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
+            if plan_fn is None:
+                moves, _, _ = plan(sub.walls, agent[idx], sub.goal, forecast, planner)
+            else:
+                moves = plan_fn(obs, agent[idx], forecast, idx)
             t2 = time.perf_counter()
             rec.forecast_seconds += t1 - t0
             rec.plan_seconds += t2 - t1

@@ -1,0 +1,345 @@
+"""Closed-loop evaluation of planner × forecaster rows on the same episodes, in the grid evaluator's shape.
+
+Rows are `PLANNER+FORECASTER`: `astar` (the world's space-time A*, replanning every step) or
+`diffusion` (`planner.py`, replanning every k steps), each driven by the same forecaster on the same
+episodes; ablation rows are `diffusion[no-guidance]+oracle` and so on. The summary is
+`evaluate.runner.summarise`'s: per row successes, episodes, Wilson interval, success / crash / timeout,
+planning and forecasting ms per step, forecast error, per-episode outcomes, and exact McNemar tests for
+every pair (so each diffusion row meets A* with the same forecaster).
+
+* **BounceGrid** runs `evaluate/episodes.run_closed_loop` itself — the protocol's episodes, warm-up, moves,
+  crash-first test — with the diffusion policy through its `policy` hook.
+* **BlobWorld** (`blob_closed_loop`): the diffusion `standard` protocol's test episodes and tests,
+  executed step by step: the agent starts at t = 0 (history-based forecasters see the obstacles' past,
+  `worlds.rewound_history`), then up to `max_steps` times: forecast → plan → move → physics step →
+  crash test (closer than 2 to an obstacle, or an illegal move) → goal test (within the expert's goal
+  tolerance 2). A* there is the expert kernel (`diffusion/expert.py`: 8 moves + wait, clearance 3)
+  planning on the forecast each step; with no plan it takes the evade move.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hrmlab.config import from_dict, to_dict
+from hrmlab.diffusion import expert as expert_mod
+from hrmlab.diffusion.expert import ExpertConfig
+from hrmlab.diffusion.spacetime.planner import DiffusionSTPolicy, STPlannerConfig
+from hrmlab.diffusion.spacetime.sampler import STSamplingConfig
+from hrmlab.diffusion.spacetime.trajectory import MoveRules, evade_moves
+from hrmlab.diffusion.spacetime.worlds import (blob_forecaster, blob_rules, blob_view, grid_rules, obstacles_ahead,
+                                               rewound_history)
+from hrmlab.errors import UserError
+from hrmlab.evaluate.episodes import CRASH, SUCCESS, TIMEOUT, EpisodeRecords, run_closed_loop
+from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.runner import ChunkResult, EvalConfig, summarise
+from hrmlab.forecast.base import Observation
+from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
+from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
+from hrmlab.worlds import blob_world
+from hrmlab.worlds.blob_world import BlobWorldConfig
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+ABLATIONS = ("no-guidance", "no-check", "no-replan", "no-forecast")
+
+
+@dataclass
+class STEvalConfig:
+    """Which rows, on which episodes."""
+
+    forecasters: list[str] = field(default_factory=lambda: ["oracle", "constant-velocity"])
+    """Forecasters; each drives every planner. Physics rules by name; `lstm` = the preset's trained LSTM
+    (BounceGrid presets with `lstm.train`)."""
+    planners: list[str] = field(default_factory=lambda: ["astar", "diffusion"])
+    """Planners: astar (the world's space-time A*) and/or diffusion."""
+    ablations: list[str] = field(default_factory=list)
+    """Extra diffusion rows with one component off: no-guidance, no-check, no-replan, no-forecast; `a+b`
+    switches off several (e.g. no-check+no-guidance: the network's own proposals)."""
+    ablation_forecasters: list[str] = field(default_factory=lambda: ["oracle"])
+    """Forecasters the ablation rows run with."""
+    split: str = "test"
+    """Episode split: test (results) or val (choosing settings)."""
+    test_start: int = 0
+    """First episode index."""
+    test_episodes: int = 500
+    """Episodes per row (the same episodes for every row)."""
+    chunk_size: int = 100
+    """Episodes per work item (one batched closed loop per row)."""
+    history: int = 20
+    """Obstacle positions the forecasters see."""
+    max_steps: int = 80
+    """BlobWorld: moves before a timeout (BounceGrid: its protocol's)."""
+    collision_radius: float = 2.0
+    """BlobWorld: the crash test (the diffusion protocols' obstacle radius)."""
+    forecast_error: bool = False
+    """Also measure each row's forecast error against the true future (slower)."""
+
+
+def ablated(sampling: STSamplingConfig, planner: STPlannerConfig, ablation: str | None):
+    """The sampling and planner settings of one ablation row; `a+b` switches off both."""
+    if ablation is None:
+        return sampling, planner
+    if "+" in ablation:
+        for part in ablation.split("+"):
+            sampling, planner = ablated(sampling, planner, part)
+        return sampling, planner
+    if ablation == "no-guidance":
+        return dataclasses.replace(sampling, guide_steps=0), planner
+    if ablation == "no-check":
+        return sampling, dataclasses.replace(planner, check=False)
+    if ablation == "no-replan":
+        return sampling, dataclasses.replace(planner, replan_every=0)
+    if ablation == "no-forecast":
+        return sampling, dataclasses.replace(planner, forecast_conditioning=False)
+    raise UserError(f"unknown ablation {ablation!r}; valid choices: {', '.join(ABLATIONS)}")
+
+
+@dataclass
+class Row:
+    name: str
+    planner: str  # astar | diffusion
+    forecaster: str
+    ablation: str | None = None
+
+
+def make_rows(cfg: STEvalConfig) -> list[Row]:
+    rows = [Row(f"{p}+{f}", p, f) for f in cfg.forecasters for p in cfg.planners]
+    rows += [Row(f"diffusion[{a}]+{f}", "diffusion", f, a) for f in cfg.ablation_forecasters for a in cfg.ablations]
+    for r in rows:
+        if r.planner not in ("astar", "diffusion"):
+            raise UserError(f"unknown planner {r.planner!r}; valid choices: astar, diffusion")
+        ablated(STSamplingConfig(), STPlannerConfig(), r.ablation)
+    return rows
+
+
+class ExpertPolicy:
+    """BlobWorld's A* row: the expert space-time A* on the forecast, replanned every step."""
+
+    def __init__(self, expert: ExpertConfig, rules: MoveRules):
+        self.expert, self.rules = expert, rules
+
+    def __call__(self, obs: Observation, agents: np.ndarray, forecast: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        state = obs.state
+        traj = obstacles_ahead(np.asarray(obs.history[:, :, -1], dtype=np.float64), forecast)
+        out = np.array(agents, dtype=np.int64)
+        lost = []
+        for e in range(len(agents)):
+            path = expert_mod.plan(state.static[e], traj[e], agents[e], state.goal[e], self.expert)
+            if path is None:
+                lost.append(e)
+            elif len(path) > 1:
+                out[e] = path[1]
+        if lost:
+            e = np.asarray(lost)
+            out[e] = evade_moves(out[e], state.goal[e], state.static[e], traj[e, 1], self.rules)
+        return out
+
+
+def blob_closed_loop(world: BlobWorldConfig, policy, forecaster, indices: np.ndarray, cfg: STEvalConfig,
+                     goal_tolerance: float, horizon: int) -> EpisodeRecords:
+    """Run `policy` with `forecaster` on BlobWorld episodes `indices` of `cfg.split` (see module doc)."""
+    state = blob_world.reset_split(world, cfg.split, indices)
+    view = blob_view(world)
+    history = rewound_history(world, state, cfg.history)
+    batch = state.batch
+    agent = state.start.astype(np.int64).copy()
+    outcome = np.full(batch, TIMEOUT, dtype=np.int64)
+    steps = np.zeros(batch, dtype=np.int64)
+    rec = EpisodeRecords(outcome, steps, ade_sum=np.zeros(horizon))
+    reached = np.linalg.norm((agent - state.goal).astype(np.float64), axis=-1) < goal_tolerance
+    outcome[reached] = SUCCESS
+    active = ~reached
+    g = world.map_size
+    for _ in range(cfg.max_steps):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        sub = state if idx.size == batch else state.subset(idx)
+        obs = Observation(history[idx], sub, view)
+        t0 = time.perf_counter()
+        forecast = forecaster.forecast(obs, horizon)
+        t1 = time.perf_counter()
+        moves = np.asarray(policy(obs, agent[idx], forecast, idx), dtype=np.int64)
+        rec.forecast_seconds += t1 - t0
+        rec.plan_seconds += time.perf_counter() - t1
+        rec.plan_calls += idx.size
+        if cfg.forecast_error and forecast.shape[1]:
+            truth = np.transpose(blob_world.trajectory(world, sub, horizon)[:, 1:], (0, 2, 1, 3))
+            rec.ade_sum += np.linalg.norm(forecast - truth, axis=-1).sum(axis=(0, 1))
+            rec.ade_count += forecast.shape[0] * forecast.shape[1]
+        illegal = (np.abs(moves - agent[idx]).max(axis=1) > 1) | ((moves < 0) | (moves >= g)).any(axis=1)
+        cells = np.clip(moves, 0, g - 1)
+        illegal |= state.static[idx, cells[:, 0], cells[:, 1]]
+        agent[idx] = moves
+        steps[idx] += 1
+        blob_world.step(world, state)
+        history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
+        dist_obs = np.linalg.norm(state.pos[idx] - agent[idx, None, :], axis=-1).min(axis=1)
+        crashed = illegal | (dist_obs < cfg.collision_radius)
+        done = (np.linalg.norm((agent[idx] - state.goal[idx]).astype(np.float64), axis=-1) < goal_tolerance) & ~crashed
+        outcome[idx[done]] = SUCCESS
+        outcome[idx[crashed]] = CRASH
+        active[idx[done | crashed]] = False
+    return rec
+
+
+# ------------------------------------------------------------------------------------------ chunks
+
+
+@dataclass
+class STChunk:
+    """One work item: every row on the same episodes (picklable for `backend.map`)."""
+
+    world_kind: str
+    world: dict
+    rows: list[Row]
+    indices: list[int]
+    eval: dict
+    sampling: dict
+    planner: dict
+    expert: dict | None = None
+    protocol: str = "standard"
+    planner_path: str | None = None
+    checkpoints: dict = field(default_factory=dict)
+    """Forecaster name → checkpoint of a learned forecaster."""
+    device: str = "cpu"
+
+
+def _forecaster(chunk: STChunk, name: str, world):
+    checkpoint = chunk.checkpoints.get(name)
+    if chunk.world_kind == "blob":
+        return blob_forecaster(name, world, checkpoint)
+    return build_forecaster(ForecasterSpec(name, checkpoint), device=chunk.device)
+
+
+def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
+    """Run every row of `chunk` on its episodes (top level: picklable for any backend)."""
+    import torch
+
+    from hrmlab.diffusion.spacetime.train import load_st_planner
+
+    torch.set_num_threads(1) if chunk.device == "cpu" else None
+    cfg = from_dict(STEvalConfig, chunk.eval)
+    sampling = from_dict(STSamplingConfig, chunk.sampling)
+    planner_cfg = from_dict(STPlannerConfig, chunk.planner)
+    indices = np.asarray(chunk.indices)
+    model = load_st_planner(chunk.planner_path, chunk.device)[0] if chunk.planner_path else None
+    if any(r.planner == "diffusion" for r in chunk.rows) and model is None:
+        raise UserError("diffusion rows need a trained space-time planner")
+    result = ChunkResult(list(chunk.indices))
+    if chunk.world_kind == "blob":
+        world = from_dict(BlobWorldConfig, chunk.world)
+        expert = from_dict(ExpertConfig, chunk.expert)
+        rules = blob_rules(world, expert.goal_tolerance, cfg.collision_radius)
+        horizon = max(expert.max_steps, model.horizon if model else 0)  # forecast steps ahead
+        expert_mod.plan(np.zeros((8, 8), bool), np.zeros((expert.max_steps, 0, 2)), (0, 0), (7, 7), expert)  # JIT
+    else:
+        world = from_dict(BounceGridConfig, chunk.world)
+        protocol = get_protocol(chunk.protocol)
+        world = protocol.world or world
+        rules = grid_rules(world, protocol.goal_radius, protocol.crash_radius)
+        warm_up_compiled()
+    for row in chunk.rows:
+        forecaster = _forecaster(chunk, row.forecaster, world)
+        if row.planner == "diffusion":
+            s_cfg, p_cfg = ablated(sampling, planner_cfg, row.ablation)
+            policy = DiffusionSTPolicy(model, rules, s_cfg, p_cfg, chunk.device)
+        else:
+            policy = ExpertPolicy(expert, rules) if chunk.world_kind == "blob" else None
+        if chunk.world_kind == "blob":
+            rec = blob_closed_loop(world, policy, forecaster, indices, cfg, expert.goal_tolerance, horizon)
+        else:
+            grid_planner = PlannerConfig() if policy is None else PlannerConfig(horizon=model.horizon - 1)
+            rec = run_closed_loop(protocol, world, grid_planner, forecaster, indices, history_len=cfg.history,
+                                  forecast_error=cfg.forecast_error, plan_fn=policy, split=cfg.split)
+        result.per_forecaster[row.name] = {
+            "outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
+            "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
+            "ade_sum": rec.ade_sum, "ade_count": rec.ade_count,
+            "replans": getattr(policy, "replans", rec.plan_calls),
+            "sampled": getattr(policy, "sampled", 0), "sampled_feasible": getattr(policy, "sampled_feasible", 0),
+        }
+    return result
+
+
+def make_chunks(world_kind: str, world, rows: list[Row], cfg: STEvalConfig, sampling: STSamplingConfig,
+                planner: STPlannerConfig, expert: ExpertConfig | None, planner_path: str | None,
+                checkpoints: dict, protocol: str = "standard", device: str = "cpu") -> list[STChunk]:
+    indices = list(range(cfg.test_start, cfg.test_start + cfg.test_episodes))
+    return [STChunk(world_kind, to_dict(world), rows, indices[i:i + cfg.chunk_size], to_dict(cfg), to_dict(sampling),
+                    to_dict(planner), to_dict(expert) if expert else None, protocol, planner_path, checkpoints, device)
+            for i in range(0, len(indices), cfg.chunk_size)]
+
+
+def evaluate_rows(chunks: list[STChunk], backend, progress=None) -> dict:
+    """Run the chunks and summarise them in the grid evaluator's result shape."""
+    results = []
+    for res in backend.map(evaluate_st_chunk, chunks):
+        results.append(res)
+        if progress is not None:
+            progress(len(res.indices))
+    first = chunks[0]
+    names = [r.name for r in first.rows]
+    cfg = from_dict(STEvalConfig, first.eval)
+    protocol = (first.protocol if first.world_kind == "grid" else "standard") + ("" if cfg.split == "test" else f"-{cfg.split}")
+    episodes = sum(len(c.indices) for c in chunks)
+    astar = PlannerConfig()
+    if first.world_kind == "blob":  # the expert kernel: aligned, 64 steps, clearance 3
+        expert = from_dict(ExpertConfig, first.expert)
+        astar = PlannerConfig(horizon=expert.max_steps, radius=expert.clearance)
+    out = summarise(EvalConfig(protocol=protocol, episodes=episodes, start=cfg.test_start), None, astar, names, results)
+    out["split"] = cfg.split
+    out["planners"] = {"astar": "space-time A* on the forecast, replanning every step"
+                       + (" (the expert kernel: 8 moves + wait, clearance 3)" if first.world_kind == "blob"
+                          else " (horizon 20, radius 1, aligned)"),
+                       "diffusion": {"sampling": first.sampling, "planner": first.planner}}
+    for name in names:
+        replans = sum(r.per_forecaster[name]["replans"] for r in results)
+        row = out["results"][name]
+        row["replans"] = int(replans)
+        seconds = sum(r.per_forecaster[name]["plan_seconds"] for r in results)
+        row["plan_ms_per_replan"] = 1000 * seconds / max(1, replans)
+        sampled = sum(r.per_forecaster[name]["sampled"] for r in results)
+        if sampled:  # diffusion rows: share of sampled candidates that passed the evaluator's check
+            row["candidates_feasible"] = sum(r.per_forecaster[name]["sampled_feasible"] for r in results) / sampled
+    return out
+
+
+def paired_with_astar(evaluation: dict) -> list[dict]:
+    """The McNemar tests that matter: each diffusion row against A* with the same forecaster, and each
+    ablation row against the full diffusion row with the same forecaster."""
+    out = []
+    for p in evaluation["pairwise"]:
+        a, b = p["a"], p["b"]
+        (pa, fa), (pb, fb) = a.rsplit("+", 1), b.rsplit("+", 1)
+        if fa != fb:
+            continue
+        if {pa, pb} == {"astar", "diffusion"} or (pa == "diffusion" and pb.startswith("diffusion[")):
+            out.append(p)
+    return out
+
+
+def format_rows(evaluation: dict) -> str:
+    """Plain-text table of the rows and the paired tests that matter (console, docs)."""
+    rows = evaluation["results"]
+    width = max(len(n) for n in rows) + 2
+    lines = [f"protocol {evaluation['protocol']} · {evaluation['episodes']['count']} episodes from "
+             f"{evaluation['episodes']['start']}",
+             f"{'row':<{width}}{'success':>12}{'rate':>8}{'95% CI':>16}{'crash':>7}{'timeout':>8}"
+             f"{'ms/step':>9}{'ms/replan':>11}{'feasible':>10}"]
+    for name, r in rows.items():
+        ci = f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+        lines.append(f"{name:<{width}}{r['successes']:>6}/{r['episodes']:<5}{100 * r['success_rate']:>7.1f}%{ci:>16}"
+                     f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}{r['plan_ms_per_step']:>9.2f}"
+                     f"{r.get('plan_ms_per_replan', r['plan_ms_per_step']):>11.2f}"
+                     + (f"{100 * r['candidates_feasible']:>9.1f}%" if "candidates_feasible" in r else f"{'—':>10}"))
+    pairs = paired_with_astar(evaluation)
+    if pairs:
+        lines += ["", "paired exact McNemar tests, same forecaster (a-only / b-only successes):"]
+        lines += [f"  {p['a']:<{width}} vs {p['b']:<{width}} {p['a_only']:>4} / {p['b_only']:<4} p = {p['p_value']:.3g}"
+                  for p in pairs]
+    return "\n".join(lines)
