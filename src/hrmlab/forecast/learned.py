@@ -13,7 +13,8 @@ forecast turns displacements into positions over the planner's horizon in one of
 
 The model contract (every learned model family implements it):
 
-* a config dataclass field `out_steps: int = 1`; `forward(x: (B, H, 2))` returns (B, 2) when it is 1 and
+* a config dataclass field `out_steps: int = 1` (the model keeps its config as `self.cfg`; the experiment
+  sets the field from forecast.rollout); `forward(x: (B, H, 2))` returns (B, 2) when it is 1 and
   (B, K, 2) — the displacement of each of the next K steps, per step, not cumulative — when it is K > 1;
 * recurrent models also offer `encode(x: (B, H, 2)) -> (state, displacement (B, 2))` and
   `advance(state, x_next: (B, 2)) -> (state, displacement (B, 2))`, where x_next is the next position and
