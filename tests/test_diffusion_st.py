@@ -15,7 +15,7 @@ from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime import data as st_data
 from hrmlab.diffusion.spacetime import trajectory as tr
 from hrmlab.diffusion.spacetime.closed_loop import (ExpertPolicy, STEvalConfig, blob_closed_loop, evaluate_rows,
-                                                    make_chunks, make_rows)
+                                                    format_rows, make_chunks, make_rows, paired_with_astar)
 from hrmlab.diffusion.spacetime.model import STDenoiser, STModelConfig, clearance_field
 from hrmlab.diffusion.spacetime.planner import DiffusionSTPolicy, STPlannerConfig
 from hrmlab.diffusion.spacetime.sampler import STSamplingConfig, cost_gradient, guide, guide_fields, sample
@@ -297,16 +297,20 @@ def test_obstacles_ahead_puts_now_first():
 def test_rows_pair_every_planner_with_every_forecaster_on_the_chosen_episodes(tmp_path):
     data = st_data.blob_examples(BLOB, ExpertConfig(), 64, "train", np.arange(4))
     path = train_st(data, TINY, STTrainConfig(steps=1, batch_size=2), 64, tmp_path, progress=False)
-    cfg = STEvalConfig(test_start=7, test_episodes=3, chunk_size=2, max_steps=4, ablations=["no-check"])
+    cfg = STEvalConfig(test_start=7, test_episodes=3, chunk_size=2, max_steps=4, ablations=["no-check+no-guidance"])
     chunks = make_chunks("blob", BLOB, make_rows(cfg), cfg, STSamplingConfig(candidates=2, steps=1),
                          STPlannerConfig(), ExpertConfig(), str(path), {})
     out = evaluate_rows(chunks, SerialBackend())
     names = ["astar+oracle", "diffusion+oracle", "astar+constant-velocity", "diffusion+constant-velocity",
-             "diffusion[no-check]+oracle"]
+             "diffusion[no-check+no-guidance]+oracle"]
     assert list(out["results"]) == names
     assert out["per_episode"]["indices"] == [7, 8, 9] and out["episodes"] == {"start": 7, "count": 3}
     assert all(out["results"][n]["episodes"] == 3 for n in names)
-    assert {(p["a"], p["b"]) for p in out["pairwise"]} >= {("astar+oracle", "diffusion+oracle")}
+    assert all(("candidates_feasible" in out["results"][n]) == n.startswith("diffusion") for n in names)
+    pairs = {(p["a"], p["b"]) for p in paired_with_astar(out)}
+    assert pairs == {("astar+oracle", "diffusion+oracle"), ("astar+constant-velocity", "diffusion+constant-velocity"),
+                     ("diffusion+oracle", "diffusion[no-check+no-guidance]+oracle")}
+    assert "diffusion[no-check+no-guidance]+oracle" in format_rows(out)
 
 
 # ---------------------------------------------------------------------------------- presets
@@ -326,6 +330,9 @@ def test_smoke_runs_write_rows_with_successes_and_episodes(tmp_path, preset):
 
 
 def test_bad_settings_are_one_line_user_errors(tmp_path, capsys):
-    for bad in ("eval.ablations=[no-brakes]", "eval.forecasters=[psychic]", "eval.split=train"):
+    for bad, says in (("eval.ablations=[no-brakes]", "valid choices"), ("eval.ablations=[no-check+no-brakes]", "valid"),
+                      ("eval.forecasters=[psychic]", "valid choices"), ("eval.split=train", "valid choices"),
+                      ("data.horizon=30", "divisible by 4")):
         assert main(["run", "diffusion-st-cpu", "--smoke", "--out", str(tmp_path), "--set", bad]) == 2
-        assert "valid choices" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
