@@ -255,3 +255,25 @@ def test_bf16_autocast_runs_every_mode_close_to_fp32(rollout):
     # model's steps reach ~4 cells, so ≲ 0.016 cells per step and ≲ 0.13 after 8 steps (measured: ≤ 0.073)
     assert bf16.shape == fp32.shape and np.isfinite(bf16).all()
     np.testing.assert_allclose(bf16, fp32, rtol=0, atol=0.25)
+
+
+def test_a_spec_runs_a_recursive_checkpoint_with_scaled_test_time_compute(tmp_path):
+    from hrmlab.forecast.registry import build_forecaster, parse_forecasters
+    from hrmlab.forecast.trm import TRMConfig
+
+    cfg = TRMConfig(d_model=16, heads=2, layers=1, latent_steps=2, recursions=2, segments=2, out_steps=3,
+                    head_init="default")  # residual-cv wraps the recursive net: the scale must reach it inside
+    path = _checkpoint(tmp_path, cfg, "trm", "direct")
+    specs = parse_forecasters(f"a={path},b={path}@direct*2,c={path}*0.5")
+    assert [s.compute_scale for s in specs] == [1.0, 2.0, 0.5] and specs[1].rollout == "direct"
+    built = [build_forecaster(s) for s in specs]
+    assert [[m.compute_scale for m in f.model.modules() if hasattr(m, "set_compute_scale")] for f in built] == [
+        [1.0], [2.0], [0.5]]
+    outputs = [f.forecast(_observation(1), 3) for f in built]
+    assert not np.allclose(outputs[0], outputs[1])  # more segments change the answer of an untrained net
+    for bad in ("*0", "*x", "*-1"):
+        with pytest.raises(UserError, match="compute scale"):
+            parse_forecasters(f"a={path}{bad}")
+    lstm = _checkpoint(tmp_path, LSTMConfig(hidden=8), "lstm", "window")
+    with pytest.raises(UserError, match="no recursion"):
+        build_forecaster(parse_forecasters(f"a={lstm}*2")[0])

@@ -1,6 +1,7 @@
 """`hrmlab study`: equal budgets, recipe selection on validation, seeds, paired statistics, resumption."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -90,3 +91,21 @@ def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):
     assert "valid choices" in capsys.readouterr().err
     assert main(base + ["--only", "quick", "--models", "gpt"]) == 2
     assert "gpt" in capsys.readouterr().err
+
+
+def test_study_smoke_tabulates_test_time_compute_of_recursive_models(tmp_path):
+    args = ["study", "--smoke", "--only", "quick", "--models", "lstm,trm", "--compute-scales", "0.5,2",
+            "--out", str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"),
+            "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"), "--no-progress"]
+    assert main(args) == 0
+    world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    ttc = world["test_time_compute"]
+    assert list(ttc) == ["trm"]  # the LSTM has no recursion to scale
+    assert sorted(ttc["trm"], key=float) == ["0.5", "1", "2"]
+    assert ttc["trm"]["1"]["mean"] == world["models"]["trm"]["mean"]  # ×1 is the main evaluation itself
+    for scale in ("0.5", "2"):
+        entry = ttc["trm"][scale]
+        assert 0.0 <= entry["mean"] <= 1.0 and math.isfinite(entry["ade"])
+        test = entry["vs_trained"]
+        assert test["a_better"] + test["b_better"] <= world["episodes"] and 0.0 <= test["p_value"] <= 1.0
+    assert "Test-time compute" in (tmp_path / "study.md").read_text()

@@ -216,6 +216,13 @@ def cmd_study(args) -> int:
             changes["lrs"] = [float(v) for v in _csv(args.lrs)]
         except ValueError:
             raise UserError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
+    if args.compute_scales is not None:
+        try:
+            changes["compute_scales"] = [float(v) for v in _csv(args.compute_scales) or []]
+        except ValueError:
+            raise UserError(f"--compute-scales takes comma-separated numbers, got {args.compute_scales!r}") from None
+        if any(not v > 0 for v in changes["compute_scales"]):
+            raise UserError(f"--compute-scales must be positive, got {args.compute_scales!r}")
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
@@ -225,6 +232,7 @@ def cmd_study(args) -> int:
     if args.smoke:  # toy sizes: two rates, two seeds (still every code path)
         changes.setdefault("lrs", [1e-3, 3e-3])
         changes.setdefault("seeds", 2)
+        changes.setdefault("compute_scales", [2.0])
     study = dataclasses.replace(study, **changes)
     cache = Path(args.cache) if args.cache else default_cache()
     text = run_study(study, Path(args.out), Path(args.json), cache, Path(args.runs), smoke=args.smoke,
@@ -296,9 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="every learned model vs physics over training seeds at equal budget "
                                      "(docs/study.md)")
     p.add_argument("--only", help="comma-separated world presets (default: quick and every suite)")
-    p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm)")
+    p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm,hrm-act,trm)")
     p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 3e-4,1e-3,3e-3)")
     p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
+    p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
+                                            "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
     p.add_argument("--out", default="docs/study.md", help="markdown file to write")
     p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")

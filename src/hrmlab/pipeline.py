@@ -177,7 +177,8 @@ def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: Planner
     key = config_hash({"format": EVAL_FORMAT, "world": cfg.world, "planner": planner,
                        "eval": eval_cfg, "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
                                                           + ([s.rollout] if s.rollout else [])
-                                                                  for s in specs]})
+                                                          + ([s.compute_scale] if s.compute_scale != 1.0 else [])
+                                                          for s in specs]})
     path = opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json"
     cached = _read_json(path)
     if cached is not None and set(cached.get("results", {})) == {s.name for s in specs}:

@@ -64,6 +64,9 @@ class StudyConfig:
     """Training seeds per model at the chosen learning rate (seed 0 is the selection run)."""
     episodes: int = 1000
     """Test episodes per world."""
+    compute_scales: list[float] = field(default_factory=lambda: [0.5, 2.0, 4.0])
+    """Test-time compute: every seed of each recursive model (hrm-act, trm) is also evaluated with these
+    multiples of its trained recursion (×1 is the main evaluation); empty = skip."""
     rollout: str = "direct"
     """Roll-out of every learned model (forecast.rollout): `direct` is the one mode all four kinds offer
     (hrm-act and trm are not recurrent over time), so every model has the same objective (per-step
@@ -89,8 +92,12 @@ def equal_budget(cfg, models: list[str]):
     return cfg
 
 
-def seed_label(model: str, seed: int) -> str:
-    return f"{model}@s{seed}"
+RECURSIVE_MODELS = ("hrm-act", "trm")
+"""The models whose recursion can be scaled at inference (forecast/models.set_test_time_compute)."""
+
+
+def seed_label(model: str, seed: int, scale: float = 1.0) -> str:
+    return f"{model}@s{seed}" + ("" if scale == 1.0 else f"*{scale:g}")
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -151,6 +158,35 @@ def summarize_world(evaluation: dict, models: list[str], seeds: int, training: d
                 "per_seed": [_mcnemar(pair, seed_label(a, s), seed_label(b, s)) for s in range(seeds)
                              if frozenset((seed_label(a, s), seed_label(b, s))) in pair],
             })
+    return out
+
+
+def summarize_compute(main: dict, scaled: dict, models: list[str], seeds: int, scales: list[float]) -> dict:
+    """Per recursive model and compute scale: success over seeds, ADE/FDE, forecast cost, and the pooled sign
+    test against the trained compute (×1, from the main evaluation; the same episodes, so paired)."""
+    out = {}
+    for model in [m for m in models if m in RECURSIVE_MODELS]:
+        base_labels = [seed_label(model, s) for s in range(seeds) if seed_label(model, s) in main["results"]]
+        if not base_labels:
+            continue
+        base = np.mean([_success(main, lab) for lab in base_labels], axis=0)
+        table = {}
+        for scale in sorted({1.0, *scales}):
+            source = main if scale == 1.0 else scaled
+            labels = [seed_label(model, s, scale) for s in range(seeds)]
+            labels = [lab for lab in labels if source and lab in source["results"]]
+            if not labels:
+                continue
+            rows = source["results"]
+            rates = [rows[lab]["success_rate"] for lab in labels]
+            per_episode = np.mean([_success(source, lab) for lab in labels], axis=0)
+            table[f"{scale:g}"] = {
+                "mean": statistics.fmean(rates), "sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
+                "ade": _mean_of(rows, labels, "forecast_ade"), "fde": _mean_of(rows, labels, "forecast_fde"),
+                "forecast_ms_per_step": _mean_of(rows, labels, "forecast_ms_per_step"),
+                "vs_trained": None if scale == 1.0 else sign_test(per_episode, base),
+            }
+        out[model] = table
     return out
 
 
@@ -234,6 +270,16 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     eval_cfg = dataclasses.replace(cfg.eval, episodes=study.episodes if not smoke else cfg.eval.episodes)
     evaluation = stage_evaluate(cfg, eval_cfg, cfg.planner, specs, keys, opts, backend)
     summary = summarize_world(evaluation, study.models, study.seeds, training, selection)
+    recursive = [m for m in study.models if m in RECURSIVE_MODELS]
+    scales = [x for x in study.compute_scales if x != 1.0]
+    if recursive and scales:  # a stage of its own: the main table is cached before this extra cost
+        ttc_specs = [dataclasses.replace(spec, name=seed_label(m, seed, x), compute_scale=x)
+                     for m in recursive for seed in range(study.seeds) for x in scales
+                     for spec in specs if spec.name == seed_label(m, seed)]
+        ttc_keys = {spec.name: keys[seed_label(m, seed)] for m in recursive for seed in range(study.seeds)
+                    for x in scales for spec in ttc_specs if spec.name == seed_label(m, seed, x)}
+        scaled = stage_evaluate(cfg, eval_cfg, cfg.planner, ttc_specs, ttc_keys, opts, backend)
+        summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
     summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
                    compute_minutes=round((sum(spent) + (evaluation.get("seconds") or 0)) / 60, 1))
     return summary
@@ -267,7 +313,7 @@ def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
     cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
     return config_hash({"format": STUDY_FORMAT, "preset": to_dict(cfg),
                         "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
-                        "episodes": study.episodes, "smoke": smoke})
+                        "episodes": study.episodes, "compute_scales": study.compute_scales, "smoke": smoke})
 
 
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
@@ -360,10 +406,34 @@ def world_section(world: str, s: dict) -> str:
                f"pooled p = {_p(t['pooled']['p_value'])}" for t in s["between"]]
     if between:
         lines.append("\nBetween learned models: " + "; ".join(between) + ".")
+    lines += compute_lines(s.get("test_time_compute") or {})
     lines.append("\nRecipe selection (validation loss per candidate lr, seed 0): "
                  + "; ".join(f"{m}: " + ", ".join(f"{lr} → {v:.3g}" for lr, v in info["selection"].items())
                              for m, info in s["models"].items() if info.get("selection")) + ".")
     return "\n".join(lines) + "\n"
+
+
+def compute_lines(ttc: dict) -> list[str]:
+    """The test-time-compute table of one world: recursion × the trained amount at inference."""
+    if not ttc:
+        return []
+    scales = sorted({k for table in ttc.values() for k in table}, key=float)
+    lines = ["\nTest-time compute (every seed run with × its trained recursion at inference; success mean ± sd "
+             "over seeds, ADE cells, forecast ms/step; p: pooled sign test against ×1):\n",
+             "| model | " + " | ".join(f"×{k}" for k in scales) + " |", "|---|" + "---|" * len(scales)]
+    for model, table in ttc.items():
+        cells = []
+        for k in scales:
+            e = table.get(k)
+            if e is None:
+                cells.append("—")
+                continue
+            text = f"{_pct(e['mean'])}% ± {_pct(e['sd'])}, ADE {e['ade']:.2f}, {e['forecast_ms_per_step']:.2f} ms"
+            if e["vs_trained"] is not None:
+                text += f", p = {_p(e['vs_trained']['p_value'])}"
+            cells.append(text)
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def study_document(study: StudyConfig, worlds: dict, smoke: bool = False) -> str:

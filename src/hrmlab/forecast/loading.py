@@ -15,7 +15,7 @@ import torch
 from hrmlab.config import from_dict
 from hrmlab.errors import UserError
 from hrmlab.forecast.learned import LearnedForecaster, check_trained_for
-from hrmlab.forecast.models import MODELS, build_model
+from hrmlab.forecast.models import MODELS, build_model, set_test_time_compute
 from hrmlab.train.checkpoint import load_checkpoint
 
 MODEL_CONFIGS = {kind: entry.config for kind, entry in MODELS.items()}
@@ -52,8 +52,9 @@ def read_metadata(path: str | Path) -> dict:
 
 
 def load_forecaster(path: str | Path, name: str, device: str = "cpu", precision: str = "fp32",
-                    rollout: str | None = None) -> LearnedForecaster:
-    """rollout None: the roll-out the checkpoint was trained for; another one must be compatible with it."""
+                    rollout: str | None = None, compute_scale: float = 1.0) -> LearnedForecaster:
+    """rollout None: the roll-out the checkpoint was trained for; another one must be compatible with it.
+    compute_scale ≠ 1 runs a recursive model (hrm-act, trm) with that × its trained recursion."""
     meta = read_metadata(path)
     trained = trained_rollout(meta)
     rollout = rollout or trained
@@ -61,5 +62,7 @@ def load_forecaster(path: str | Path, name: str, device: str = "cpu", precision:
     model_cfg = from_dict(MODEL_CONFIGS[meta["kind"]], meta["model"])
     model = build_model(model_cfg)
     load_checkpoint(path, model=model, restore_rng=False)
+    if compute_scale != 1.0:
+        set_test_time_compute(model, compute_scale)
     return LearnedForecaster(model, grid_size=meta["grid_size"], history=meta["history"], device=device,
                              dtype=precision, name=name, rollout=rollout)

@@ -26,13 +26,16 @@ class ForecasterSpec:
     """Learned models: fp32 (default) or bf16 at evaluation."""
     rollout: str | None = None
     """Learned models: window | stateful | direct (forecast/learned.py); None = the one it was trained for."""
+    compute_scale: float = 1.0
+    """Recursive models (hrm-act, trm): run this × the trained recursion at inference (test-time compute)."""
 
 
 def parse_forecasters(text: str) -> list[ForecasterSpec]:
     """'oracle,constant-velocity,hrm=runs/x/hrm/best.pt,old=seed:hrm_cloudv3:best_hrm.pt' → specs; unknown
     names, unknown original scripts and missing seed checkpoints are a UserError.
 
-    A learned model may name its roll-out after '@': 'hrm-fast=runs/x/hrm/best.pt@stateful'."""
+    A learned model may name its roll-out after '@': 'hrm-fast=runs/x/hrm/best.pt@stateful', and a recursive
+    one (hrm-act, trm) a test-time compute scale after '*': 'trm-x2=runs/x/trm/best.pt@direct*2'."""
     specs = []
     for item in [t.strip() for t in text.split(",") if t.strip()]:
         if "=" in item:
@@ -40,10 +43,12 @@ def parse_forecasters(text: str) -> list[ForecasterSpec]:
             if path.startswith("seed:"):
                 specs.append(_seed_spec(name, path))
                 continue
+            path, _, scale_text = path.partition("*")
             path, _, rollout = path.partition("@")
             if rollout and rollout.strip() not in ROLLOUTS:
                 raise UserError(f"unknown roll-out {rollout.strip()!r} in {item!r}; valid choices: {', '.join(ROLLOUTS)}")
-            specs.append(ForecasterSpec(name, path.strip(), rollout=rollout.strip() or None))
+            specs.append(ForecasterSpec(name, path.strip(), rollout=rollout.strip() or None,
+                                        compute_scale=_compute_scale(scale_text, item)))
         elif item in PHYSICS_FORECASTERS:
             specs.append(ForecasterSpec(item))
         else:
@@ -55,6 +60,18 @@ def parse_forecasters(text: str) -> list[ForecasterSpec]:
     if not specs:
         raise UserError("no forecasters given; valid choices: " + ", ".join(PHYSICS_FORECASTERS))
     return specs
+
+
+def _compute_scale(text: str, item: str) -> float:
+    if not text.strip():
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = float("nan")
+    if not scale > 0:
+        raise UserError(f"compute scale in {item!r} must be a positive number, got {text.strip()!r}")
+    return scale
 
 
 def _seed_spec(name: str, text: str) -> ForecasterSpec:
@@ -86,4 +103,4 @@ def build_forecaster(spec: ForecasterSpec, device: str = "cpu") -> Forecaster:
     from hrmlab.forecast.loading import load_forecaster  # torch only when a learned model is asked for
 
     return load_forecaster(spec.checkpoint, name=spec.name, device=device, precision=spec.precision,
-                           rollout=spec.rollout)
+                           rollout=spec.rollout, compute_scale=spec.compute_scale)
