@@ -84,5 +84,5 @@ def test_counting_matters_the_oracle_clearly_beats_bounce_aware():
     # 60 fixed test episodes (the documented figures use 1,000: oracle 98.5 %, bounce-aware 72.1 %); the
     # margin asserted here is far below the measured 26 points, so float details of a CPU cannot flip it
     results = evaluate(EvalConfig(protocol="suite-clockwork", episodes=60, chunk_size=60, forecast_error=False),
-                       CLOCKWORK, PlannerConfig(), parse_forecasters("oracle,bounce-aware"), make_backend(1))["results"]
-    assert results["oracle"]["success_rate"] - results["bounce-aware"]["success_rate"] >= 0.10
+                       CLOCKWORK, PlannerConfig(), parse_forecasters("oracle,bounce-aware"), make_backend(1)).rows
+    assert results["oracle"].success_rate - results["bounce-aware"].success_rate >= 0.10

@@ -21,6 +21,8 @@ from hrmlab.diffusion.noise import NoiseConfig, PathDiffusion
 from hrmlab.diffusion.refine import distance_field, path_penalty, refine_paths
 from hrmlab.diffusion.sample import SamplingConfig, line_paths, plan_with_diffusion
 from hrmlab.diffusion.unet1d import ModelConfig, build_denoiser, count_parameters
+from hrmlab.errors import UserError
+from hrmlab.evaluate.result import RunResult
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
@@ -71,15 +73,19 @@ def test_expert_data_shards_manifest_and_resume(tmp_path):
     manifest = expert_mod.generate_expert_data(WORLD, ExpertConfig(), data_cfg, tmp_path, SerialBackend(),
                                                progress=False)
     info = json.loads(manifest.read_text())
-    assert info["complete"] and info["total_paths"] == 12 and len(info["shards"]) == 3
+    assert (tmp_path / "DONE").exists() and info["rows"] == 12 and len(info["shards"]) == 3  # data/shards.py's store
     first = expert_mod.load_expert_data(manifest)
     assert first["paths"].shape == (12, 64, 2) and first["grids"].shape == (12, 64, 64)
     assert (first["path_cells"] >= data_cfg.min_path_cells).all()
     assert np.allclose(first["paths"][:, 0], first["start_goal"][:, :2])
-    (tmp_path / info["shards"]["1"]["file"]).unlink()  # a lost shard is regenerated, the rest reused
-    kept = (tmp_path / info["shards"]["0"]["file"]).stat().st_mtime_ns
+    shard = tmp_path / "shards"
+    (shard / info["shards"]["1"]["paths"]["file"]).unlink()  # a lost shard is regenerated, the rest reused
+    kept = (shard / info["shards"]["0"]["paths"]["file"]).stat().st_mtime_ns
+    (shard / info["shards"]["2"]["grids"]["file"]).write_bytes(b"corrupt")
+    with pytest.raises(UserError, match="missing"):  # never loaded silently
+        expert_mod.load_expert_data(manifest)
     expert_mod.generate_expert_data(WORLD, ExpertConfig(), data_cfg, tmp_path, SerialBackend(), progress=False)
-    assert (tmp_path / info["shards"]["0"]["file"]).stat().st_mtime_ns == kept
+    assert (shard / info["shards"]["0"]["paths"]["file"]).stat().st_mtime_ns == kept
     again = expert_mod.load_expert_data(manifest)
     for key in first:
         assert np.array_equal(first[key], again[key])
@@ -89,13 +95,13 @@ def test_seed_protocol_baselines_and_oracle():
     """Done-when numbers: oracle 49/50 (1001 has no plan); line + refinement 33/50 (the seed's 66 %)."""
     result = evaluation.evaluate_protocol("seed", WORLD, ExpertConfig(forecast_clip=False), SamplingConfig(),
                                           evaluation.DiffusionEvalConfig())
-    r = result["results"]
-    assert r["oracle"]["successes"] == 49 and r["oracle"]["per_episode_success"][1] == 0
-    assert r["line+refine"]["successes"] == 33
-    assert r["line"]["successes"] == 23
-    lo, hi = r["oracle"]["ci95"]
+    r = result.rows
+    assert r["oracle"].successes == 49 and r["oracle"].per_episode[1] == "no_plan" and result.indices[1] == 1001
+    assert r["line+refine"].successes == 33
+    assert r["line"].successes == 23
+    lo, hi = r["oracle"].ci95
     assert lo < 0.98 < hi
-    assert {(p["a"], p["b"]) for p in result["pairwise"]} >= {("line", "oracle"), ("line+refine", "oracle")}
+    assert {(p.a, p.b) for p in result.pairwise} >= {("line", "oracle"), ("line+refine", "oracle")}
 
 
 def test_standard_execution_outcomes():
@@ -246,34 +252,35 @@ def test_configs_round_trip_through_plain_dicts():
 def test_smoke_run_of_the_cpu_preset_and_its_cache(tmp_path):
     cfg = load_preset("diffusion-cpu")
     results = run_diffusion(cfg, tmp_path / "run", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
-    json.dumps(results)  # serialisable
-    assert results["primary_protocol"] == results["protocol"] == "standard"
-    assert set(results["evaluations"]) == {"seed", "standard"}
+    assert RunResult.from_json(json.loads((tmp_path / "run" / "results.json").read_text())).to_json() == \
+        json.loads(json.dumps(results.to_json()))  # results.json reads back as the same result
+    assert results.primary_protocol == "standard" and results.smoke
+    assert set(results.evaluations) == {"seed", "standard"}
     small = smoke_config(cfg)
     for name in ("diffusion", "diffusion-raw", "line", "line+refine", "oracle"):
-        r = results["results"][name]
-        assert r["episodes"] == small.eval.test_episodes
-        assert 0 <= r["ci95"][0] <= r["success_rate"] + 1e-12 and r["success_rate"] <= r["ci95"][1]
-        assert results["evaluations"]["seed"]["results"][name]["episodes"] == small.eval.seed_episodes
+        r = results.primary.rows[name]
+        assert r.episodes == small.eval.test_episodes
+        assert 0 <= r.ci95[0] <= r.success_rate + 1e-12 and r.success_rate <= r.ci95[1]
+        assert results.evaluations["seed"].rows[name].episodes == small.eval.seed_episodes
     assert (tmp_path / "run" / "results.json").exists() and (tmp_path / "run" / "config.yaml").exists()
-    assert len(results["records"]) == 2  # one per protocol in a smoke run
+    assert len(results.records) == 2  # one per protocol in a smoke run
     from hrmlab.report.animate import load_diffusion_record
 
-    record = load_diffusion_record(tmp_path / "run" / results["records"][0])
+    record = load_diffusion_record(tmp_path / "run" / results.records[0])
     assert record["best"].shape == (64, 2) and record["obstacles"].shape[0] == 64
     planner = next((tmp_path / "cache" / "diffusion" / "train").glob("*/planner.pt"))
     stamp = planner.stat().st_mtime_ns
     again = run_diffusion(cfg, tmp_path / "run2", tmp_path / "cache", SerialBackend(), smoke=True, progress=False)
     assert planner.stat().st_mtime_ns == stamp  # every stage came from the cache
-    assert again["results"] == results["results"]
+    assert again.primary.to_json() == results.primary.to_json()
 
 
 @pytest.mark.parametrize("name", ["diffusion-v0", "diffusion-v1", "diffusion-v2"])
 def test_smoke_run_of_the_seed_presets(tmp_path, name):
     results = run_diffusion(load_preset(name), tmp_path / "run", tmp_path / "cache", SerialBackend(),
                             smoke=True, progress=False)
-    assert results["model"]["architecture"] == ("unet-v2" if name == "diffusion-v2" else "conv-v1")
-    assert results["primary_protocol"] == "seed" and results["results"]["oracle"]["episodes"] == 4
+    assert results.details["model"]["architecture"] == ("unet-v2" if name == "diffusion-v2" else "conv-v1")
+    assert results.primary_protocol == "seed" and results.primary.rows["oracle"].episodes == 4
 
 
 def test_preset_loading_and_the_cli_pipeline_entry(tmp_path):
@@ -290,6 +297,50 @@ def test_preset_loading_and_the_cli_pipeline_entry(tmp_path):
         load_diffusion_experiment({"family": "diffusion", "eval": {"protocols": ["seed-v9"]}}, "bad")
     opts = RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1, progress=False)
     results = run_diffusion_pipeline(smoke(cfg), opts)
-    assert results["smoke"] and results["seconds"] >= 0
+    assert results.smoke and results.seconds >= 0
     assert (tmp_path / "run" / "report.md").exists()
     print_diffusion_summary(results)
+
+
+def test_a_corrupt_diffusion_stage_is_redone_and_a_changed_setting_rekeys_it(tmp_path, caplog, monkeypatch):
+    """The diffusion family on the one stage cache: a corrupt evaluation or planner is logged and redone (no
+    traceback, the same numbers), a sampling change re-keys only the evaluation, results.json is written once."""
+    from hrmlab.cli import main
+    from hrmlab.diffusion import experiment
+    from hrmlab.diffusion.experiment import stage_keys
+
+    written = []
+    real_write = experiment.write_json_atomic
+    monkeypatch.setattr(experiment, "write_json_atomic", lambda path, data: (written.append(path), real_write(path, data)))
+    args = ["run", "diffusion-cpu", "--smoke", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"),
+            "--workers", "1", "--no-progress"]
+
+    def run(*extra) -> RunResult:
+        caplog.clear()
+        with caplog.at_level("INFO", logger="hrmlab"):
+            assert main([*args, *extra]) == 0
+        return RunResult.from_json(json.loads((tmp_path / "run" / "results.json").read_text()))
+
+    first = run()
+    assert written == [tmp_path / "run" / "results.json"]  # once, atomically
+    keys = stage_keys(smoke_config(load_preset("diffusion-cpu")))
+    cache = tmp_path / "cache" / "diffusion"
+    (cache / "eval" / keys["eval"] / "results-standard.json").write_text("{ truncated")
+    planner = cache / "train" / keys["train"] / "planner.pt"
+    planner.write_bytes(planner.read_bytes()[:-100])
+    again = run()
+    assert "stage train/diffusion: cached output is corrupt" in caplog.text and "truncated" in caplog.text
+    assert "stage evaluate/standard: cached output is corrupt" in caplog.text
+    assert "stage evaluate/standard: done" in caplog.text
+    for protocol in ("seed", "standard"):
+        a, b = first.evaluations[protocol], again.evaluations[protocol]
+        assert {n: r.per_episode for n, r in a.rows.items()} == {n: r.per_episode for n, r in b.rows.items()}
+        assert a.pairwise == b.pairwise
+
+    changed = run("--set", "sampling.num_samples=3")
+    assert "stage train/diffusion: cached" in caplog.text and "stage evaluate/standard: done" in caplog.text
+    new_keys = changed.details["stage_keys"]
+    assert new_keys["train"] == keys["train"] and new_keys["eval"] != keys["eval"]
+    assert (cache / "eval" / new_keys["eval"] / "results-standard.json").is_file()
+    run()  # the old setting's stages are still there: every stage cached
+    assert caplog.text.count(": cached (") == 3 and ": done in" not in caplog.text

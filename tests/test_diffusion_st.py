@@ -24,6 +24,7 @@ from hrmlab.diffusion.spacetime.worlds import (BlobOracleForecaster, blob_rules,
                                                rewound_history)
 from hrmlab.evaluate.episodes import SUCCESS, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.result import RunResult
 from hrmlab.forecast.physics import ConstantVelocityForecaster, OracleForecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, plan
 from hrmlab.worlds import blob_world
@@ -303,11 +304,11 @@ def test_rows_pair_every_planner_with_every_forecaster_on_the_chosen_episodes(tm
     out = evaluate_rows(chunks, SerialBackend())
     names = ["astar+oracle", "diffusion+oracle", "astar+constant-velocity", "diffusion+constant-velocity",
              "diffusion[no-check+no-guidance]+oracle"]
-    assert list(out["results"]) == names
-    assert out["per_episode"]["indices"] == [7, 8, 9] and out["episodes"] == {"start": 7, "count": 3}
-    assert all(out["results"][n]["episodes"] == 3 for n in names)
-    assert all(("candidates_feasible" in out["results"][n]) == n.startswith("diffusion") for n in names)
-    pairs = {(p["a"], p["b"]) for p in paired_with_astar(out)}
+    assert list(out.rows) == names
+    assert out.indices == [7, 8, 9] and (out.episodes.start, out.episodes.count) == (7, 3)
+    assert all(out.rows[n].episodes == 3 for n in names)
+    assert all((out.rows[n].candidates_feasible is not None) == n.startswith("diffusion") for n in names)
+    pairs = {(p.a, p.b) for p in paired_with_astar(out)}
     assert pairs == {("astar+oracle", "diffusion+oracle"), ("astar+constant-velocity", "diffusion+constant-velocity"),
                      ("diffusion+oracle", "diffusion[no-check+no-guidance]+oracle")}
     assert "diffusion[no-check+no-guidance]+oracle" in format_rows(out)
@@ -321,11 +322,11 @@ def test_smoke_runs_write_rows_with_successes_and_episodes(tmp_path, preset):
     rc = main(["run", preset, "--smoke", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"),
                "--workers", "1", "--no-progress", "--set", "eval.forecasters=[oracle]", "--set", "eval.test_start=5"])
     assert rc == 0
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["family"] == "diffusion-st" and set(results["rows"]) == {"astar+oracle", "diffusion+oracle"}
-    assert all(r["episodes"] == 3 and 0 <= r["successes"] <= 3 for r in results["rows"].values())
-    evaluation = results["evaluations"][results["primary_protocol"]]
-    assert evaluation["per_episode"]["indices"] == [5, 6, 7]
+    results = RunResult.from_json(json.loads((tmp_path / "run" / "results.json").read_text()))
+    evaluation = results.primary
+    assert results.family == "diffusion-st" and set(evaluation.rows) == {"astar+oracle", "diffusion+oracle"}
+    assert all(r.episodes == 3 and 0 <= r.successes <= 3 for r in evaluation.rows.values())
+    assert evaluation.indices == [5, 6, 7]
     assert (tmp_path / "run" / "report.md").exists()
 
 

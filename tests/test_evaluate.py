@@ -1,5 +1,7 @@
 """The evaluator against the original's own numbers (SPEC §7) and the statistics against scipy."""
 
+import json
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -7,6 +9,7 @@ from scipy import stats as sps
 from hrmlab.backends.local import SerialBackend
 from hrmlab.evaluate.episodes import run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.result import EvaluationResult, ResultFormatError, RunResult, summarize
 from hrmlab.evaluate.runner import EvalConfig, evaluate
 from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
@@ -36,14 +39,51 @@ def test_paired_results_shape_and_chunking_invariance():
     world, planner = BounceGridConfig(), PlannerConfig()
     one = evaluate(EvalConfig(episodes=60, chunk_size=60), world, planner, specs, SerialBackend())
     many = evaluate(EvalConfig(episodes=60, chunk_size=17), world, planner, specs, SerialBackend())
-    assert one["per_episode"] == many["per_episode"]
-    r = one["results"]["oracle"]
-    assert r["episodes"] == 60 and sum(r["outcomes"].values()) == 60
-    assert r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
-    assert r["path_length_vs_oracle"] == 1.0 and r["forecast_ade"] == 0.0
-    assert one["results"]["zero"]["forecast_ade"] > 0
-    (pair,) = one["pairwise"]
-    assert (pair["a"], pair["b"]) == ("zero", "oracle")
+    assert one.indices == many.indices == list(range(60))
+    assert {n: r.per_episode for n, r in one.rows.items()} == {n: r.per_episode for n, r in many.rows.items()}
+    r = one.rows["oracle"]
+    assert r.episodes == 60 and sum(r.outcomes.values()) == 60 and set(r.outcomes) == {"success", "crash", "timeout"}
+    assert r.ci95[0] <= r.success_rate <= r.ci95[1]
+    assert r.path_length_vs_oracle == 1.0 and r.forecast_ade == 0.0
+    assert one.rows["zero"].forecast_ade > 0
+    (pair,) = one.pairwise
+    assert (pair.a, pair.b) == ("zero", "oracle")
+
+
+def test_evaluation_result_round_trips_through_json():
+    specs = parse_forecasters("zero,oracle")
+    result = evaluate(EvalConfig(episodes=12, chunk_size=5), BounceGridConfig(), PlannerConfig(), specs,
+                      SerialBackend())
+    result.seconds = 1.5
+    doc = json.loads(json.dumps(result.to_json()))
+    assert {"protocol", "planner", "episodes", "results", "pairwise", "per_episode", "per_episode_steps",
+            "seconds"} <= set(doc)  # the grid's JSON keys, unchanged
+    again = EvaluationResult.from_json(doc)
+    assert again == result and again.to_json() == doc
+    run = RunResult(preset="p", evaluations={"standard": result}, primary_protocol="standard",
+                    training={"zero": {"seconds": 1.0}}, details={"stage_keys": {"eval": "k"}})
+    back = RunResult.from_json(json.loads(json.dumps(run.to_json())))
+    assert back == run and back.primary is back.evaluations["standard"]
+    bare = RunResult.from_json(doc)  # `hrmlab evaluate --json`: a run of one protocol
+    assert bare.primary_protocol == "standard" and bare.primary == result
+    for bad in ([], {"results": {"x": {"episodes": 3}}, "protocol": "standard"}, {"evaluations": []}):
+        with pytest.raises(ResultFormatError):
+            RunResult.from_json(bad)
+
+
+def test_one_summariser_counts_rates_intervals_and_pairs():
+    result = summarize({"a": ["success", "crash", "success", "timeout"], "b": ["crash", "crash", "success", "success"]},
+                       protocol="p", indices=[7, 8, 9, 10], vocabulary=("success", "crash", "timeout"),
+                       steps={"a": [3, 9, 5, 40], "b": [2, 2, 7, 9]})
+    a = result.rows["a"]
+    assert (a.successes, a.episodes, a.success_rate) == (2, 4, 0.5)
+    assert a.outcomes == {"success": 2, "crash": 1, "timeout": 1} and a.mean_steps_success == 4.0
+    assert np.allclose(a.ci95, wilson_interval(2, 4))
+    assert result.episodes.start == 7 and result.episodes.count == 4
+    (pair,) = result.pairwise
+    assert (pair.a, pair.b, pair.a_only, pair.b_only) == ("a", "b", 1, 1) and pair.only("b") == 1
+    with pytest.raises(ValueError, match="not in"):
+        summarize({"a": ["lost"]}, protocol="p", indices=[0], vocabulary=("success",))
 
 
 def test_wilson_matches_scipy():

@@ -213,9 +213,10 @@ def test_policy_hook_runs_policies_in_the_evaluators_loop():
     policies = [PolicySpec("astar", "hrmlab.policies:astar_oracle"), PolicySpec("wait", f"{__name__}:always_wait")]
     res = evaluate(EvalConfig(episodes=30, chunk_size=13), BounceGridConfig(), PlannerConfig(), specs,
                    SerialBackend(), policies=policies)
-    assert res["per_episode"]["astar"] == res["per_episode"]["oracle"]
-    assert res["results"]["wait"]["successes"] == 0  # the agent never leaves the start
-    assert {(p["a"], p["b"]) for p in res["pairwise"]} == {("oracle", "astar"), ("oracle", "wait"), ("astar", "wait")}
+    assert res.rows["astar"].per_episode == res.rows["oracle"].per_episode
+    assert res.rows["wait"].successes == 0  # the agent never leaves the start
+    assert {(p.a, p.b) for p in res.pairwise} == {("oracle", "astar"), ("oracle", "wait"), ("astar", "wait")}
+    assert res.policies == {"astar": "hrmlab.policies:astar_oracle", "wait": f"{__name__}:always_wait"}
     with pytest.raises(UserError, match="one-shot"):
         evaluate(EvalConfig(protocol="seed-v1", episodes=5), BounceGridConfig(), PlannerConfig(), specs,
                  SerialBackend(), policies=policies)

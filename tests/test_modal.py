@@ -183,13 +183,13 @@ def test_whole_smoke_pipeline_with_ddp_inside_the_training_function(ddp_pipeline
     assert all(r == res["train"] and every == cfg.cloud.checkpoint_commit_s for _, _, r, every in seen["train"])
     assert sync.calls.count("reload") == 2 and sync.calls[-1] == "commit"
 
-    assert len(results["training"]["hrm"]["rank_param_digests"]) == 2  # two DDP ranks, identical parameters
-    assert len(results["training"]["lstm"]["rank_param_digests"]) == 1
+    assert len(results.training["hrm"]["rank_param_digests"]) == 2  # two DDP ranks, identical parameters
+    assert len(results.training["lstm"]["rank_param_digests"]) == 1
     run_dir = cache / "runs" / "quick-smoke"
     assert json.loads((run_dir / "results.json").read_text())["preset"] == "quick"
-    standard = results["evaluations"]["standard"]["results"]
+    standard = results.evaluations["standard"].rows
     assert {"hrm", "lstm", "oracle"} <= set(standard)
-    assert Path(results["training"]["hrm"]["checkpoint"]).is_file()
+    assert Path(results.training["hrm"]["checkpoint"]).is_file()
 
 
 def test_entrypoint_runs_the_orchestrator_function_and_reuses_the_cache(ddp_pipeline, monkeypatch, capsys):
@@ -206,8 +206,8 @@ def test_entrypoint_runs_the_orchestrator_function_and_reuses_the_cache(ddp_pipe
 
     assert launcher.run_in_app(LocalOrchestrator, "quick", [], smoke=True) == 0
     for model in ("hrm", "lstm"):  # the same summary: training was skipped, not redone
-        assert returned[0]["training"][model] == first["training"][model]
-    assert returned[0]["evaluations"]["standard"] == first["evaluations"]["standard"]
+        assert returned[0].training[model] == first.training[model]
+    assert returned[0].evaluations["standard"] == first.evaluations["standard"]
     printed = capsys.readouterr().out
     assert "HRM: " in printed and "modal volume get hrmlab-cache runs/quick-smoke runs/quick-smoke" in printed
     assert launcher.run_in_app(LocalOrchestrator, "no-such-preset") == 2 and len(returned) == 1
@@ -232,8 +232,8 @@ def test_diffusion_preset_on_modal_trains_in_the_gpu_container(tmp_path, monkeyp
     trained = [(refs, res) for refs, res in tasks if refs == ["hrmlab.diffusion.experiment:run_train_task"]]
     assert len(trained) == 1 and trained[0][1]["gpu"] == "A10G"
     assert any(res["cpu"] == 2.0 and "gpu" not in res for refs, res in tasks if refs != trained[0][0])
-    assert Path(results["model"]["checkpoint"]).is_file() and results["family"] == "diffusion"
-    assert set(results["evaluations"]) == {"seed", "standard"}
+    assert Path(results.details["model"]["checkpoint"]).is_file() and results.family == "diffusion"
+    assert set(results.evaluations) == {"seed", "standard"}
     assert (tmp_path / "runs" / "diffusion-cpu-smoke" / "results.json").is_file()
 
 

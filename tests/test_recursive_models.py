@@ -266,10 +266,10 @@ def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
                             "seed_protocol=", "forecast.rollout=direct"], smoke=True)
     results = run_experiment(cfg, RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1,
                                              progress=False))
-    rows = results["evaluations"][results["primary_protocol"]]["results"]
-    assert set(rows) == {"hrm-act", "trm", "oracle"} and all(r["episodes"] == 4 for r in rows.values())
+    rows = results.primary.rows
+    assert set(rows) == {"hrm-act", "trm", "oracle"} and all(r.episodes == 4 for r in rows.values())
     for kind in ("hrm-act", "trm"):
-        assert Path(results["training"][kind]["checkpoint"]).is_file()
+        assert Path(results.training[kind]["checkpoint"]).is_file()
     with pytest.raises(UserError, match="unknown model kind"):
         resolve("quick", ["models=[hrm,transformer]"])
     with pytest.raises(UserError, match="no stateful roll-out"):  # quick's default roll-out is stateful

@@ -16,6 +16,7 @@ from hrmlab.config import save_yaml
 from hrmlab.errors import UserError
 from hrmlab.evaluate.episodes import run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.result import RunResult, summarize
 from hrmlab.evaluate.runner import EvalConfig, evaluate
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
 from hrmlab.forecast.registry import parse_forecasters
@@ -56,12 +57,12 @@ def _make_run(run_dir):
         fh.write('{"step": 31, "loss"')  # a run killed mid-write leaves a torn last line
     forecast_metrics = {"model": {"one_step_mse": 0.01, "ade": 0.5, "fde": 1.2, "samples": 100},
                         "zero": {"one_step_mse": 0.5, "ade": 6.0, "fde": 10.0, "samples": 100}}
-    results = {"preset": "tiny", "description": "physics forecasters on a 12-cell world",
-               "primary_protocol": "standard", "evaluations": evaluations,
-               "forecasters": {s.name: {"checkpoint": None} for s in specs},
-               "training": {"hrm": {"parameters": 1234, "checkpoint": "/somewhere/best.pt", "key": "abc123",
-                                    "seconds": 12.5, "forecast_metrics": forecast_metrics}}}
-    (run_dir / "results.json").write_text(json.dumps(results))
+    results = RunResult(preset="tiny", description="physics forecasters on a 12-cell world",
+                        primary_protocol="standard", evaluations=evaluations,
+                        forecasters={s.name: {"checkpoint": None} for s in specs},
+                        training={"hrm": {"parameters": 1234, "checkpoint": "/somewhere/best.pt", "key": "abc123",
+                                          "seconds": 12.5, "forecast_metrics": forecast_metrics}})
+    (run_dir / "results.json").write_text(json.dumps(results.to_json()))
     return run_dir
 
 
@@ -132,15 +133,15 @@ def test_replay_gives_the_evaluators_outcomes(run_dir, protocol):
     res = run.evaluations[protocol]
     specs = parse_forecasters(FORECASTERS)
     planner = run.planner(protocol)
-    assert planner.time_index == res["planner"]["time_index"]  # seed-v3 ran with the seed's time index
+    assert planner.time_index == res.planner["time_index"]  # seed-v3 ran with the seed's time index
     steps = {s.name: run_closed_loop(get_protocol(protocol), run.world(), planner, PHYSICS_FORECASTERS[s.name](),
-                                     np.array(res["per_episode"]["indices"]), forecast_error=False).steps
+                                     np.array(res.indices), forecast_error=False).steps
              for s in specs}
-    for j, episode in enumerate(res["per_episode"]["indices"]):
+    for j, episode in enumerate(res.indices):
         replay = replay_episode(protocol, run.world(), planner, specs, episode, history_len=run.history_len())
         for s in specs:
             track = replay.tracks[s.name]
-            assert track.outcome == res["per_episode"][s.name][j], (protocol, episode, s.name)
+            assert track.outcome == res.rows[s.name].per_episode[j], (protocol, episode, s.name)
             assert track.steps == steps[s.name][j]
             assert len(track.agent) == track.steps + 1 and len(track.plans) == track.steps
             if track.steps:  # the drawn plan starts at the agent and its first move is the move made
@@ -150,7 +151,7 @@ def test_replay_gives_the_evaluators_outcomes(run_dir, protocol):
 def test_render_episode_from_run_dir_and_from_settings(run_dir, tmp_path):
     run = load_run(run_dir)
     res = run.evaluations["seed-v3"]
-    episode = res["per_episode"]["indices"][0]
+    episode = res.indices[0]
     out = render_episode(run_dir, episode, "zero,oracle", tmp_path / "ep.gif", protocol="seed-v3")
     replay = replay_episode("seed-v3", run.world(), run.planner("seed-v3"), parse_forecasters("zero,oracle"), episode)
     assert len(_gif_frames(out)) == replay.length + 1
@@ -176,11 +177,10 @@ def test_mp4_without_ffmpeg_names_the_fix(run_dir, tmp_path, monkeypatch):
 
 
 def test_pick_disagreements_ranks_success_against_crash():
-    results = {"results": {"hrm": {}, "lstm": {}, "zero": {}},
-               "per_episode": {"indices": [10, 11, 12, 13],
-                               "hrm": ["success", "success", "timeout", "success"],
-                               "lstm": ["success", "crash", "success", "crash"],
-                               "zero": ["success", "crash", "timeout", "success"]}}
+    results = summarize({"hrm": ["success", "success", "timeout", "success"],
+                         "lstm": ["success", "crash", "success", "crash"],
+                         "zero": ["success", "crash", "timeout", "success"]},
+                        protocol="standard", indices=[10, 11, 12, 13], vocabulary=("success", "crash", "timeout"))
     picks = pick_disagreements(results, k=4)
     # 11 and 13: two (success, crash) pairs each, ties by index; 12: success vs timeout; 10: all agree
     assert [p.episode for p in picks] == [11, 13, 12, 10]

@@ -216,13 +216,13 @@ def test_pipeline_trains_and_evaluates_each_mode_at_smoke_size(rollout, tmp_path
     results = run_experiment(cfg, RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1,
                                              progress=False))
     for model in ("hrm", "lstm"):
-        meta = read_metadata(results["training"][model]["checkpoint"])
+        meta = read_metadata(results.training[model]["checkpoint"])
         assert meta["rollout"] == ("direct" if rollout == "direct" else "window")  # what it was trained for
         assert meta["model"]["out_steps"] == (20 if rollout == "direct" else 1)
-        assert results["forecasters"][model]["rollout"] == rollout
-        row = results["evaluations"]["standard"]["results"][model]
-        assert sum(row["outcomes"].values()) == row["episodes"] == cfg.eval.episodes
-        assert np.isfinite(results["training"][model]["best_val_loss"])
+        assert results.forecasters[model]["rollout"] == rollout
+        row = results.evaluations["standard"].rows[model]
+        assert sum(row.outcomes.values()) == row.episodes == cfg.eval.episodes
+        assert np.isfinite(results.training[model]["best_val_loss"])
 
 
 def test_forecast_bench_reports_every_mode_with_exact_lstm_flops():

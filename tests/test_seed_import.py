@@ -56,8 +56,8 @@ def test_seed_v3_evaluation_with_the_original_weights_reproduces_every_episode(t
     results = evaluate(cfg, BounceGridConfig(), PlannerConfig(time_index="seed"), specs, make_backend(1))
     for kind in ("hrm", "lstm"):
         outcomes, steps = _expected(kind, 0, OUTCOMES["count"])
-        assert results["per_episode"][kind] == outcomes, kind
-        assert results["per_episode_steps"][kind] == steps, kind
+        assert results.rows[kind].per_episode == outcomes, kind
+        assert results.rows[kind].steps == steps, kind
 
 
 def test_original_checkpoints_evaluate_through_the_cli(tmp_path):

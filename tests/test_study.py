@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from hrmlab.cli import main
+from hrmlab.evaluate.result import summarize
 from hrmlab.presets import resolve
 from hrmlab.study import equal_budget, sign_test, summarize_world, train_field
 
@@ -25,22 +26,12 @@ def test_sign_test_counts_and_p_value():
     assert out["p_value"] == pytest.approx(0.25)  # exact: 2 · 0.5³
 
 
-def _evaluation(outcomes: dict[str, list[str]]) -> dict:
-    from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
-
-    n = len(next(iter(outcomes.values())))
-    results, pairwise = {}, []
-    names = list(outcomes)
-    for name, seq in outcomes.items():
-        s = sum(o == "success" for o in seq)
-        results[name] = {"successes": s, "episodes": n, "success_rate": s / n, "ci95": list(wilson_interval(s, n)),
-                         "forecast_ms_per_step": 1.0}
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            test = mcnemar_exact(np.array(outcomes[a]) == "success", np.array(outcomes[b]) == "success")
-            pairwise.append({"a": a, "b": b, **test})
-    return {"episodes": {"count": n}, "results": results, "pairwise": pairwise,
-            "per_episode": {"indices": list(range(n)), **outcomes}}
+def _evaluation(outcomes: dict[str, list[str]]):
+    evaluation = summarize(outcomes, protocol="standard", indices=range(len(next(iter(outcomes.values())))),
+                           vocabulary=("success", "crash", "timeout"))
+    for row in evaluation.rows.values():
+        row.forecast_ms_per_step = 1.0
+    return evaluation
 
 
 def test_summary_picks_the_strongest_physics_yardstick_and_seed_noise():

@@ -25,9 +25,9 @@ def _setup_logging(verbose: bool) -> None:
 
 def _write_json(path: str | None, data: dict) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w") as fh:
-            json.dump(data, fh, indent=2)
+        from hrmlab.fileio import write_json_atomic
+
+        write_json_atomic(path, data)
         log.info("wrote %s", path)
 
 
@@ -64,7 +64,7 @@ def cmd_evaluate(args) -> int:
     backend = make_backend(args.workers)
     results = evaluate(settings.eval, settings.world, settings.planner, specs, backend, policies=policies)
     print(format_table(results))
-    _write_json(args.json, results)
+    _write_json(args.json, results.to_json())
     return 0
 
 
@@ -100,7 +100,7 @@ def cmd_run(args) -> int:
         return run_on_modal(args.preset or "quick", args.set or [], smoke=args.smoke, out=opts.out)
     results = family.call("run", cfg, opts)
     family.call("print_summary", results, cfg)
-    print(f"\nrun directory: {opts.out}  (results.json, report.md, report.html) · {results['seconds']:.0f}s")
+    print(f"\nrun directory: {opts.out}  (results.json, report.md, report.html) · {results.seconds:.0f}s")
     return 0
 
 

@@ -36,7 +36,8 @@ class Family:
     smoke: str
     """module:function(config) → the same experiment at toy size."""
     run: str
-    """module:function(config, RunOptions, backend=None, train_runner=None) → results dict."""
+    """module:function(config, RunOptions, backend=None, train_runner=None) → `evaluate.result.RunResult`
+    (also written to results.json)."""
     print_summary: str
     """module:function(results, config) → None: the console summary of `hrmlab run`."""
     describe: str

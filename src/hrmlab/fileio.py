@@ -1,18 +1,25 @@
-"""Atomic file writes and file checksums: the one implementation every stage, cache and report uses.
+"""Atomic file writes, file checksums and file locks: the one implementation every stage, cache and report uses.
 
 A write goes to a temporary file in the same directory, is flushed to disk, and is moved into place
 with `os.replace`: a killed process leaves either the whole new file or the old one, never half a file.
+A checksum record (`file_record`: size and sha256) is what a manifest or a stage's done marker keeps of a
+file, and `file_matches` checks a file against it. `file_lock` keeps two processes from building the same
+thing at once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -57,3 +64,46 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def file_record(path: str | Path) -> dict:
+    """What a manifest or done marker keeps of a file: {"bytes", "sha256"}."""
+    return {"bytes": Path(path).stat().st_size, "sha256": sha256_file(path)}
+
+
+def file_matches(path: str | Path, record: dict | None) -> tuple[bool, str]:
+    """Whether `path` is the file `record` describes (size, then sha256); the reason when it is not."""
+    path = Path(path)
+    if record is None or not record.get("sha256"):
+        return False, "no checksum recorded"
+    if not path.exists():
+        return False, "missing"
+    size = path.stat().st_size
+    if size != record["bytes"]:
+        return False, f"size {size} bytes, expected {record['bytes']} (truncated or overwritten)"
+    if sha256_file(path) != record["sha256"]:
+        return False, "sha256 mismatch (corrupted)"
+    return True, ""
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path):
+    """Exclusive lock on lock file `path` (created): a second holder waits, so two processes never build
+    the same dataset or stage at once. On a filesystem without locks (some network volumes) it goes on
+    unlocked."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process holding %s", path)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:
+            log.debug("no lock on %s (%s)", path, exc)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

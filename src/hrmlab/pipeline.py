@@ -3,14 +3,15 @@
 Every stage's output lives in the cache under a key derived from exactly the config that produced it:
 a finished stage is reused, a changed setting recomputes only what depends on it, and a stage that was
 interrupted resumes (data: missing shards only; training: from its last checkpoint) or is redone —
-never silently reused, because a stage is marked finished only after its outputs are complete.
+never silently reused, because a stage is marked finished only after its outputs are complete
+(`stage_cache.py`: done marker with checksums; `data/shards.py` for the data). Evaluations are
+`EvaluationResult`s (`evaluate/result.py`); results.json is a `RunResult`.
 The run directory gathers the resolved config, logs, links to the checkpoints, results and report.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -20,15 +21,15 @@ from pathlib import Path
 from hrmlab.fileio import write_json_atomic
 from hrmlab.config import config_hash, save_yaml
 from hrmlab.errors import UserError
+from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
 from hrmlab.experiment import ExperimentConfig
 from hrmlab.forecast.registry import ForecasterSpec
 from hrmlab.planning.spacetime_astar import PlannerConfig
 from hrmlab.progress import make_progress
+from hrmlab.stage_cache import Stage, StageCorrupt, cached, stage_key
 
 log = logging.getLogger("hrmlab.pipeline")
-
-EVAL_FORMAT = 1  # bump when the evaluation output changes meaning, so old cached evaluations are redone
 
 
 @dataclass
@@ -49,13 +50,6 @@ class RunOptions:
 
 def default_cache() -> Path:
     return Path(os.environ.get("HRMLAB_CACHE", ".hrmlab_cache"))
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def _link(target: Path, link: Path) -> None:
@@ -148,16 +142,13 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
                 train_runner=run_train_job) -> dict:
     """Train one learned model (or reuse the cached one). Returns its summary (checkpoint path etc.).
 
-    `train_runner(job)` does the work: in this process by default, in a GPU container on Modal."""
+    `train_runner(job)` does the work: in this process by default, in a GPU container on Modal. The
+    stage's done marker holds the checkpoint's checksum: a corrupt checkpoint is retrained."""
     key = train_key(cfg, model)
     stage_dir = opts.cache / "models" / f"{model}-{key}"
-    done = stage_dir / "summary.json"
-    summary = _read_json(done)
-    if summary is not None and Path(summary.get("checkpoint", "")).is_file():
-        log.info("stage train/%s: cached (%s)", model, stage_dir)
-    else:
-        if done.exists():
-            log.warning("stage train/%s: %s is unreadable or its checkpoint is gone; retraining", model, done)
+    stage = Stage(f"train/{model}", stage_dir / "summary.json", key, folder=stage_dir)
+
+    def train() -> dict:
         t0 = time.perf_counter()
         job = TrainJob(model, cfg.model_config(model), cfg.train_config(model), cfg.world, cfg.data, data_paths,
                        stage_dir, gpus, cfg.hardware.gpus, cfg.device, opts.progress, cfg.forecast.rollout,
@@ -165,50 +156,48 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
         summary = train_runner(job)
         summary["seconds"] = round(time.perf_counter() - t0, 1)
         summary["key"] = key
-        write_json_atomic(done, summary)
-        log.info("stage train/%s: done in %.1fs (%s)", model, summary["seconds"], stage_dir)
+        return summary
+
+    summary = cached(stage, train, files=lambda summary: [summary["checkpoint"]])
     _link(stage_dir, opts.out / "train" / model)
     return summary
 
 
 # ----------------------------------------------------------------------------------------- evaluation
 def stage_evaluate(cfg: ExperimentConfig, eval_cfg: EvalConfig, planner: PlannerConfig,
-                   specs: list[ForecasterSpec], spec_keys: dict, opts: RunOptions, backend) -> dict:
-    key = config_hash({"format": EVAL_FORMAT, "world": cfg.world, "planner": planner,
-                       "eval": eval_cfg, "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
-                                                          + ([s.rollout] if s.rollout else [])
-                                                          + ([s.compute_scale] if s.compute_scale != 1.0 else [])
-                                                          for s in specs]})
-    path = opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json"
-    cached = _read_json(path)
-    if cached is not None and set(cached.get("results", {})) == {s.name for s in specs}:
-        log.info("stage evaluate/%s: cached (%s)", eval_cfg.protocol, path)
-        return cached
-    if path.exists():
-        log.warning("stage evaluate/%s: cached result %s is unreadable or incomplete; recomputing", eval_cfg.protocol,
-                    path)
-    t0 = time.perf_counter()
-    progress = make_progress(eval_cfg.episodes, f"evaluate {eval_cfg.protocol}", bar=opts.progress)
-    device = "cpu" if cfg.device == "auto" else cfg.device
-    try:
-        results = evaluate(eval_cfg, cfg.world, planner, specs, backend, device=device, progress=progress.update)
-    finally:
-        progress.close()
-    results["seconds"] = round(time.perf_counter() - t0, 1)
-    write_json_atomic(path, results)
-    log.info("stage evaluate/%s: done in %.1fs", eval_cfg.protocol, results["seconds"])
-    return results
+                   specs: list[ForecasterSpec], spec_keys: dict, opts: RunOptions, backend) -> EvaluationResult:
+    key = stage_key({"world": cfg.world, "planner": planner, "eval": eval_cfg,
+                     "forecasters": [[s.name, spec_keys.get(s.name), s.precision]
+                                     + ([s.rollout] if s.rollout else [])
+                                     + ([s.compute_scale] if s.compute_scale != 1.0 else []) for s in specs]},
+                    RESULT_FORMAT)
+    stage = Stage(f"evaluate/{eval_cfg.protocol}", opts.cache / "evals" / f"{eval_cfg.protocol}-{key}.json", key)
+
+    def run() -> dict:
+        t0 = time.perf_counter()
+        progress = make_progress(eval_cfg.episodes, f"evaluate {eval_cfg.protocol}", bar=opts.progress)
+        device = "cpu" if cfg.device == "auto" else cfg.device
+        try:
+            result = evaluate(eval_cfg, cfg.world, planner, specs, backend, device=device, progress=progress.update)
+        finally:
+            progress.close()
+        result.seconds = round(time.perf_counter() - t0, 1)
+        return result.to_json()
+
+    def parse(doc: dict) -> EvaluationResult:
+        result = EvaluationResult.from_json(doc)
+        if set(result.rows) != {s.name for s in specs}:
+            raise StageCorrupt(f"it holds {', '.join(result.rows)}, not the forecasters asked for")
+        return result
+
+    return cached(stage, run, parse)
 
 
 # ------------------------------------------------------------------------------------------- the run
-def seed_style_lines(results: dict, models: list[str]) -> list[str]:
+def seed_style_lines(results: EvaluationResult, models: list[str]) -> list[str]:
     """The seed's console lines, e.g. `LSTM: 36/50 (72%)`."""
-    lines = []
-    for model in models:
-        r = results["results"].get(model)
-        if r:
-            lines.append(f"{model.upper()}: {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%)")
-    return lines
+    return [f"{model.upper()}: {r.successes}/{r.episodes} ({100 * r.success_rate:.0f}%)"
+            for model in models if (r := results.rows.get(model)) is not None]
 
 
 def seed_protocol_specs(cfg: ExperimentConfig, specs: list[ForecasterSpec]) -> list[ForecasterSpec]:
@@ -216,8 +205,8 @@ def seed_protocol_specs(cfg: ExperimentConfig, specs: list[ForecasterSpec]) -> l
     return [dataclasses.replace(s, precision=cfg.seed_hrm_precision) if s.name == "hrm" else s for s in specs]
 
 
-def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=None) -> dict:
-    """The whole pipeline for a grid preset. Returns the results dict also written to results.json.
+def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=None) -> RunResult:
+    """The whole pipeline for a grid preset. Returns the run's results, also written to results.json.
 
     backend: where collection and evaluation fan out (`map`); train_runner: where training runs."""
     from hrmlab.backends.local import make_backend
@@ -246,17 +235,14 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
                                                         spec_keys, opts, backend)
     evaluations[cfg.eval.protocol] = stage_evaluate(cfg, cfg.eval, cfg.planner, specs, spec_keys, opts, backend)
 
-    results = {
-        "preset": cfg.name, "description": cfg.description, "provenance": cfg.provenance,
-        "published": cfg.published, "smoke": opts.smoke,
-        "forecasters": {s.name: {"checkpoint": s.checkpoint, "rollout": s.rollout, "precision": s.precision}
-                        if s.checkpoint else {"checkpoint": None} for s in specs},
-        "training": {m: trained[m] for m in cfg.models},
-        "primary_protocol": cfg.eval.protocol,
-        "evaluations": evaluations,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    write_json_atomic(opts.out / "results.json", results)
+    results = RunResult(
+        preset=cfg.name, description=cfg.description, provenance=cfg.provenance, published=cfg.published,
+        smoke=opts.smoke,
+        forecasters={s.name: {"checkpoint": s.checkpoint, "rollout": s.rollout, "precision": s.precision}
+                     if s.checkpoint else {"checkpoint": None} for s in specs},
+        training={m: trained[m] for m in cfg.models}, primary_protocol=cfg.eval.protocol, evaluations=evaluations,
+        seconds=round(time.perf_counter() - t_start, 1))
+    write_json_atomic(opts.out / "results.json", results.to_json())
     _write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 
@@ -268,15 +254,15 @@ def _write_report(run_dir: Path, animations: int = 2) -> None:
     write_report(run_dir, animations=animations)
 
 
-def print_summary(results: dict, cfg: ExperimentConfig) -> None:
-    seed = results["evaluations"].get(cfg.seed_protocol) if cfg.seed_protocol else None
+def print_summary(results: RunResult, cfg: ExperimentConfig) -> None:
+    seed = results.evaluations.get(cfg.seed_protocol) if cfg.seed_protocol else None
     if seed:
         print(f"\n{cfg.seed_protocol} (the original's protocol and episodes, planner time_index="
-              f"{seed['planner']['time_index']}):")
+              f"{seed.planner.get('time_index')}):")
         for line in seed_style_lines(seed, cfg.models):
             print(f"  {line}")
         published = {k: v for k, v in cfg.published.items() if k in cfg.models}
         if published:
             print("  published by the seed: " + ", ".join(f"{k.upper()}: {v}" for k, v in published.items()))
     print()
-    print(format_table(results["evaluations"][results["primary_protocol"]]))
+    print(format_table(results.primary))

@@ -42,6 +42,7 @@ from scipy import stats as sps
 
 from hrmlab.config import config_hash, to_dict
 from hrmlab.errors import UserError, choose
+from hrmlab.evaluate.result import EvaluationResult, Row
 from hrmlab.fileio import write_json_atomic
 
 log = logging.getLogger("hrmlab.study")
@@ -110,24 +111,25 @@ def sign_test(a: np.ndarray, b: np.ndarray) -> dict:
     return {"a_better": wins, "b_better": losses, "p_value": p}
 
 
-def _success(evaluation: dict, name: str) -> np.ndarray:
-    return np.array([o == "success" for o in evaluation["per_episode"][name]], dtype=bool)
+def _success(evaluation: EvaluationResult, name: str) -> np.ndarray:
+    return evaluation.rows[name].success()
 
 
-def summarize_world(evaluation: dict, models: list[str], seeds: int, training: dict, selection: dict) -> dict:
-    """Per-model seed statistics and the paired tests of one world's evaluation (runner result dict)."""
-    rows = evaluation["results"]
+def summarize_world(evaluation: EvaluationResult, models: list[str], seeds: int, training: dict,
+                    selection: dict) -> dict:
+    """Per-model seed statistics and the paired tests of one world's evaluation."""
+    rows = evaluation.rows
     physics = [n for n in rows if "@s" not in n]
-    yard = max((n for n in physics if n != "oracle"), key=lambda n: rows[n]["success_rate"], default=None)
-    pair = {frozenset((p["a"], p["b"])): p for p in evaluation["pairwise"]}
-    out = {"episodes": evaluation["episodes"]["count"], "best_physics": yard,
+    yard = max((n for n in physics if n != "oracle"), key=lambda n: rows[n].success_rate, default=None)
+    pair = {frozenset((p.a, p.b)): p for p in evaluation.pairwise}
+    out = {"episodes": evaluation.episodes.count, "best_physics": yard,
            "physics": {n: _row(rows[n]) for n in physics}, "models": {}, "between": []}
     mean_success = {}
     for model in models:
         labels = [seed_label(model, s) for s in range(seeds) if seed_label(model, s) in rows]
         if not labels:
             continue
-        rates = [rows[lab]["success_rate"] for lab in labels]
+        rates = [rows[lab].success_rate for lab in labels]
         per_episode = np.mean([_success(evaluation, lab) for lab in labels], axis=0)
         mean_success[model] = per_episode
         entry = {
@@ -161,12 +163,13 @@ def summarize_world(evaluation: dict, models: list[str], seeds: int, training: d
     return out
 
 
-def summarize_compute(main: dict, scaled: dict, models: list[str], seeds: int, scales: list[float]) -> dict:
+def summarize_compute(main: EvaluationResult, scaled: EvaluationResult | None, models: list[str], seeds: int,
+                      scales: list[float]) -> dict:
     """Per recursive model and compute scale: success over seeds, ADE/FDE, forecast cost, and the pooled sign
     test against the trained compute (×1, from the main evaluation; the same episodes, so paired)."""
     out = {}
     for model in [m for m in models if m in RECURSIVE_MODELS]:
-        base_labels = [seed_label(model, s) for s in range(seeds) if seed_label(model, s) in main["results"]]
+        base_labels = [seed_label(model, s) for s in range(seeds) if seed_label(model, s) in main.rows]
         if not base_labels:
             continue
         base = np.mean([_success(main, lab) for lab in base_labels], axis=0)
@@ -174,11 +177,11 @@ def summarize_compute(main: dict, scaled: dict, models: list[str], seeds: int, s
         for scale in sorted({1.0, *scales}):
             source = main if scale == 1.0 else scaled
             labels = [seed_label(model, s, scale) for s in range(seeds)]
-            labels = [lab for lab in labels if source and lab in source["results"]]
+            labels = [lab for lab in labels if source is not None and lab in source.rows]
             if not labels:
                 continue
-            rows = source["results"]
-            rates = [rows[lab]["success_rate"] for lab in labels]
+            rows = source.rows
+            rates = [rows[lab].success_rate for lab in labels]
             per_episode = np.mean([_success(source, lab) for lab in labels], axis=0)
             table[f"{scale:g}"] = {
                 "mean": statistics.fmean(rates), "sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
@@ -190,20 +193,22 @@ def summarize_compute(main: dict, scaled: dict, models: list[str], seeds: int, s
     return out
 
 
-def _row(row: dict) -> dict:
-    return {"successes": row["successes"], "episodes": row["episodes"], "rate": row["success_rate"],
-            "ci95": row["ci95"], "ade": row.get("forecast_ade"), "fde": row.get("forecast_fde")}
+def _row(row: Row) -> dict:
+    return {"successes": row.successes, "episodes": row.episodes, "rate": row.success_rate,
+            "ci95": list(row.ci95), "ade": row.forecast_ade, "fde": row.forecast_fde}
 
 
 def _mean_of(table: dict, labels: list[str], key: str):
-    values = [table[lab][key] for lab in labels if lab in table and table[lab].get(key) is not None]
+    """Mean of `key` over the labels' entries that have it: result rows (attributes) or training summaries."""
+    values = [getattr(table[lab], key) if isinstance(table[lab], Row) else table[lab].get(key)
+              for lab in labels if lab in table]
+    values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
 
 
 def _mcnemar(pair: dict, a: str, b: str) -> dict:
     p = pair[frozenset((a, b))]
-    a_only, b_only = (p["a_only"], p["b_only"]) if p["a"] == a else (p["b_only"], p["a_only"])
-    return {"a_only": a_only, "b_only": b_only, "p_value": p["p_value"]}
+    return {"a_only": p.only(a), "b_only": p.only(b), "p_value": p.p_value}
 
 
 def best_model(summary: dict) -> dict:
@@ -281,7 +286,7 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
         scaled = stage_evaluate(cfg, eval_cfg, cfg.planner, ttc_specs, ttc_keys, opts, backend)
         summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
     summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
-                   compute_minutes=round((sum(spent) + (evaluation.get("seconds") or 0)) / 60, 1))
+                   compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1))
     return summary
 
 

@@ -15,48 +15,50 @@ import logging
 from pathlib import Path
 
 from hrmlab.evaluate.protocols import SUITE_DESCRIPTIONS, SUITE_WORLDS
+from hrmlab.evaluate.result import Row, RunResult
 
 log = logging.getLogger("hrmlab.suites")
 
 COLUMNS = ("oracle", "bounce-aware", "constant-velocity", "lstm", "hrm")
 
 
-def _cell(row: dict | None) -> str:
-    if not row:
+def _cell(row: Row | None) -> str:
+    if row is None:
         return "—"
-    lo, hi = row["ci95"]
-    return f"{100 * row['success_rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
+    lo, hi = row.ci95
+    return f"{100 * row.success_rate:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
-def _ade(row: dict | None) -> str:
-    if not row or row.get("forecast_ade") is None:
+def _ade(row: Row | None) -> str:
+    if row is None or row.forecast_ade is None:
         return "—"
-    return f"{row['forecast_ade']:.2f} / {row['forecast_fde']:.2f}"
+    return f"{row.forecast_ade:.2f} / {row.forecast_fde:.2f}"
 
 
 PHYSICS = ("ignore", "zero", "constant-velocity", "bounce-aware")
 """Physics rules without privileged knowledge; the best of them on a suite's episodes is its yardstick."""
 
 
-def best_physics(results: dict) -> str | None:
+def best_physics(results: dict[str, Row]) -> str | None:
     """The physics rule (not the oracle) with the highest success on these episodes."""
     rules = [r for r in PHYSICS if r in results]
-    return max(rules, key=lambda r: results[r]["success_rate"]) if rules else None
+    return max(rules, key=lambda r: results[r].success_rate) if rules else None
 
 
-def gap_closed(results: dict) -> tuple[str, float | None]:
+def gap_closed(results: dict[str, Row]) -> tuple[str, float | None]:
     """(best learned model, share of the oracle − best-physics gap it closes)."""
-    oracle = results.get("oracle", {}).get("success_rate")
     yard = best_physics(results)
-    learned = {m: r["success_rate"] for m, r in results.items() if m not in PHYSICS and m != "oracle"}
-    if oracle is None or yard is None or not learned or oracle <= results[yard]["success_rate"]:
+    learned = {m: r.success_rate for m, r in results.items() if m not in PHYSICS and m != "oracle"}
+    if "oracle" not in results or yard is None or not learned:
+        return "", None
+    oracle, base = results["oracle"].success_rate, results[yard].success_rate
+    if oracle <= base:
         return "", None
     best = max(learned, key=learned.get)
-    base = results[yard]["success_rate"]
     return best, (learned[best] - base) / (oracle - base)
 
 
-def meets_bar(results: dict) -> bool:
+def meets_bar(results: dict[str, Row]) -> bool:
     """The scenario-suite bar, against the strongest physics rule: oracle ≥ 97 %, the best physics rule ≥ 15
     points below it, and the best learned model closes ≥ half of that gap with a 95 % interval that does
     not overlap the rule's."""
@@ -64,44 +66,43 @@ def meets_bar(results: dict) -> bool:
     if share is None:
         return False
     oracle, yard = results["oracle"], results[best_physics(results)]
-    return (oracle["success_rate"] >= 0.97 and oracle["success_rate"] - yard["success_rate"] >= 0.15
-            and share >= 0.5 and results[best]["ci95"][0] > yard["ci95"][1])
+    return (oracle.success_rate >= 0.97 and oracle.success_rate - yard.success_rate >= 0.15
+            and share >= 0.5 and results[best].ci95[0] > yard.ci95[1])
 
 
-def physics_gap(results: dict) -> str:
+def physics_gap(results: dict[str, Row]) -> str:
     """'bounce-aware: 26.4 points below the oracle' — how much a forecaster can win in this world."""
     yard = best_physics(results)
     if yard is None or "oracle" not in results:
         return "—"
-    return f"{yard}: {100 * (results['oracle']['success_rate'] - results[yard]['success_rate']):.1f} points"
+    return f"{yard}: {100 * (results['oracle'].success_rate - results[yard].success_rate):.1f} points"
 
 
-def suites_table(runs: dict[str, dict]) -> str:
+def suites_table(runs: dict[str, RunResult]) -> str:
     """Markdown for {suite protocol: results.json of its run}."""
     lines = ["| suite | episodes | " + " | ".join(COLUMNS) + " | best physics rule below the oracle | best learned "
              "closes | ADE / FDE (cells): " + ", ".join(c for c in COLUMNS[1:]) + " | meets the bar |",
              "|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|"]
     for protocol, run in runs.items():
-        evaluation = run["evaluations"][protocol]
-        rows = evaluation["results"]
+        evaluation = run.evaluations[protocol]
+        rows = evaluation.rows
         best, share = gap_closed(rows)
         closed = f"{best}: {100 * share:.0f}% of the gap" if share is not None else "—"
         ades = ", ".join(_ade(rows.get(c)) for c in COLUMNS[1:])
-        lines.append(f"| `{protocol}` | {evaluation['episodes']['count']} | "
+        lines.append(f"| `{protocol}` | {evaluation.episodes.count} | "
                      + " | ".join(_cell(rows.get(c)) for c in COLUMNS) + f" | {physics_gap(rows)} | {closed} | {ades} | "
                      + ("yes" if meets_bar(rows) else "no") + " |")
     return "\n".join(lines)
 
 
-def learned_comparison(runs: dict[str, dict]) -> str:
+def learned_comparison(runs: dict[str, RunResult]) -> str:
     """One clause per suite: LSTM vs HRM on the same episodes (exact McNemar), from each run's pairwise tests."""
     clauses = []
     for protocol, run in runs.items():
-        for pair in run["evaluations"][protocol].get("pairwise", []):
-            if {pair["a"], pair["b"]} == {"lstm", "hrm"}:
-                only = {pair["a"]: pair["a_only"], pair["b"]: pair["b_only"]}
-                clauses.append(f"`{protocol}` LSTM-only {only['lstm']} vs HRM-only {only['hrm']} successes, "
-                               f"p = {pair['p_value']:.2g}")
+        pair = run.evaluations[protocol].pair("lstm", "hrm")
+        if pair is not None:
+            clauses.append(f"`{protocol}` LSTM-only {pair.only('lstm')} vs HRM-only {pair.only('hrm')} successes, "
+                           f"p = {pair.p_value:.2g}")
     return "; ".join(clauses)
 
 
@@ -114,11 +115,11 @@ def describe_suites() -> str:
     return "\n".join(lines)
 
 
-def stage_minutes(run: dict, protocol: str) -> str:
-    """'HRM training 8.7 min, LSTM 9.2 min, evaluation 12.9 min' from a run's results.json."""
+def stage_minutes(run: RunResult, protocol: str) -> str:
+    """'HRM training 8.7 min, LSTM 9.2 min, evaluation 12.9 min' from a run's results."""
     parts = [f"{model.upper()} training {info['seconds'] / 60:.1f} min"
-             for model, info in run.get("training", {}).items() if info.get("seconds") is not None]
-    seconds = run["evaluations"][protocol].get("seconds")
+             for model, info in run.training.items() if info.get("seconds") is not None]
+    seconds = run.evaluations[protocol].seconds
     if seconds is not None:
         parts.append(f"evaluation {seconds / 60:.1f} min")
     return ", ".join(parts) or "—"
@@ -134,12 +135,12 @@ def training_recipe(cfg) -> str:
             f"{train(cfg.train_hrm)}")
 
 
-def suites_document(runs: dict[str, dict], smoke: bool = False, recipes: dict[str, str] | None = None,
+def suites_document(runs: dict[str, RunResult], smoke: bool = False, recipes: dict[str, str] | None = None,
                     overrides=()) -> str:
     """The whole docs/suites.md: what each suite is, how it was run, the table and the verdict."""
-    passing = [p for p, run in runs.items() if meets_bar(run["evaluations"][p]["results"])]
+    passing = [p for p, run in runs.items() if meets_bar(run.evaluations[p].rows)]
     command = "hrmlab suites" + (" --smoke" if smoke else "") + "".join(f" --set '{o}'" for o in overrides)
-    trained = any(run.get("training") for run in runs.values())
+    trained = any(run.training for run in runs.values())
     parts = [
         "# Scenario suites\n\n"
         "Worlds where forecasting matters. With the aligned planner the seed's world is easy (constant velocity "

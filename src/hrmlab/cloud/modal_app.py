@@ -123,7 +123,7 @@ def train_remote(job, resources: dict, commit_every_s: float):
 
 
 @app.function(volumes=VOLUMES, cpu=2.0, memory=8192, timeout=DAY_S, nonpreemptible=True)
-def run_pipeline(preset: str, overrides: list[str], smoke: bool = False) -> dict:
+def run_pipeline(preset: str, overrides: list[str], smoke: bool = False):
     """The orchestrator: the local pipeline, each stage's work sent to the functions above. A CPU container
     that mostly waits; non-preemptible so a restart never re-submits a long training."""
     return orchestrate.run_pipeline_with(preset, overrides, smoke, map_collect=fan_out(collect_shard),

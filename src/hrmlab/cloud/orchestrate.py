@@ -197,10 +197,11 @@ def run_dir_name(preset: str, smoke: bool = False) -> str:
 
 def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, map_eval: Mapper,
                       train_remote: TrainRemote, cache_root, out=None, sync: VolumeSync = LOCAL_SYNC,
-                      map_task: Mapper | None = None) -> dict:
+                      map_task: Mapper | None = None):
     """The whole pipeline with collection, training and evaluation sent through the given remote calls.
 
-    out: run directory (default cache_root/runs/<preset>[-smoke], i.e. on the Volume next to the cache)."""
+    out: run directory (default cache_root/runs/<preset>[-smoke], i.e. on the Volume next to the cache).
+    Returns the family's run result (`evaluate.result.RunResult`)."""
     cfg = resolve_config(preset, overrides, smoke)
     resources = resources_for(cfg)
     cloud = getattr(cfg, "cloud", None) or CloudConfig()
@@ -223,7 +224,7 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
 
 
 def _run_family(cfg, opts: RunOptions, backend: RoutedBackend, train_runner, map_task: Mapper | None,
-                train_resources: dict, sync: VolumeSync) -> dict:
+                train_resources: dict, sync: VolumeSync):
     family = family_of(cfg)
     if family.remote_training == "job":
         return family.call("run", cfg, opts, backend=backend, train_runner=train_runner)

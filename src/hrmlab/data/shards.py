@@ -10,12 +10,14 @@ A dataset directory `cache_root/data/<key>/` holds
 Every file is written under a temporary name and moved into place with `os.replace`, so a killed run
 leaves either a whole file or nothing at the final name. Checksums (sha256) recorded in the manifest catch
 files that were truncated or corrupted later; the caller regenerates what fails.
+
+`build_shard_set` / `load_shard_set` are the same store for a set of named arrays per shard (the diffusion
+families' expert data): made through `backend.map`, under the directory lock, resumable, verified.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -26,7 +28,9 @@ from typing import Iterable
 import numpy as np
 from tqdm.auto import tqdm
 
-from hrmlab.fileio import atomic_open, sha256_file  # noqa: F401  (sha256_file: re-exported for callers)
+from hrmlab.errors import UserError
+from hrmlab.fileio import atomic_open, file_lock, file_matches, sha256_file, write_json_atomic  # noqa: F401
+from hrmlab.progress import make_progress
 
 log = logging.getLogger(__name__)
 
@@ -74,42 +78,16 @@ def remove_stale_temp_files(root: Path) -> None:
     """Delete temporary files left by a killed run (never at a final name, so never mistaken for data)."""
     for folder in (Path(root), Path(root) / SHARD_DIR):
         if folder.is_dir():
-            for tmp in folder.glob(".*.tmp-*"):
-                tmp.unlink(missing_ok=True)
-
-
-def file_matches(path: Path, record: dict | None) -> tuple[bool, str]:
-    """Whether `path` is the file `record` describes (size, then sha256); the reason when it is not."""
-    if record is None or not record.get("sha256"):
-        return False, "no checksum recorded"
-    if not path.exists():
-        return False, "missing"
-    size = path.stat().st_size
-    if size != record["bytes"]:
-        return False, f"size {size} bytes, expected {record['bytes']} (truncated or overwritten)"
-    if sha256_file(path) != record["sha256"]:
-        return False, "sha256 mismatch (corrupted)"
-    return True, ""
+            for pattern in (".*.tmp", ".*.tmp-*"):  # fileio.atomic_open's temporary names, and older ones
+                for tmp in folder.glob(pattern):
+                    tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def directory_lock(root: Path):
     """Exclusive lock on a dataset directory: two collectors of the same dataset never interleave."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process collecting %s", root)
-            fcntl.flock(fh, fcntl.LOCK_EX)
-        except OSError as exc:  # a filesystem without locks (some network volumes): go on unlocked
-            log.debug("no lock on %s (%s)", root, exc)
-            yield
-            return
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(Path(root) / ".lock"):
+        yield
 
 
 class ShardCorrupted(Exception):
@@ -153,3 +131,68 @@ def merge_shards(shard_files: Iterable[tuple[Path, dict]], out_path: Path, shape
         if rows != shape[0]:
             raise ValueError(f"shards hold {rows} rows, expected {shape[0]}")
     return {"bytes": out_path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+# ---------------------------------------------------------------------------------- sets of array shards
+def _shard_intact(root: Path, record: dict | None, arrays: tuple[str, ...]) -> bool:
+    return record is not None and all(file_matches(root / SHARD_DIR / record[a]["file"], record[a])[0]
+                                      if a in record else False for a in arrays)
+
+
+def build_shard_set(root: Path, key: str, config: dict, tasks: dict[int, dict], worker, arrays: tuple[str, ...],
+                    backend, progress: bool = True, desc: str = "shards") -> dict:
+    """Make, finish or verify the shard set `key` in `root` under its lock; returns the finished manifest.
+
+    tasks: shard number → picklable backend task; `worker(task)` returns the shard's arrays (named in
+    `arrays`) and its "shard" number. Each array is one atomic .npy (`shards/shard-NNNNN-<array>.npy`) with
+    its size and sha256 in the manifest, written as results arrive; a shard with a missing or corrupt file
+    is made again, the rest kept; DONE is written last. A manifest of another key starts the set over."""
+    root = Path(root)
+    with directory_lock(root):
+        remove_stale_temp_files(root)
+        manifest = read_manifest(root)
+        if manifest is None or manifest.get("key") != key:
+            manifest = {"key": key, "config": config, "shards": {}}
+            (root / DONE).unlink(missing_ok=True)
+        todo = [task for s, task in tasks.items() if not _shard_intact(root, manifest["shards"].get(str(s)), arrays)]
+        if not todo and (root / DONE).exists():
+            return manifest
+        (root / DONE).unlink(missing_ok=True)
+        (root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        if todo:
+            log.info("%s %s: %d of %d shards to make", desc, key, len(todo), len(tasks))
+        bar = make_progress(len(todo), desc, bar=progress, unit="shards")
+        for result in backend.map(worker, todo):
+            s = result.pop("shard")
+            record = {}
+            for name in arrays:
+                file = f"shard-{s:05d}-{name}.npy"
+                record[name] = {"file": file, "name": f"{s}/{name}",
+                                **write_npy_atomic(root / SHARD_DIR / file, result[name])}
+            manifest["shards"][str(s)] = record
+            write_json_atomic(root / MANIFEST, manifest)
+            bar.update(1)
+        bar.close()
+        manifest["rows"] = int(sum(np.load(root / SHARD_DIR / manifest["shards"][str(s)][arrays[0]]["file"],
+                                           mmap_mode="r").shape[0] for s in tasks))
+        write_json_atomic(root / MANIFEST, manifest)
+        (root / DONE).write_text(key + "\n")
+    return manifest
+
+
+def load_shard_set(root: Path, arrays: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    """Every array of a finished shard set, concatenated in shard order, each file checked against its
+    checksum; an incomplete or corrupt set is a UserError (a rerun of the stage finishes or repairs it)."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    if manifest is None or not (root / DONE).exists():
+        raise UserError(f"{what} {root} is incomplete; rerun to finish it")
+    parts = {a: [] for a in arrays}
+    for s in sorted(manifest["shards"], key=int):
+        for a in arrays:
+            path = root / SHARD_DIR / manifest["shards"][s][a]["file"]
+            ok, reason = file_matches(path, manifest["shards"][s][a])
+            if not ok:
+                raise UserError(f"{what} shard {path} is {reason}; rerun to regenerate it")
+            parts[a].append(np.load(path))
+    return {a: np.concatenate(parts[a]) for a in arrays}

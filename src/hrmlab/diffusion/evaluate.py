@@ -17,12 +17,12 @@ Protocols:
   is executed the same way.
 
 Each method reports successes, a 95% Wilson interval, outcomes by first failure, and planning time;
-every pair of methods gets an exact McNemar test.
+every pair of methods gets an exact McNemar test — `evaluate/result.summarize`, the grid's summariser,
+so the result is the same `EvaluationResult`.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +35,7 @@ from hrmlab.diffusion.noise import PathDiffusion
 from hrmlab.diffusion.refine import distance_field, refine_paths
 from hrmlab.diffusion.sample import SamplingConfig, line_paths, plan_with_diffusion
 from hrmlab.errors import UserError
-from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
+from hrmlab.evaluate.result import EvaluationResult, summarize
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
@@ -136,30 +136,9 @@ def _first_failure(checks: dict) -> np.ndarray:
     return out
 
 
-def summarise(outcomes: dict, steps: dict, plan_seconds: dict) -> tuple[dict, list]:
-    """Per-method statistics and pairwise exact McNemar tests."""
-    results = {}
-    for name, outcome in outcomes.items():
-        success = outcome == "success"
-        n, k = len(outcome), int(success.sum())
-        lo, hi = wilson_interval(k, n)
-        results[name] = {
-            "successes": k, "episodes": n, "success_rate": k / n if n else 0.0, "ci95": [lo, hi],
-            "outcomes": {o: int((outcome == o).sum()) for o in OUTCOMES if (outcome == o).any()},
-            "mean_steps_success": float(steps[name][success].mean()) if k and name in steps else None,
-            "plan_ms_per_episode": 1000 * plan_seconds.get(name, 0.0) / max(1, n),
-            "per_episode_success": success.astype(int).tolist(),
-        }
-    pairwise = []
-    for a, b in itertools.combinations(outcomes, 2):
-        test = mcnemar_exact(outcomes[a] == "success", outcomes[b] == "success")
-        pairwise.append({"a": a, "b": b, **test})
-    return results, pairwise
-
-
 def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfig, sampling: SamplingConfig,
                       cfg: DiffusionEvalConfig, planner=None, noise_cfg=None, path_points: int = 64,
-                      progress: bool = False, record_dir=None, records: int = 0) -> dict:
+                      progress: bool = False, record_dir=None, records: int = 0) -> EvaluationResult:
     """Run every method on the protocol's episodes; `planner` (a PlannerModule) None skips diffusion.
 
     With `record_dir` and `records` > 0, that many episodes (those where diffusion and line+refine
@@ -208,13 +187,14 @@ def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfi
         else:
             outcomes[name], steps[name] = execute_standard(list(np.asarray(paths[name])), world, state,
                                                            cfg.collision_radius, expert.goal_tolerance)
-    results, pairwise = summarise(outcomes, steps, seconds)
     first = cfg.seed_first if protocol == "seed" else 0
-    result = {"protocol": protocol, "episodes": {"start": first, "count": state.batch, "description": description},
-              "results": results, "pairwise": pairwise}
+    result = summarize(outcomes, protocol=protocol, indices=range(first, first + state.batch), vocabulary=OUTCOMES,
+                       steps=steps, description=description)
+    for name, row in result.rows.items():
+        row.plan_ms_per_episode = 1000 * seconds.get(name, 0.0) / max(1, row.episodes)
     if record_dir is not None and records > 0 and "diffusion" in paths:
-        result["records"] = write_records(record_dir, protocol, world, state, paths["diffusion"], samples, oracle,
-                                          outcomes, records, cfg.collision_radius)
+        result.records = write_records(record_dir, protocol, world, state, paths["diffusion"], samples, oracle,
+                                       outcomes, records, cfg.collision_radius)
     return result
 
 
@@ -247,13 +227,13 @@ def write_records(record_dir, protocol: str, world: BlobWorldConfig, state: blob
     return names
 
 
-def format_table(result: dict) -> str:
+def format_table(result: EvaluationResult) -> str:
     """Plain-text table of one protocol's results (for logs and the report)."""
-    lines = [f"protocol {result['protocol']} — {result['episodes']['description']}",
+    lines = [f"protocol {result.protocol} — {result.episodes.description}",
              f"{'method':<14} {'success':>9} {'rate':>6}  {'95% CI':<15} outcomes"]
-    for name, r in result["results"].items():
-        lo, hi = r["ci95"]
-        other = ", ".join(f"{k} {v}" for k, v in r["outcomes"].items() if k != "success")
-        lines.append(f"{name:<14} {r['successes']:>4}/{r['episodes']:<4} {100 * r['success_rate']:>5.1f}%  "
+    for name, r in result.rows.items():
+        lo, hi = r.ci95
+        other = ", ".join(f"{k} {v}" for k, v in r.outcomes.items() if k != "success" and v)
+        lines.append(f"{name:<14} {r.successes:>4}/{r.episodes:<4} {100 * r.success_rate:>5.1f}%  "
                      f"[{100 * lo:4.1f}, {100 * hi:5.1f}]  {other}")
     return "\n".join(lines)

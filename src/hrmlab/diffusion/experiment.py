@@ -2,10 +2,11 @@
 
 `run_diffusion(cfg, run_dir, cache_root, backend)` runs the whole pipeline. Stage outputs live under
 `cache_root/diffusion/` in folders named by the hash of exactly the settings that produce them
-(expert data: world + expert + data; model: those + model + noise + train; evaluation: everything), so
-a finished stage is reused, a changed setting recomputes, and an interrupted stage resumes (expert
-shards are checksummed, training resumes from `last.pt`). The run directory receives the resolved
-config and `results.json`.
+(expert data: world + expert + data; model: those + model + noise + train; evaluation: everything), in
+the grid pipeline's stores: the expert data is a `data/shards.py` shard set, training and evaluation are
+`stage_cache.py` stages (done marker with checksums). So a finished stage is reused, a changed setting
+recomputes, an interrupted stage resumes (training from `last.pt`) and a corrupt one is logged and
+redone. The run directory receives the resolved config and `results.json` (a `RunResult`, written once).
 
 Ready configs: `diffusion-v0`, `diffusion-v1`, `diffusion-v2` (the seed's `diffusion_cloud.py`, its
 quirks included: seed conditioning, the mismatched sampler, the unclipped planner roll-out) and
@@ -16,7 +17,6 @@ cores). `smoke_config` shrinks any of them to seconds.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import time
@@ -37,6 +37,8 @@ from hrmlab.diffusion.sample import SamplingConfig
 from hrmlab.diffusion.train import DiffusionTrainConfig, load_planner, train_diffusion
 from hrmlab.diffusion.unet1d import ModelConfig, count_parameters
 from hrmlab.errors import UserError
+from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
+from hrmlab.stage_cache import Stage, StageCorrupt, cached, stage_key
 from hrmlab.train.distributed import pick_device
 from hrmlab.experiment import CloudConfig
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -160,26 +162,61 @@ def training_noise(noise: NoiseConfig) -> dict:
     return fields
 
 
+TRAIN_FORMAT = 1
+"""Part of the training stage's key: bump it when the trained planner's file changes meaning."""
+
+
 def stage_keys(cfg: DiffusionExperimentConfig) -> dict:
-    """Cache keys of the three stages (hashes of exactly the settings each depends on)."""
+    """Cache keys of the three stages (hashes of exactly the settings each depends on, and its format)."""
     data_key = expert_data_key(cfg.world, cfg.expert, cfg.data)
-    train_key = config_hash({"data": data_key, "model": to_dict(cfg.model), "noise": training_noise(cfg.noise),
-                             "train": to_dict(cfg.train)})
-    eval_key = config_hash({"train": train_key, "world": to_dict(cfg.world), "expert": to_dict(cfg.expert),
-                            "sampling": to_dict(cfg.sampling), "eval": to_dict(cfg.eval),
-                            "noise": to_dict(cfg.noise)})
+    train_key = stage_key({"data": data_key, "model": to_dict(cfg.model), "noise": training_noise(cfg.noise),
+                           "train": to_dict(cfg.train)}, TRAIN_FORMAT)
+    eval_key = stage_key({"train": train_key, "world": to_dict(cfg.world), "expert": to_dict(cfg.expert),
+                          "sampling": to_dict(cfg.sampling), "eval": to_dict(cfg.eval), "noise": to_dict(cfg.noise)},
+                         RESULT_FORMAT)
     return {"expert_data": data_key, "train": train_key, "eval": eval_key}
 
 
-def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, smoke: bool = False,
-                  progress: bool = True, train_runner: Callable[[DiffusionTrainTask], str] | None = None) -> dict:
-    """Expert data → training → evaluation; returns the JSON-serialisable results (also written to
-    run_dir/results.json, with the resolved config in run_dir/config.yaml).
+def stage_train(cfg: DiffusionExperimentConfig, task: DiffusionTrainTask, key: str,
+                train_runner: Callable[[DiffusionTrainTask], str]) -> tuple[Path, object, ModelConfig]:
+    """The training stage: (planner.pt, the loaded planner, its model config), trained or from the cache.
+    A planner whose checksum or training noise does not match is retrained, not an error."""
+    train_dir = Path(task.out_dir)
 
-    Results: `evaluations` maps each protocol to {protocol, episodes, results: {method: {successes,
-    episodes, success_rate, ci95, outcomes, …}}, pairwise: [McNemar per pair]}; the headline protocol
-    (eval.protocols[0], `primary_protocol`) is repeated at the top level as `protocol`, `results`,
-    `pairwise`. `records` lists the .npz episode records written for animations.
+    def load(doc: dict):
+        path = train_dir / doc["planner"]
+        planner, model_cfg, trained_noise = load_planner(path, device=pick_device(cfg.train.device))
+        if training_noise(trained_noise) != training_noise(cfg.noise):
+            raise StageCorrupt(f"{path} was trained with {trained_noise}, not {cfg.noise}")
+        return path, planner, model_cfg
+
+    return cached(Stage("train/diffusion", train_dir / "stage.json", key, folder=train_dir),
+                  lambda: {"planner": Path(train_runner(task)).name}, load,
+                  files=lambda doc: [train_dir / doc["planner"]])
+
+
+def stage_evaluate(cfg: DiffusionExperimentConfig, protocol: str, planner, eval_dir: Path, key: str,
+                   progress: bool) -> EvaluationResult:
+    """One protocol's evaluation stage (its episode records are checksummed with it)."""
+    def run() -> dict:
+        return evaluation.evaluate_protocol(protocol, cfg.world, cfg.expert, cfg.sampling, cfg.eval, planner=planner,
+                                            noise_cfg=cfg.noise, path_points=cfg.data.path_points, progress=progress,
+                                            record_dir=eval_dir / "records", records=cfg.eval.records).to_json()
+
+    return cached(Stage(f"evaluate/{protocol}", eval_dir / f"results-{protocol}.json", key), run,
+                  EvaluationResult.from_json, files=lambda doc: [eval_dir / "records" / n for n in doc.get("records", [])])
+
+
+def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, smoke: bool = False,
+                  progress: bool = True, train_runner: Callable[[DiffusionTrainTask], str] | None = None,
+                  shrunk: bool = False) -> RunResult:
+    """Expert data → training → evaluation; returns the run's results, written once to run_dir/results.json
+    (with the resolved config in run_dir/config.yaml).
+
+    `evaluations` maps each protocol to its `EvaluationResult` (methods diffusion, diffusion-raw, line,
+    line+refine, oracle); the headline protocol is eval.protocols[0] (`primary_protocol`). `records` lists
+    the .npz episode records written for animations. smoke: shrink `cfg` first; shrunk: `cfg` already is
+    (both mark the results as a smoke run).
     train_runner: runs the training task (default: in this process; on Modal: a GPU container)."""
     if smoke:
         cfg = smoke_config(cfg)
@@ -206,27 +243,15 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         train_dir = cache / "train" / keys["train"]
         task = DiffusionTrainTask(str(manifest), cfg.model, cfg.noise, cfg.train, cfg.world.map_size,
                                   str(train_dir), progress=progress)
-        planner_path = Path((train_runner or run_train_task)(task))
+        planner_path, planner, model_cfg = stage_train(cfg, task, keys["train"], train_runner or run_train_task)
         timings["train_s"] = round(time.perf_counter() - t0, 1)
-        planner, model_cfg, trained_noise = load_planner(planner_path, device=pick_device(cfg.train.device))
-        noise_cfg = cfg.noise  # sampling follows this run's settings; training fixed only these:
-        if training_noise(trained_noise) != training_noise(noise_cfg):
-            raise RuntimeError(f"{planner_path} was trained with {trained_noise}, not {noise_cfg}; corrupt cache?")
 
         evaluations, records = {}, []
         t0 = time.perf_counter()
         eval_dir = cache / "eval" / keys["eval"]
         for protocol in cfg.eval.protocols:
-            cached = eval_dir / f"results-{protocol}.json"
-            if cached.exists():
-                result = json.loads(cached.read_text())
-            else:
-                result = evaluation.evaluate_protocol(protocol, cfg.world, cfg.expert, cfg.sampling, cfg.eval,
-                                                      planner=planner, noise_cfg=noise_cfg,
-                                                      path_points=cfg.data.path_points, progress=progress,
-                                                      record_dir=eval_dir / "records", records=cfg.eval.records)
-                write_json_atomic(cached, result)
-            for name in result.get("records", []):
+            result = stage_evaluate(cfg, protocol, planner, eval_dir, keys["eval"], progress)
+            for name in result.records:
                 (run_dir / "records").mkdir(exist_ok=True)
                 shutil.copyfile(eval_dir / "records" / name, run_dir / "records" / name)
                 records.append(f"records/{name}")
@@ -235,38 +260,22 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
     finally:
         torch.set_num_threads(old_threads)
-    primary = cfg.eval.protocols[0]
-    head = evaluations[primary]
-    results = {
-        "preset": cfg.name,
-        "family": "diffusion",
-        "description": cfg.description,
-        "provenance": cfg.provenance,
-        "published": cfg.published,
-        "smoke": smoke,
-        "config_hash": config_hash(cfg),
-        "stage_keys": keys,
-        "primary_protocol": primary,
-        "evaluations": evaluations,
-        "protocol": head["protocol"],
-        "episodes": head["episodes"],
-        "results": head["results"],
-        "pairwise": head["pairwise"],
-        "model": {"architecture": model_cfg.architecture, "conditioning": model_cfg.conditioning,
-                  "parameters": count_parameters(planner.denoiser), "checkpoint": str(planner_path)},
-        "noise": to_dict(noise_cfg),
-        "expert_paths": int(len(data["paths"])),
-        "training": {"diffusion": {"metrics": str(train_dir / "metrics.jsonl"), "steps": cfg.train.steps}},
-        "records": records,
-        "timings": timings,
-        "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    write_json_atomic(run_dir / "results.json", results)
+    results = RunResult(
+        preset=cfg.name, family="diffusion", description=cfg.description, provenance=cfg.provenance,
+        published=cfg.published, smoke=smoke or shrunk, primary_protocol=cfg.eval.protocols[0],
+        evaluations=evaluations, records=records,
+        training={"diffusion": {"metrics": str(train_dir / "metrics.jsonl"), "steps": cfg.train.steps}},
+        seconds=round(time.perf_counter() - t_start, 1),
+        details={"config_hash": config_hash(cfg), "stage_keys": keys,
+                 "model": {"architecture": model_cfg.architecture, "conditioning": model_cfg.conditioning,
+                           "parameters": count_parameters(planner.denoiser), "checkpoint": str(planner_path)},
+                 "noise": to_dict(cfg.noise), "expert_paths": int(len(data["paths"])), "timings": timings})
+    write_json_atomic(run_dir / "results.json", results.to_json())
     return results
 
 
 def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts, backend=None,
-                           train_runner: Callable[[DiffusionTrainTask], str] | None = None) -> dict:
+                           train_runner: Callable[[DiffusionTrainTask], str] | None = None) -> RunResult:
     """`hrmlab run` for a diffusion preset: `opts` is the pipeline's RunOptions (out, cache, smoke, workers,
     progress); `cfg` is already shrunk when opts.smoke. Writes results.json and the report.
     backend / train_runner: where expert generation and training run (default: local processes, this
@@ -274,25 +283,23 @@ def run_diffusion_pipeline(cfg: DiffusionExperimentConfig, opts, backend=None,
     from hrmlab.backends.local import make_backend
     from hrmlab.report.report import write_report
 
-    results = run_diffusion(cfg, opts.out, opts.cache, backend or make_backend(opts.workers), smoke=False,
-                            progress=opts.progress, train_runner=train_runner)
-    results["smoke"] = bool(opts.smoke)
-    write_json_atomic(Path(opts.out) / "results.json", results)
+    results = run_diffusion(cfg, opts.out, opts.cache, backend or make_backend(opts.workers), progress=opts.progress,
+                            train_runner=train_runner, shrunk=bool(opts.smoke))
     write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 
 
-def print_diffusion_summary(results: dict, cfg=None) -> None:
+def print_diffusion_summary(results: RunResult, cfg=None) -> None:
     """The console summary of `hrmlab run` for a diffusion preset."""
-    for protocol, result in results["evaluations"].items():
+    for protocol, result in results.evaluations.items():
         print()
         print(evaluation.format_table(result))
-        significant = [p for p in result["pairwise"] if p["p_value"] < 0.05 and "diffusion" in (p["a"], p["b"])]
+        significant = [p for p in result.pairwise if p.p_value < 0.05 and "diffusion" in (p.a, p.b)]
         for p in significant:
-            winner = p["a"] if p["a_only"] > p["b_only"] else p["b"]
-            print(f"  {p['a']} vs {p['b']}: {winner} better (exact McNemar p = {p['p_value']:.3g})")
-    if results.get("published"):
-        print("\npublished by the seed: " + "; ".join(f"{k}: {v}" for k, v in results["published"].items()))
-    model = results["model"]
+            winner = p.a if p.a_only > p.b_only else p.b
+            print(f"  {p.a} vs {p.b}: {winner} better (exact McNemar p = {p.p_value:.3g})")
+    if results.published:
+        print("\npublished by the seed: " + "; ".join(f"{k}: {v}" for k, v in results.published.items()))
+    model = results.details["model"]
     print(f"model: {model['architecture']} ({model['conditioning']} conditioning), {model['parameters']:,} "
-          f"parameters; {results['expert_paths']:,} expert paths")
+          f"parameters; {results.details['expert_paths']:,} expert paths")

@@ -14,14 +14,12 @@ would only discard when popped (closed nodes, dominated g, t ≥ max_steps) are 
 nothing but the work done. Among equal-cost parents the first found is kept (the seed kept the
 lexicographically smaller path list), so the cells of a path can differ in rare ties, never its length.
 
-Expert data generation (shards of training-split episodes through `backend.map`, a sha256 manifest,
-resumable) is at the bottom of this file.
+Expert data generation (shards of training-split episodes through `backend.map`, stored as a
+`data/shards.py` shard set: checksummed, locked, resumable) is at the bottom of this file.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -30,8 +28,8 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from hrmlab.fileio import sha256_file, write_bytes_atomic
 from hrmlab.config import config_hash, from_dict, to_dict
+from hrmlab.data import shards
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
@@ -328,8 +326,10 @@ def expert_shard(task: dict) -> dict:
     }
 
 
-DATA_FORMAT_VERSION = 1
-"""Part of the data cache key: bump it when episode generation or the shard layout changes."""
+DATA_FORMAT_VERSION = 2
+"""Part of the data cache key: bump it when episode generation or the shard layout changes (2: a
+`data/shards.py` shard set of .npy arrays instead of .npz files)."""
+EXPERT_ARRAYS = ("grids", "start_goal", "paths", "episodes", "path_cells")
 
 
 def expert_data_key(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig) -> str:
@@ -340,75 +340,23 @@ def expert_data_key(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDa
 
 def generate_expert_data(world: BlobWorldConfig, expert: ExpertConfig, data: ExpertDataConfig,
                          out_dir, backend, progress: bool = True) -> Path:
-    """Generate (or resume) the expert data set in `out_dir`; returns the manifest path.
+    """Generate (or resume, or verify) the expert data set in `out_dir`; returns its manifest path.
 
-    Shards are `shard-XXXXX.npz`, written atomically as results arrive; `manifest.json` lists each
-    finished shard with its sha256 and is marked complete at the end. A rerun skips shards whose file
-    matches its checksum and redoes the rest."""
-    from tqdm import tqdm
-
+    A `data/shards.py` shard set: one atomic .npy per array and shard with its sha256 in `manifest.json`,
+    made under the directory's lock, DONE written last; a rerun keeps the shards that match their checksum
+    and redoes the rest."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest_path = out_dir / "manifest.json"
-    key = expert_data_key(world, expert, data)
-    manifest = {"config_hash": key, "config": {"world": to_dict(world), "expert": to_dict(expert),
-                                                "data": to_dict(data)}, "shards": {}, "complete": False}
-    if manifest_path.exists():
-        try:
-            old = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        if old.get("config_hash") == key:
-            for name, entry in old.get("shards", {}).items():
-                f = out_dir / entry["file"]
-                if f.exists() and sha256_file(f) == entry["sha256"]:
-                    manifest["shards"][name] = entry
-        if old.get("complete") and len(manifest["shards"]) == len(old.get("shards", {})):
-            return manifest_path
     n_shards = max(1, math.ceil(data.num_paths / data.paths_per_shard))
     attempts = data.paths_per_shard * data.attempts_per_path
-    tasks = []
-    for s in range(n_shards):
-        if str(s) in manifest["shards"]:
-            continue
-        target = min(data.paths_per_shard, data.num_paths - s * data.paths_per_shard)
-        tasks.append({"shard": s, "world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data),
-                      "first_episode": s * attempts, "attempts": attempts, "target": target})
-    if tasks:
-        log.info("expert data %s: %d of %d shards to generate", key, len(tasks), n_shards)
-    bar = tqdm(total=len(tasks), desc="expert paths", unit="shard", disable=not progress or not tasks)
-    for result in backend.map(expert_shard, tasks):
-        s = result.pop("shard")
-        name = f"shard-{s:05d}.npz"
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **result)
-        write_bytes_atomic(out_dir / name, buf.getvalue())
-        manifest["shards"][str(s)] = {"file": name, "sha256": sha256_file(out_dir / name),
-                                      "paths": int(len(result["paths"]))}
-        write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
-        bar.update(1)
-    bar.close()
-    manifest["complete"] = True
-    manifest["total_paths"] = int(sum(e["paths"] for e in manifest["shards"].values()))
-    write_bytes_atomic(manifest_path, json.dumps(manifest, indent=1).encode())
-    return manifest_path
+    config = {"world": to_dict(world), "expert": to_dict(expert), "data": to_dict(data)}
+    tasks = {s: {"shard": s, **config, "first_episode": s * attempts, "attempts": attempts,
+                 "target": min(data.paths_per_shard, data.num_paths - s * data.paths_per_shard)}
+             for s in range(n_shards)}
+    shards.build_shard_set(out_dir, expert_data_key(world, expert, data), config, tasks, expert_shard, EXPERT_ARRAYS,
+                           backend, progress=progress, desc="expert paths")
+    return out_dir / shards.MANIFEST
 
 
 def load_expert_data(manifest_path) -> dict:
-    """Merge the shards of a complete manifest into arrays (shard order), verifying checksums."""
-    from hrmlab.errors import UserError
-
-    manifest_path = Path(manifest_path)
-    manifest = json.loads(manifest_path.read_text())
-    if not manifest.get("complete"):
-        raise UserError(f"expert data {manifest_path.parent} is incomplete; rerun to resume generation")
-    parts = []
-    for s in sorted(manifest["shards"], key=int):
-        entry = manifest["shards"][s]
-        f = manifest_path.parent / entry["file"]
-        if not f.exists() or sha256_file(f) != entry["sha256"]:
-            raise UserError(f"expert shard {f} is missing or corrupt; delete {manifest_path} and rerun")
-        with np.load(f) as z:
-            parts.append({k: z[k] for k in z.files})
-    keys = ("grids", "start_goal", "paths", "episodes", "path_cells")
-    return {k: np.concatenate([p[k] for p in parts]) for k in keys}
+    """The arrays of a finished expert data set (shard order), each shard checked against its checksum."""
+    return shards.load_shard_set(Path(manifest_path).parent, EXPERT_ARRAYS, "expert data")

@@ -9,16 +9,15 @@ built inside the worker; outside policies likewise as `PolicySpec`s ("module:fac
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hrmlab.config import NOT_IN_KEY
 from hrmlab.errors import UserError
-from hrmlab.evaluate.episodes import CRASH, OUTCOMES, SUCCESS, TIMEOUT, run_closed_loop
+from hrmlab.evaluate.episodes import OUTCOMES, SUCCESS, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
-from hrmlab.evaluate.stats import mcnemar_exact, wilson_interval
+from hrmlab.evaluate.result import EvaluationResult, summarize
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
 from hrmlab.policies import PolicySpec, build_policy
@@ -72,15 +71,16 @@ def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
         forecaster = build_forecaster(fspec, device=spec.device)
         rec = run_closed_loop(protocol, spec.world, spec.planner, forecaster, indices,
                               history_len=spec.history, forecast_error=spec.forecast_error)
-        result.per_forecaster[fspec.name] = _record(rec)
+        result.per_forecaster[fspec.name] = chunk_record(rec)
     for pspec in spec.policies:
         rec = run_closed_loop(protocol, spec.world, spec.planner, None, indices, history_len=spec.history,
                               forecast_error=False, policy=build_policy(pspec))
-        result.per_forecaster[pspec.name] = _record(rec)
+        result.per_forecaster[pspec.name] = chunk_record(rec)
     return result
 
 
-def _record(rec) -> dict:
+def chunk_record(rec) -> dict:
+    """What a chunk keeps of one row's closed-loop records (merged across chunks by `summarize_chunks`)."""
     return {"outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
             "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
             "ade_sum": rec.ade_sum, "ade_count": rec.ade_count}
@@ -97,9 +97,8 @@ def make_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig
 
 def evaluate(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
              forecasters: list[ForecasterSpec], backend, device: str = "cpu", progress=None,
-             policies: list[PolicySpec] | None = None) -> dict:
-    """Evaluate all forecasters (and outside policies) on the same episodes; returns the results dict
-    (see `summarise`)."""
+             policies: list[PolicySpec] | None = None) -> EvaluationResult:
+    """Evaluate all forecasters (and outside policies) on the same episodes (see `summarize_chunks`)."""
     protocol = get_protocol(cfg.protocol)  # fail fast on a bad name
     policies = list(policies or [])
     names = [f.name for f in forecasters] + [p.name for p in policies]
@@ -114,9 +113,8 @@ def evaluate(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig,
         results.append(res)
         if progress is not None:
             progress(len(res.indices))
-    out = summarise(cfg, world, planner, names, results)
-    if policies:
-        out["policies"] = {p.name: p.target for p in policies}
+    out = summarize_chunks(cfg, world, planner, names, results)
+    out.policies = {p.name: p.target for p in policies}
     return out
 
 
@@ -136,71 +134,54 @@ def _merge(results: list[ChunkResult], names: list[str]) -> dict:
     return merged
 
 
-def summarise(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig, names: list[str],
-              results: list[ChunkResult]) -> dict:
-    """Per-forecaster counts, Wilson CIs, outcomes, path length vs oracle, timing, forecast error,
-    and exact McNemar tests for every pair."""
+def summarize_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig, names: list[str],
+              results: list[ChunkResult]) -> EvaluationResult:
+    """`result.summarize` of the merged chunks, plus what the closed loop measures: path length vs the
+    oracle, planning and forecasting time per step, forecast error by horizon step."""
     merged = _merge(results, names)
     indices = [i for r in results for i in r.indices]
+    out = summarize({name: [OUTCOMES[o] for o in merged[name]["outcome"]] for name in names},
+                    protocol=cfg.protocol, indices=indices, vocabulary=OUTCOMES,
+                    steps={name: merged[name]["steps"] for name in names})
+    out.episodes.start = cfg.start
+    out.planner = {"time_index": planner.time_index, "horizon": planner.horizon, "radius": planner.radius}
     oracle = merged.get("oracle")
-    out = {"protocol": cfg.protocol, "planner": {"time_index": planner.time_index, "horizon": planner.horizon,
-                                                 "radius": planner.radius},
-           "episodes": {"start": cfg.start, "count": len(indices)}, "results": {}, "pairwise": []}
     for name in names:
-        m = merged[name]
-        outcome = m["outcome"]
-        n = int(outcome.size)
-        succ = int(np.sum(outcome == SUCCESS))
-        lo, hi = wilson_interval(succ, n)
-        row = {
-            "successes": succ, "episodes": n, "success_rate": succ / n if n else 0.0, "ci95": [lo, hi],
-            "outcomes": {"success": succ, "crash": int(np.sum(outcome == CRASH)),
-                         "timeout": int(np.sum(outcome == TIMEOUT))},
-            "plan_ms_per_step": 1000 * m["plan_seconds"] / max(1, m["plan_calls"]),
-            "forecast_ms_per_step": 1000 * m["forecast_seconds"] / max(1, m["plan_calls"]),
-            "mean_steps_success": float(np.mean(m["steps"][outcome == SUCCESS])) if succ else None,
-        }
+        m, row = merged[name], out.rows[name]
+        row.plan_ms_per_step = 1000 * m["plan_seconds"] / max(1, m["plan_calls"])
+        row.forecast_ms_per_step = 1000 * m["forecast_seconds"] / max(1, m["plan_calls"])
         if oracle is not None:
-            both = (outcome == SUCCESS) & (oracle["outcome"] == SUCCESS)
-            row["path_length_vs_oracle"] = (float(np.mean(m["steps"][both] / np.maximum(1, oracle["steps"][both])))
-                                            if both.any() else None)
+            both = (m["outcome"] == SUCCESS) & (oracle["outcome"] == SUCCESS)
+            row.path_length_vs_oracle = (float(np.mean(m["steps"][both] / np.maximum(1, oracle["steps"][both])))
+                                         if both.any() else None)
         if m["ade_count"]:
             per_step = m["ade_sum"] / m["ade_count"]
-            row["forecast_ade"] = float(per_step.mean())
-            row["forecast_fde"] = float(per_step[-1])
-            row["forecast_error_by_step"] = [float(v) for v in per_step]
-        out["results"][name] = row
-    for a, b in itertools.combinations(names, 2):
-        test = mcnemar_exact(merged[a]["outcome"] == SUCCESS, merged[b]["outcome"] == SUCCESS)
-        out["pairwise"].append({"a": a, "b": b, **test})
-    out["per_episode"] = {"indices": indices,
-                          **{name: [OUTCOMES[o] for o in merged[name]["outcome"]] for name in names}}
-    # agent moves made when each episode ended (its success / crash step; max_steps for a timeout)
-    out["per_episode_steps"] = {name: [int(s) for s in merged[name]["steps"]] for name in names}
+            row.forecast_ade = float(per_step.mean())
+            row.forecast_fde = float(per_step[-1])
+            row.forecast_error_by_step = [float(v) for v in per_step]
     return out
 
 
-def format_table(results: dict) -> str:
-    """A plain-text table of a results dict (console and report)."""
-    lines = [f"protocol {results['protocol']} · planner time_index={results['planner']['time_index']} · "
-             f"{results['episodes']['count']} episodes"]
+def format_table(results: EvaluationResult) -> str:
+    """A plain-text table of an evaluation (console and report)."""
+    lines = [f"protocol {results.protocol} · planner time_index={results.planner.get('time_index')} · "
+             f"{results.episodes.count} episodes"]
     header = f"{'forecaster':<22}{'success':>14}{'rate':>8}{'95% CI':>16}{'crash':>7}{'timeout':>8}{'len/oracle':>11}{'ADE':>7}{'plan ms':>9}"
     lines.append(header)
     lines.append("-" * len(header))
-    for name, r in results["results"].items():
-        ratio = r.get("path_length_vs_oracle")
-        ade = r.get("forecast_ade")
+    for name, r in results.rows.items():
+        ratio, ade = r.path_length_vs_oracle, r.forecast_ade
         lines.append(
-            f"{name:<22}{r['successes']:>7}/{r['episodes']:<6}{100 * r['success_rate']:>7.1f}%"
-            f"{'[' + format(100 * r['ci95'][0], '.1f') + ', ' + format(100 * r['ci95'][1], '.1f') + ']':>16}"
-            f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}"
+            f"{name:<22}{r.successes:>7}/{r.episodes:<6}{100 * r.success_rate:>7.1f}%"
+            f"{'[' + format(100 * r.ci95[0], '.1f') + ', ' + format(100 * r.ci95[1], '.1f') + ']':>16}"
+            f"{r.outcomes.get('crash', 0):>7}{r.outcomes.get('timeout', 0):>8}"
             f"{(format(ratio, '.3f') if ratio is not None else '—'):>11}{(format(ade, '.3g') if ade is not None else '—'):>7}"
-            f"{r['plan_ms_per_step']:>9.3f}")
-    if results["pairwise"]:
+            f"{r.plan_ms_per_step or 0.0:>9.3f}")
+    if results.pairwise:
         lines.append("")
         lines.append("paired exact McNemar tests (a-only / b-only successes, two-sided p):")
-        for p in results["pairwise"]:
-            lines.append(f"  {p['a']:>20} vs {p['b']:<20} {p['a_only']:>5} / {p['b_only']:<5} p={p['p_value']:.3g}")
+        for p in results.pairwise:
+            lines.append(f"  {p.a:>20} vs {p.b:<20} {p.a_only:>5} / {p.b_only:<5} p={p.p_value:.3g}")
     return "\n".join(lines)
 
 

@@ -28,6 +28,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Circle, Patch  # noqa: E402
 
 from hrmlab.errors import UserError  # noqa: E402
+from hrmlab.evaluate.result import EvaluationResult  # noqa: E402
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS  # noqa: E402
 from hrmlab.forecast.registry import ForecasterSpec, parse_forecasters  # noqa: E402
 from hrmlab.report.plots import forecaster_colors  # noqa: E402
@@ -85,17 +86,16 @@ def _choose_forecasters(groups: list[list[str]], limit: int) -> list[str]:
     return chosen
 
 
-def pick_disagreements(results: dict, k: int = 2, max_forecasters: int = 3) -> list[Disagreement]:
+def pick_disagreements(results: EvaluationResult, k: int = 2, max_forecasters: int = 3) -> list[Disagreement]:
     """The `k` episodes of an evaluation where forecasters disagree most.
 
     Rank: most (succeeded, crashed) forecaster pairs, then most learned forecasters among them, then
     the lowest episode index; then episodes where some succeed and others time out; then the first
     episodes, so there are always `k` picks when the evaluation has `k` episodes."""
-    per_episode = results.get("per_episode") or {}
-    indices = per_episode.get("indices") or []
-    names = [n for n in (results.get("results") or {}) if isinstance(per_episode.get(n), list)]
+    per_episode = {n: r.per_episode for n, r in results.rows.items() if r.per_episode}
+    names = list(per_episode)
     ranked = []
-    for j, index in enumerate(indices):
+    for j, index in enumerate(results.indices):
         outcome = {n: per_episode[n][j] for n in names if j < len(per_episode[n])}
         succ = [n for n in names if outcome.get(n) == "success"]
         crash = [n for n in names if outcome.get(n) == "crash"]
@@ -299,7 +299,7 @@ def _resolve_source(source, forecasters, protocol):
                 continue
             spec = source.forecaster_spec(name)
             if spec is None:
-                known = ", ".join(sorted(set(source.results.get("forecasters") or {}) | set(PHYSICS_FORECASTERS)))
+                known = ", ".join(sorted(set(source.result.forecasters) | set(PHYSICS_FORECASTERS)))
                 raise UserError(f"unknown forecaster {name!r} for this run; valid choices: {known}")
             specs.append(spec)
         protocol = protocol or source.primary_protocol
@@ -331,12 +331,12 @@ def render_episode(source, episode: int | None, forecasters, out_path: str | Pat
         evaluation = run.evaluations.get(protocol)
         if evaluation is None:
             raise UserError(f"this run has no {protocol!r} evaluation; valid choices: {', '.join(run.evaluations) or 'none'}")
-        picks = pick_disagreements(evaluation, k=len(evaluation.get("per_episode", {}).get("indices", [])))
+        picks = pick_disagreements(evaluation, k=len(evaluation.indices))
         if episode is None:
             episode = picks[0].episode if picks else 0
         pick = next((p for p in picks if p.episode == episode), None)
         if not specs:
-            names = pick.forecasters if pick else list(evaluation.get("results", {}))[:3]
+            names = pick.forecasters if pick else list(evaluation.rows)[:3]
             _, _, _, specs, _, _ = _resolve_source(run, names, protocol)
     log.info("replaying %s episode %d with %s", protocol, episode, ", ".join(s.name for s in specs))
     replay = replay_episode(protocol, world, planner, specs, int(episode), history_len=history)

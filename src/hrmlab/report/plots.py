@@ -1,6 +1,6 @@
 """Charts of a run, drawn headless with matplotlib's Agg backend.
 
-Each function takes plain results / metrics dicts, writes one PNG and returns its path — or None
+Each function takes an `EvaluationResult` (or training logs), writes one PNG and returns its path — or None
 when the run holds nothing to draw (e.g. no training logs, a diffusion run without forecast error),
 so a report shows what exists and never fails on what does not. Every chart carries a title, axis
 labels with units and a legend, and a forecaster keeps its colour across all charts and animations.
@@ -18,6 +18,8 @@ matplotlib.use("Agg")  # before pyplot: no display needed, ever
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from hrmlab.evaluate.result import EvaluationResult  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,9 @@ def forecaster_colors(names) -> dict[str, str]:
     return colors
 
 
-def _title_suffix(results: dict) -> str:
-    n = (results.get("episodes") or {}).get("count")
-    protocol = results.get("protocol", "?")
-    return f"protocol {protocol}" + (f", {n} episodes" if n else "")
+def _title_suffix(results: EvaluationResult) -> str:
+    n = results.episodes.count
+    return f"protocol {results.protocol}" + (f", {n} episodes" if n else "")
 
 
 def _save(fig, path: Path) -> Path:
@@ -64,26 +65,22 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _rows(results: dict) -> dict[str, dict]:
-    return {name: row for name, row in (results.get("results") or {}).items() if isinstance(row, dict)}
-
-
-def plot_success_rates(results: dict, path: Path) -> Path | None:
+def plot_success_rates(results: EvaluationResult, path: Path) -> Path | None:
     """Bar per forecaster: success rate with its 95% Wilson interval, successes/episodes on the bar."""
-    rows = {n: r for n, r in _rows(results).items() if r.get("episodes")}
+    rows = {n: r for n, r in results.rows.items() if r.episodes}
     if not rows:
         return None
     names = list(rows)
     colors = forecaster_colors(names)
-    rates = np.array([100 * r.get("success_rate", r.get("successes", 0) / r["episodes"]) for r in rows.values()])
-    ci = np.array([r.get("ci95") or [r.get("success_rate", 0)] * 2 for r in rows.values()]) * 100
+    rates = np.array([100 * r.success_rate for r in rows.values()])
+    ci = np.array([r.ci95 for r in rows.values()]) * 100
     err = np.stack([np.clip(rates - ci[:, 0], 0, None), np.clip(ci[:, 1] - rates, 0, None)])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 4.2))
     x = np.arange(len(names))
     ax.bar(x, rates, color=[colors[n] for n in names], edgecolor="black", linewidth=0.6)
     ax.errorbar(x, rates, yerr=err, fmt="none", ecolor="black", capsize=5, linewidth=1.2, label="95% Wilson interval")
     for xi, (name, r) in zip(x, rows.items()):
-        ax.text(xi, 2, f"{r.get('successes', '?')}/{r['episodes']}", ha="center", va="bottom", fontsize=8,
+        ax.text(xi, 2, f"{r.successes}/{r.episodes}", ha="center", va="bottom", fontsize=8,
                 color="white", fontweight="bold")
     ax.set_xticks(x, names, rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
     ax.set_ylim(0, 105)
@@ -95,9 +92,9 @@ def plot_success_rates(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_outcomes(results: dict, path: Path) -> Path | None:
+def plot_outcomes(results: EvaluationResult, path: Path) -> Path | None:
     """Stacked bar per forecaster: share of episodes ending in success, crash and timeout."""
-    rows = {n: r for n, r in _rows(results).items() if isinstance(r.get("outcomes"), dict)}
+    rows = results.rows
     if not rows:
         return None
     names = list(rows)
@@ -105,8 +102,8 @@ def plot_outcomes(results: dict, path: Path) -> Path | None:
     x = np.arange(len(names))
     bottom = np.zeros(len(names))
     for outcome, color in OUTCOME_COLORS.items():
-        counts = np.array([r["outcomes"].get(outcome, 0) for r in rows.values()], dtype=float)
-        totals = np.array([max(1, sum(r["outcomes"].values())) for r in rows.values()], dtype=float)
+        counts = np.array([r.outcomes.get(outcome, 0) for r in rows.values()], dtype=float)
+        totals = np.array([max(1, sum(r.outcomes.values())) for r in rows.values()], dtype=float)
         share = 100 * counts / totals
         ax.bar(x, share, bottom=bottom, color=color, edgecolor="black", linewidth=0.6, label=outcome)
         for xi, b, s, c in zip(x, bottom, share, counts):
@@ -122,12 +119,12 @@ def plot_outcomes(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_forecast_error(results: dict, path: Path) -> Path | None:
+def plot_forecast_error(results: EvaluationResult, path: Path) -> Path | None:
     """Mean forecast error (L2, cells) against steps ahead, one line per forecaster."""
-    rows = {n: r["forecast_error_by_step"] for n, r in _rows(results).items() if r.get("forecast_error_by_step")}
+    rows = {n: r.forecast_error_by_step for n, r in results.rows.items() if r.forecast_error_by_step}
     if not rows:
         return None
-    colors = forecaster_colors(_rows(results))
+    colors = forecaster_colors(results.rows)
     fig, ax = plt.subplots(figsize=(7.0, 4.4))
     for name, err in rows.items():
         steps = np.arange(1, len(err) + 1)
@@ -150,15 +147,15 @@ def plot_forecast_error(results: dict, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def plot_planning_time(results: dict, path: Path) -> Path | None:
+def plot_planning_time(results: EvaluationResult, path: Path) -> Path | None:
     """Milliseconds per planning step: forecaster call and A* search, stacked, per forecaster."""
-    rows = {n: r for n, r in _rows(results).items()
-            if r.get("plan_ms_per_step") is not None or r.get("forecast_ms_per_step") is not None}
+    rows = {n: r for n, r in results.rows.items()
+            if r.plan_ms_per_step is not None or r.forecast_ms_per_step is not None}
     if not rows:
         return None
     names = list(rows)
-    forecast = np.array([r.get("forecast_ms_per_step") or 0.0 for r in rows.values()])
-    planning = np.array([r.get("plan_ms_per_step") or 0.0 for r in rows.values()])
+    forecast = np.array([r.forecast_ms_per_step or 0.0 for r in rows.values()])
+    planning = np.array([r.plan_ms_per_step or 0.0 for r in rows.values()])
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2.5), 4.2))
     x = np.arange(len(names))
     ax.bar(x, forecast, color="#9ecae1", edgecolor="black", linewidth=0.6, label="forecast")

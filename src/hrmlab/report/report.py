@@ -16,6 +16,7 @@ from pathlib import Path
 
 from hrmlab.fileio import write_text_atomic
 from hrmlab.errors import UserError
+from hrmlab.evaluate.result import EvaluationResult
 from hrmlab.report import plots, tables
 from hrmlab.report.animate import load_diffusion_record, pick_disagreements, render_diffusion, render_replay
 from hrmlab.report.html import write_html
@@ -43,20 +44,18 @@ def _image(md: list[str], written: list[Path], path: Path | None, run_dir: Path,
 def _summary_lines(run: RunDir) -> list[str]:
     lines = []
     for protocol, res in run.evaluations.items():
-        rows = res.get("results") or {}
+        rows = res.rows
         if not rows:
             continue
-        top = max(rows[n].get("success_rate") or 0.0 for n in rows)
-        best = [n for n in rows if (rows[n].get("success_rate") or 0.0) == top]
-        r = rows[best[0]]
-        ci = r.get("ci95") or [0.0, 0.0]
-        n = (res.get("episodes") or {}).get("count", r.get("episodes"))
-        lines.append(f"- **{protocol}** ({n} episodes): highest success rate {100 * top:.1f}% "
+        top = max(r.success_rate for r in rows.values())
+        best = [n for n, r in rows.items() if r.success_rate == top]
+        ci = rows[best[0]].ci95
+        lines.append(f"- **{protocol}** ({res.episodes.count} episodes): highest success rate {100 * top:.1f}% "
                      f"(95% CI {100 * ci[0]:.1f}–{100 * ci[1]:.1f}%) by {', '.join(f'**{b}**' for b in best)}")
     return lines
 
 
-def _evaluation_section(md, written, run: RunDir, protocol: str, res: dict, plots_dir: Path) -> None:
+def _evaluation_section(md, written, run: RunDir, protocol: str, res: EvaluationResult, plots_dir: Path) -> None:
     slug = _slug(protocol)
     md += [f"## Results: protocol {protocol}", "", tables.planner_line(res), "", tables.results_table(res), ""]
     md += ["Rate = share of episodes reaching the goal; 95% CI is the Wilson interval; length / oracle is the mean "
@@ -91,7 +90,7 @@ def _metrics_table(rows: dict) -> str:
 
 def _training_section(md, written, run: RunDir, plots_dir: Path) -> None:
     curves = run.training_curves()
-    summaries = {k: v for k, v in (run.results.get("training") or {}).items() if isinstance(v, dict)}
+    summaries = {k: v for k, v in run.result.training.items() if isinstance(v, dict)}
     training = {k: {key: x for key, x in v.items() if key not in _NOT_RESULTS and not key.endswith("path")
                     and not isinstance(x, (dict, list)) and not (isinstance(x, str) and "/" in x)}
                 for k, v in summaries.items()}
@@ -117,18 +116,6 @@ def _training_section(md, written, run: RunDir, plots_dir: Path) -> None:
         if table:
             md += [f"### Forecast quality of {name} (validation windows)", "",
                    f"{name} beside physics baselines on the same validation windows.", "", table, ""]
-
-
-def _forecast_metrics_section(md, run: RunDir) -> None:
-    metrics = run.results.get("forecast_metrics")
-    if not isinstance(metrics, dict) or not metrics:
-        return
-    md += ["## Forecast metrics", ""]
-    table = _metrics_table(metrics)
-    if table:
-        md += [table, ""]
-    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    md += [f"- {k}: {v}" for k, v in scalars.items()] + ([""] if scalars else [])
 
 
 def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps: float) -> None:
@@ -170,7 +157,7 @@ def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps:
 
 
 def _diffusion_records(run: RunDir) -> list[Path]:
-    listed = [run.path / p for p in (run.results.get("records") or []) if isinstance(p, str)]
+    listed = [run.path / p for p in run.result.records]
     return listed + [p for p in sorted((run.path / "records").glob("*.npz")) if p not in listed]
 
 
@@ -202,14 +189,14 @@ def write_report(run_dir: str | Path, *, animations: int = 2, animation_format: 
     plots_dir = run.path / PLOTS_DIR
     written: list[Path] = []
     md = [f"# Run report: {run.label}", ""]
-    if run.results.get("description"):
-        md += [str(run.results["description"]), ""]
+    if run.result.description:
+        md += [run.result.description, ""]
     md += [f"Run directory `{run.path}` · report written {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}", ""]
-    if run.results.get("smoke"):
+    if run.result.smoke:
         md += ["**Smoke run** (tiny sizes, to test the machinery): the numbers below say nothing about the models.", ""]
     summary = _summary_lines(run)
-    published = run.results.get("published")
-    if isinstance(published, dict) and published:
+    published = run.result.published
+    if published:
         numbers = "; ".join(f"{k}: {v}" for k, v in published.items() if k != "note")
         note = published.get("note")
         summary += [f"- the seed's published result: {numbers}" + (f" ({note})" if note else "") if numbers
@@ -227,7 +214,6 @@ def write_report(run_dir: str | Path, *, animations: int = 2, animation_format: 
             md += ["## Forecasts and planning time", ""]
         _image(md, written, error, run.path, f"Forecast error (ADE) against horizon step, protocol {protocol}")
         _image(md, written, timing, run.path, f"Time per planning step, protocol {protocol}")
-    _forecast_metrics_section(md, run)
     _training_section(md, written, run, plots_dir)
     _closed_loop_animations(md, written, run, animations, animation_format, fps)
     _diffusion_animations(md, written, run, animations, animation_format)
@@ -250,7 +236,7 @@ def compare_runs(dirs: list[str | Path]) -> str:
     if len(set(labels)) != len(labels):  # same preset twice: the directory names tell them apart
         labels = [f"{r.label} ({r.path.name})" for r in runs]
     md = [f"# Comparison of {len(runs)} run{'s' if len(runs) > 1 else ''}", ""]
-    md += [f"- **{label}**: `{r.path}`" + (f" — {r.results['description']}" if r.results.get("description") else "")
+    md += [f"- **{label}**: `{r.path}`" + (f" — {r.result.description}" if r.result.description else "")
            for label, r in zip(labels, runs)] + [""]
     protocols: list[str] = []
     for r in runs:

@@ -1,8 +1,9 @@
-"""Reading a run directory tolerantly: results, resolved config, forecaster checkpoints, training logs.
+"""Reading a run directory: its results (a `RunResult`), resolved config, forecaster checkpoints, training logs.
 
 Reports are written from whatever a run left behind (a half-finished run, a diffusion run, a bare
-`hrmlab evaluate --json` file), so every reader here returns something empty rather than failing when
-a file or key is missing. Only a directory with no results at all is a user error.
+`hrmlab evaluate --json` file), so the config and log readers here return something empty rather than
+failing when a file or key is missing. A directory with no results, or results that are not a result
+file at all, is a user error (one line).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from hrmlab.config import from_dict
 from hrmlab.errors import UserError
+from hrmlab.evaluate.result import EvaluationResult, RunResult
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
 from hrmlab.forecast.registry import ForecasterSpec
 from hrmlab.planning.spacetime_astar import PlannerConfig
@@ -33,22 +35,22 @@ class RunDir:
     """A run directory's contents, read once."""
 
     path: Path
-    results: dict = field(default_factory=dict)
-    """results.json (see the pipeline), or a bare evaluation dict wrapped as {"evaluations": {...}}."""
+    result: RunResult
+    """results.json (or a bare evaluation, read as a run of one protocol)."""
     config: dict = field(default_factory=dict)
     """config.yaml as a plain dict ({} when missing)."""
 
     @property
     def label(self) -> str:
-        return self.results.get("preset") or self.path.name
+        return self.result.preset or self.path.name
 
     @property
-    def evaluations(self) -> dict[str, dict]:
-        """Protocol name → results dict: the run's primary protocol first, then `standard`, then by name."""
-        evals = self.results.get("evaluations") or {}
-        primary = self.results.get("primary_protocol")
+    def evaluations(self) -> dict[str, EvaluationResult]:
+        """Protocol name → evaluation: the run's primary protocol first, then `standard`, then by name."""
+        evals = self.result.evaluations
+        primary = self.result.primary_protocol
         order = sorted(evals, key=lambda name: (name != primary, name != "standard", name))
-        return {name: evals[name] for name in order if isinstance(evals[name], dict)}
+        return {name: evals[name] for name in order}
 
     @property
     def primary_protocol(self) -> str:
@@ -62,8 +64,9 @@ class RunDir:
         """The planner settings an evaluation ran with: config.yaml's planner, overridden by the settings
         the evaluation recorded (a seed protocol may run with the seed's time index)."""
         planner = _section(self.config, "planner", PlannerConfig)
-        recorded = (self.evaluations.get(protocol) or {}).get("planner") if protocol else None
-        if isinstance(recorded, dict):
+        evaluation = self.evaluations.get(protocol) if protocol else None
+        recorded = evaluation.planner if evaluation is not None else None
+        if recorded:
             names = {f.name for f in dataclasses.fields(PlannerConfig)}
             known = {k: v for k, v in recorded.items() if k in names and v is not None}
             planner = from_dict(PlannerConfig, {**dataclasses.asdict(planner), **known}, "planner")
@@ -79,7 +82,7 @@ class RunDir:
     def forecaster_spec(self, name: str) -> ForecasterSpec | None:
         """How to rebuild forecaster `name`: its checkpoint from results.json, or a physics rule.
         None when the name is neither (e.g. a diffusion planner's name)."""
-        entry = (self.results.get("forecasters") or {}).get(name) or {}
+        entry = self.result.forecasters.get(name) or {}
         checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
         if checkpoint:
             path = Path(checkpoint)
@@ -94,8 +97,7 @@ class RunDir:
     def training_curves(self) -> dict[str, list[dict]]:
         """Model name → rows of its metrics JSONL (training and validation rows mixed, file order)."""
         curves: dict[str, list[dict]] = {}
-        training = self.results.get("training") or {}
-        for name, info in training.items():
+        for name, info in self.result.training.items():
             rel = info.get("metrics") if isinstance(info, dict) else None
             if rel:
                 path = Path(rel) if Path(rel).is_absolute() else self.path / rel
@@ -121,11 +123,11 @@ def load_run(path: str | Path) -> RunDir:
     if not results_path.is_file():
         raise UserError(f"{results_path} does not exist; run the experiment first (hrmlab run) or give a run directory")
     try:
-        results = json.loads(results_path.read_text())
+        result = RunResult.from_json(json.loads(results_path.read_text()), name=run_path.name)
     except json.JSONDecodeError as exc:
         raise UserError(f"{results_path} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if isinstance(results, dict) and "results" in results and "protocol" in results:  # `hrmlab evaluate --json`
-        results = {"evaluations": {results["protocol"]: results}}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{results_path} is not a results file of this version ({exc}); rerun the experiment") from None
     config: dict = {}
     config_path = run_path / CONFIG_FILE
     if config_path.is_file():
@@ -133,7 +135,7 @@ def load_run(path: str | Path) -> RunDir:
             config = yaml.safe_load(config_path.read_text()) or {}
         except yaml.YAMLError:
             log.warning("cannot parse %s; using default world and planner settings", config_path)
-    return RunDir(run_path, results if isinstance(results, dict) else {}, config if isinstance(config, dict) else {})
+    return RunDir(run_path, result, config if isinstance(config, dict) else {})
 
 
 def read_jsonl(path: Path) -> list[dict]:

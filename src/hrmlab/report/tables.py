@@ -1,11 +1,12 @@
 """Markdown tables of evaluation results: one run's results and tests, and several runs side by side.
 
-Tables read the results dicts `hrmlab.evaluate.runner.evaluate` writes (and diffusion runs write in
-the same shape); a missing metric shows as "—" instead of failing, since not every planner has
-forecasts, oracle paths or timings.
+Tables read `EvaluationResult`s (every family's evaluations); a metric a row does not have shows as "—",
+since not every planner has forecasts, oracle paths or timings.
 """
 
 from __future__ import annotations
+
+from hrmlab.evaluate.result import EvaluationResult, Row
 
 DASH = "—"
 LABELS = {"seconds": "training time (s)", "one_step_mse": "one-step MSE", "ade": "ADE (cells)",
@@ -23,11 +24,8 @@ def _fmt(value, spec: str, scale: float = 1.0) -> str:
     return format(value * scale, spec)
 
 
-def _ci(row: dict) -> str:
-    ci = row.get("ci95")
-    if not ci or len(ci) != 2:
-        return DASH
-    return f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}%"
+def _ci(row: Row) -> str:
+    return f"{100 * row.ci95[0]:.1f}–{100 * row.ci95[1]:.1f}%"
 
 
 def markdown_table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
@@ -39,56 +37,50 @@ def markdown_table(header: list[str], rows: list[list[str]], align: str | None =
     return "\n".join(lines)
 
 
-def results_table(results: dict) -> str:
-    """Per forecaster: successes, rate with its 95% Wilson CI, outcomes, path length, forecast error, time."""
+def results_table(results: EvaluationResult) -> str:
+    """Per row: successes, rate with its 95% Wilson CI, outcomes, path length, forecast error, time."""
     header = ["forecaster", "successes", "rate", "95% CI", "crash", "timeout", "length / oracle",
               "ADE (cells)", "FDE (cells)", "plan ms/step", "forecast ms/step"]
     rows = []
-    for name, r in (results.get("results") or {}).items():
-        outcomes = r.get("outcomes") or {}
-        n = r.get("episodes")
+    for name, r in results.rows.items():
         rows.append([
-            f"**{name}**", f"{r.get('successes', DASH)}/{n if n is not None else DASH}",
-            _fmt(r.get("success_rate"), ".1f", 100) + ("%" if r.get("success_rate") is not None else ""),
-            _ci(r), str(outcomes.get("crash", DASH)), str(outcomes.get("timeout", DASH)),
-            _fmt(r.get("path_length_vs_oracle"), ".3f"), _fmt(r.get("forecast_ade"), ".3f"),
-            _fmt(r.get("forecast_fde"), ".3f"), _fmt(r.get("plan_ms_per_step"), ".3f"),
-            _fmt(r.get("forecast_ms_per_step"), ".3f"),
+            f"**{name}**", f"{r.successes}/{r.episodes}", _fmt(r.success_rate, ".1f", 100) + "%", _ci(r),
+            str(r.outcomes.get("crash", DASH)), str(r.outcomes.get("timeout", DASH)),
+            _fmt(r.path_length_vs_oracle, ".3f"), _fmt(r.forecast_ade, ".3f"), _fmt(r.forecast_fde, ".3f"),
+            _fmt(r.plan_ms_per_step, ".3f"), _fmt(r.forecast_ms_per_step, ".3f"),
         ])
     return markdown_table(header, rows)
 
 
-def pairwise_table(results: dict, alpha: float = 0.05) -> str:
+def pairwise_table(results: EvaluationResult, alpha: float = 0.05) -> str:
     """Exact McNemar test for every pair: episodes only A solved, only B solved, two-sided p."""
-    pairs = results.get("pairwise") or []
-    if not pairs:
+    if not results.pairwise:
         return ""
     rows = []
-    for p in pairs:
-        pv = p.get("p_value")
-        verdict = DASH
-        if isinstance(pv, (int, float)):
-            if pv < alpha:
-                winner = p["a"] if p.get("a_only", 0) > p.get("b_only", 0) else p["b"]
-                verdict = f"{winner} better"
-            else:
-                verdict = "no significant difference"
-        rows.append([p.get("a", "?"), p.get("b", "?"), str(p.get("a_only", DASH)), str(p.get("b_only", DASH)),
-                     _fmt(pv, ".3g"), verdict])
+    for p in results.pairwise:
+        if p.p_value < alpha:
+            verdict = f"{p.a if p.a_only > p.b_only else p.b} better"
+        else:
+            verdict = "no significant difference"
+        rows.append([p.a, p.b, str(p.a_only), str(p.b_only), _fmt(p.p_value, ".3g"), verdict])
     return markdown_table(["A", "B", "only A succeeded", "only B succeeded", "p (exact McNemar)",
                            f"at α = {alpha} (uncorrected)"], rows, "llrrrl")
 
 
-def planner_line(results: dict) -> str:
+def _episode_range(results: EvaluationResult) -> str:
+    start, count = results.episodes.start, results.episodes.count
+    return f"{count} paired episodes (indices {start}–{start + count - 1})"
+
+
+def _planner_settings(results: EvaluationResult) -> str:
+    return ", ".join(f"{k}={v}" for k, v in results.planner.items())
+
+
+def planner_line(results: EvaluationResult) -> str:
     """One sentence naming the protocol, episode range and planner settings behind a table."""
-    ep = results.get("episodes") or {}
-    planner = results.get("planner") or {}
-    parts = [f"protocol **{results.get('protocol', '?')}**"]
-    if ep.get("count") is not None:
-        start = ep.get("start", 0)
-        parts.append(f"{ep['count']} paired episodes (indices {start}–{start + ep['count'] - 1})")
-    if planner:
-        parts.append("planner " + ", ".join(f"{k}={v}" for k, v in planner.items()))
+    parts = [f"protocol **{results.protocol}**", _episode_range(results)]
+    if results.planner:
+        parts.append("planner " + _planner_settings(results))
     return " · ".join(parts)
 
 
@@ -121,29 +113,23 @@ def format_number(value) -> str:
     return str(value)
 
 
-def comparison_table(runs: list[tuple[str, dict]], protocol: str) -> str:
+def comparison_table(runs: list[tuple[str, dict[str, EvaluationResult]]], protocol: str) -> str:
     """Forecasters as rows, runs as columns: 'rate [CI] (k/n)' on `protocol`, for runs that have it."""
     present = [(label, ev[protocol]) for label, ev in runs if protocol in ev]
     if not present:
         return ""
     names: list[str] = []
     for _, res in present:
-        names += [n for n in (res.get("results") or {}) if n not in names]
+        names += [n for n in res.rows if n not in names]
     rows = []
     for name in names:
         cells = [f"**{name}**"]
         for _, res in present:
-            r = (res.get("results") or {}).get(name)
-            if not r:
-                cells.append(DASH)
-                continue
-            rate = r.get("success_rate")
-            cells.append(f"{_fmt(rate, '.1f', 100)}% [{_ci(r)}] ({r.get('successes', '?')}/{r.get('episodes', '?')})"
-                         if rate is not None else DASH)
+            r = res.rows.get(name)
+            cells.append(DASH if r is None else
+                         f"{_fmt(r.success_rate, '.1f', 100)}% [{_ci(r)}] ({r.successes}/{r.episodes})")
         rows.append(cells)
     # what makes two columns comparable at all: the same episodes and the same planner
-    rows.append(["*episodes (first index)*"] + [f"{(res.get('episodes') or {}).get('count', DASH)} "
-                                               f"({(res.get('episodes') or {}).get('start', DASH)})" for _, res in present])
-    rows.append(["*planner*"] + [", ".join(f"{k}={v}" for k, v in (res.get("planner") or {}).items()) or DASH
-                                 for _, res in present])
+    rows.append(["*episodes (first index)*"] + [f"{res.episodes.count} ({res.episodes.start})" for _, res in present])
+    rows.append(["*planner*"] + [_planner_settings(res) or DASH for _, res in present])
     return markdown_table(["forecaster / planner"] + [label for label, _ in present], rows)

@@ -2,10 +2,11 @@
 
 Rows are `PLANNER+FORECASTER`: `astar` (the world's space-time A*, replanning every step) or
 `diffusion` (`planner.py`, replanning every k steps), each driven by the same forecaster on the same
-episodes; ablation rows are `diffusion[no-guidance]+oracle` and so on. The summary is
-`evaluate.runner.summarise`'s: per row successes, episodes, Wilson interval, success / crash / timeout,
-planning and forecasting ms per step, forecast error, per-episode outcomes, and exact McNemar tests for
-every pair (so each diffusion row meets A* with the same forecaster).
+episodes; ablation rows are `diffusion[no-guidance]+oracle` and so on. The summary is the grid
+evaluator's (`evaluate.runner.summarize_chunks`), an `EvaluationResult`: per row successes, episodes,
+Wilson interval, success / crash / timeout, planning and forecasting ms per step, forecast error,
+per-episode outcomes, and exact McNemar tests for every pair (so each diffusion row meets A* with the
+same forecaster).
 
 * **BounceGrid** runs `evaluate/episodes.run_closed_loop` itself — the protocol's episodes, warm-up, moves,
   crash-first test — with the diffusion policy through its `policy` hook.
@@ -36,7 +37,8 @@ from hrmlab.diffusion.spacetime.worlds import (blob_forecaster, blob_rules, blob
 from hrmlab.errors import UserError
 from hrmlab.evaluate.episodes import CRASH, SUCCESS, TIMEOUT, EpisodeRecords, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
-from hrmlab.evaluate.runner import ChunkResult, EvalConfig, summarise
+from hrmlab.evaluate.result import EvaluationResult
+from hrmlab.evaluate.runner import ChunkResult, EvalConfig, chunk_record, summarize_chunks
 from hrmlab.forecast.base import Observation
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
@@ -257,10 +259,7 @@ def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
             rec = run_closed_loop(protocol, world, grid_planner, forecaster, indices, history_len=cfg.history,
                                   forecast_error=cfg.forecast_error, plan_fn=policy, split=cfg.split)
         result.per_forecaster[row.name] = {
-            "outcome": rec.outcome, "steps": rec.steps, "plan_seconds": rec.plan_seconds,
-            "forecast_seconds": rec.forecast_seconds, "plan_calls": rec.plan_calls,
-            "ade_sum": rec.ade_sum, "ade_count": rec.ade_count,
-            "replans": getattr(policy, "replans", rec.plan_calls),
+            **chunk_record(rec), "replans": getattr(policy, "replans", rec.plan_calls),
             "sampled": getattr(policy, "sampled", 0), "sampled_feasible": getattr(policy, "sampled_feasible", 0),
         }
     return result
@@ -275,8 +274,8 @@ def make_chunks(world_kind: str, world, rows: list[Row], cfg: STEvalConfig, samp
             for i in range(0, len(indices), cfg.chunk_size)]
 
 
-def evaluate_rows(chunks: list[STChunk], backend, progress=None) -> dict:
-    """Run the chunks and summarise them in the grid evaluator's result shape."""
+def evaluate_rows(chunks: list[STChunk], backend, progress=None) -> EvaluationResult:
+    """Run the chunks and summarise them with the grid evaluator's summariser (the same result type)."""
     results = []
     for res in backend.map(evaluate_st_chunk, chunks):
         results.append(res)
@@ -291,31 +290,29 @@ def evaluate_rows(chunks: list[STChunk], backend, progress=None) -> dict:
     if first.world_kind == "blob":  # the expert kernel: aligned, 64 steps, clearance 3
         expert = from_dict(ExpertConfig, first.expert)
         astar = PlannerConfig(horizon=expert.max_steps, radius=expert.clearance)
-    out = summarise(EvalConfig(protocol=protocol, episodes=episodes, start=cfg.test_start), None, astar, names, results)
-    out["split"] = cfg.split
-    out["planners"] = {"astar": "space-time A* on the forecast, replanning every step"
-                       + (" (the expert kernel: 8 moves + wait, clearance 3)" if first.world_kind == "blob"
-                          else " (horizon 20, radius 1, aligned)"),
-                       "diffusion": {"sampling": first.sampling, "planner": first.planner}}
+    out = summarize_chunks(EvalConfig(protocol=protocol, episodes=episodes, start=cfg.test_start), None, astar, names, results)
+    out.split = cfg.split
+    out.planners = {"astar": "space-time A* on the forecast, replanning every step"
+                    + (" (the expert kernel: 8 moves + wait, clearance 3)" if first.world_kind == "blob"
+                       else " (horizon 20, radius 1, aligned)"),
+                    "diffusion": {"sampling": first.sampling, "planner": first.planner}}
     for name in names:
-        replans = sum(r.per_forecaster[name]["replans"] for r in results)
-        row = out["results"][name]
-        row["replans"] = int(replans)
+        row = out.rows[name]
+        row.replans = int(sum(r.per_forecaster[name]["replans"] for r in results))
         seconds = sum(r.per_forecaster[name]["plan_seconds"] for r in results)
-        row["plan_ms_per_replan"] = 1000 * seconds / max(1, replans)
+        row.plan_ms_per_replan = 1000 * seconds / max(1, row.replans)
         sampled = sum(r.per_forecaster[name]["sampled"] for r in results)
         if sampled:  # diffusion rows: share of sampled candidates that passed the evaluator's check
-            row["candidates_feasible"] = sum(r.per_forecaster[name]["sampled_feasible"] for r in results) / sampled
+            row.candidates_feasible = sum(r.per_forecaster[name]["sampled_feasible"] for r in results) / sampled
     return out
 
 
-def paired_with_astar(evaluation: dict) -> list[dict]:
+def paired_with_astar(evaluation: EvaluationResult) -> list:
     """The McNemar tests that matter: each diffusion row against A* with the same forecaster, and each
     ablation row against the full diffusion row with the same forecaster."""
     out = []
-    for p in evaluation["pairwise"]:
-        a, b = p["a"], p["b"]
-        (pa, fa), (pb, fb) = a.rsplit("+", 1), b.rsplit("+", 1)
+    for p in evaluation.pairwise:
+        (pa, fa), (pb, fb) = p.a.rsplit("+", 1), p.b.rsplit("+", 1)
         if fa != fb:
             continue
         if {pa, pb} == {"astar", "diffusion"} or (pa == "diffusion" and pb.startswith("diffusion[")):
@@ -323,23 +320,21 @@ def paired_with_astar(evaluation: dict) -> list[dict]:
     return out
 
 
-def format_rows(evaluation: dict) -> str:
+def format_rows(evaluation: EvaluationResult) -> str:
     """Plain-text table of the rows and the paired tests that matter (console, docs)."""
-    rows = evaluation["results"]
+    rows = evaluation.rows
     width = max(len(n) for n in rows) + 2
-    lines = [f"protocol {evaluation['protocol']} · {evaluation['episodes']['count']} episodes from "
-             f"{evaluation['episodes']['start']}",
+    lines = [f"protocol {evaluation.protocol} · {evaluation.episodes.count} episodes from {evaluation.episodes.start}",
              f"{'row':<{width}}{'success':>12}{'rate':>8}{'95% CI':>16}{'crash':>7}{'timeout':>8}"
              f"{'ms/step':>9}{'ms/replan':>11}{'feasible':>10}"]
     for name, r in rows.items():
-        ci = f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
-        lines.append(f"{name:<{width}}{r['successes']:>6}/{r['episodes']:<5}{100 * r['success_rate']:>7.1f}%{ci:>16}"
-                     f"{r['outcomes']['crash']:>7}{r['outcomes']['timeout']:>8}{r['plan_ms_per_step']:>9.2f}"
-                     f"{r.get('plan_ms_per_replan', r['plan_ms_per_step']):>11.2f}"
-                     + (f"{100 * r['candidates_feasible']:>9.1f}%" if "candidates_feasible" in r else f"{'—':>10}"))
+        ci = f"[{100 * r.ci95[0]:.1f}, {100 * r.ci95[1]:.1f}]"
+        per_replan = r.plan_ms_per_replan if r.plan_ms_per_replan is not None else r.plan_ms_per_step
+        lines.append(f"{name:<{width}}{r.successes:>6}/{r.episodes:<5}{100 * r.success_rate:>7.1f}%{ci:>16}"
+                     f"{r.outcomes['crash']:>7}{r.outcomes['timeout']:>8}{r.plan_ms_per_step:>9.2f}{per_replan:>11.2f}"
+                     + (f"{100 * r.candidates_feasible:>9.1f}%" if r.candidates_feasible is not None else f"{'—':>10}"))
     pairs = paired_with_astar(evaluation)
     if pairs:
         lines += ["", "paired exact McNemar tests, same forecaster (a-only / b-only successes):"]
-        lines += [f"  {p['a']:<{width}} vs {p['b']:<{width}} {p['a_only']:>4} / {p['b_only']:<4} p = {p['p_value']:.3g}"
-                  for p in pairs]
+        lines += [f"  {p.a:<{width}} vs {p.b:<{width}} {p.a_only:>4} / {p.b_only:<4} p = {p.p_value:.3g}" for p in pairs]
     return "\n".join(lines)

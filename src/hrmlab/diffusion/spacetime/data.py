@@ -9,9 +9,9 @@ future on the same time axis — the training set of the space-time denoiser.
   extra steps, from the start corner or (fraction `random_start`) a random free cell — closed-loop
   replanning starts from anywhere on the map.
 
-Examples are made in shards (one backend task each) and stored with `data/shards.py`'s helpers: atomic
-.npy files with sha256 records in `manifest.json`, `DONE` written last, a rerun regenerating only shards
-that are missing or fail their checksum.
+Examples are made in shards (one backend task each) and stored as a `data/shards.py` shard set: atomic
+.npy files with sha256 records in `manifest.json`, `DONE` written last, under the directory's lock, a rerun
+regenerating only shards that are missing or fail their checksum.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hrmlab.fileio import write_json_atomic
 from hrmlab.config import config_hash, from_dict, to_dict
 from hrmlab.data import shards as store
 from hrmlab.diffusion import expert as expert_mod
@@ -30,7 +29,6 @@ from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime.worlds import obstacles_ahead
 from hrmlab.errors import UserError
 from hrmlab.planning.spacetime_astar import STATUS_GOAL, PlannerConfig, plan_path
-from hrmlab.progress import make_progress
 from hrmlab.worlds import blob_world, bounce_grid
 from hrmlab.worlds.blob_world import BlobWorldConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -154,58 +152,19 @@ def generate(world_kind: str, world, expert: ExpertConfig | None, warmup: int, d
     """Make (or finish, or verify) the example set in `root`; returns `root`.
 
     A finished set is verified shard by shard (size and sha256 against the manifest); missing or
-    corrupt shards are regenerated, the rest kept."""
-    root = Path(root)
+    corrupt shards are regenerated, the rest kept (`data/shards.build_shard_set`)."""
     key = data_key(world_kind, world, expert, warmup, data)
     n_shards = max(1, -(-data.episodes // data.episodes_per_shard))
-    with store.directory_lock(root):
-        store.remove_stale_temp_files(root)
-        manifest = store.read_manifest(root)
-        if manifest is None or manifest.get("key") != key:
-            manifest = {"key": key, "config": {"world_kind": world_kind, "world": to_dict(world),
-                                               "expert": to_dict(expert) if expert else None, "warmup": warmup,
-                                               "data": to_dict(data)}, "shards": {}}
-            (root / store.DONE).unlink(missing_ok=True)
-        todo = []
-        for s in range(n_shards):
-            record = manifest["shards"].get(str(s))
-            if record is None or not all(store.file_matches(root / store.SHARD_DIR / record[a]["file"], record[a])[0]
-                                         for a in ARRAYS):
-                first = s * data.episodes_per_shard
-                todo.append({"shard": s, "world_kind": world_kind, "world": to_dict(world),
-                             "expert": to_dict(expert) if expert else None, "warmup": warmup, "data": to_dict(data),
-                             "first": first, "count": min(data.episodes_per_shard, data.episodes - first)})
-        if not todo and (root / store.DONE).exists():
-            return root
-        (root / store.DONE).unlink(missing_ok=True)
-        (root / store.SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        if todo:
-            log.info("space-time expert data %s: %d of %d shards to make", key, len(todo), n_shards)
-        bar = make_progress(len(todo), "expert trajectories", bar=progress, unit="shards")
-        for result in backend.map(example_shard, todo):
-            s = result.pop("shard")
-            record = {}
-            for name in ARRAYS:
-                file = f"shard-{s:05d}-{name}.npy"
-                record[name] = {"file": file, "name": f"{s}/{name}",
-                                **store.write_npy_atomic(root / store.SHARD_DIR / file, result[name])}
-            manifest["shards"][str(s)] = record
-            write_json_atomic(root / store.MANIFEST, manifest)
-            bar.update(1)
-        bar.close()
-        manifest["examples"] = int(sum(np.load(root / store.SHARD_DIR / manifest["shards"][str(s)]["cells"]["file"],
-                                               mmap_mode="r").shape[0] for s in range(n_shards)))
-        write_json_atomic(root / store.MANIFEST, manifest)
-        (root / store.DONE).write_text(key + "\n")
-    return root
+    common = {"world_kind": world_kind, "world": to_dict(world), "expert": to_dict(expert) if expert else None,
+              "warmup": warmup, "data": to_dict(data)}
+    tasks = {s: {"shard": s, **common, "first": s * data.episodes_per_shard,
+                 "count": min(data.episodes_per_shard, data.episodes - s * data.episodes_per_shard)}
+             for s in range(n_shards)}
+    store.build_shard_set(Path(root), key, common, tasks, example_shard, ARRAYS, backend, progress=progress,
+                          desc="space-time expert trajectories")
+    return Path(root)
 
 
 def load(root) -> dict:
     """All examples of a finished set, concatenated in shard order."""
-    root = Path(root)
-    manifest = store.read_manifest(root)
-    if manifest is None or not (root / store.DONE).exists():
-        raise UserError(f"space-time expert data {root} is incomplete; rerun to finish it")
-    order = sorted(manifest["shards"], key=int)
-    return {a: np.concatenate([np.load(root / store.SHARD_DIR / manifest["shards"][s][a]["file"]) for s in order])
-            for a in ARRAYS}
+    return store.load_shard_set(Path(root), ARRAYS, "space-time expert data")

@@ -7,15 +7,15 @@ planner, eval, the forecasters' checkpoints). The LSTM forecaster of the `lstm` 
 grid pipeline's own stages (`pipeline.stage_data` / `stage_train`, cached under `CACHE/models/`) with
 the `quick` preset's recipe by default, so it is the model of the forecaster table.
 
-results.json: `evaluations[PROTOCOL]` in the grid evaluator's shape (rows `astar+F`, `diffusion+F`,
-ablations), `rows` (each row's successes and episodes), stage keys, model size, timings.
+Stages use the one stage cache (`stage_cache.py`; expert data: a `data/shards.py` shard set).
+results.json: a `RunResult` whose `evaluations[PROTOCOL]` is an `EvaluationResult` (rows `astar+F`,
+`diffusion+F`, ablations), plus stage keys, model size, timings.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,9 +38,11 @@ from hrmlab.diffusion.spacetime.sampler import STSamplingConfig
 from hrmlab.diffusion.spacetime.train import STTrainConfig, load_st_planner, train_st
 from hrmlab.errors import UserError
 from hrmlab.evaluate.protocols import get_protocol
+from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
 from hrmlab.progress import make_progress
+from hrmlab.stage_cache import Stage, cached, stage_key
 from hrmlab.train.trainer import TrainConfig
 from hrmlab.worlds.blob_world import BlobWorldConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
@@ -185,12 +187,32 @@ def stage_keys(cfg: STExperimentConfig, forecaster_keys: dict | None = None) -> 
     warmup = get_protocol(cfg.protocol).warmup if cfg.world_kind == "grid" else 0
     expert = cfg.expert if cfg.world_kind == "blob" else None
     data_key = st_data.data_key(cfg.world_kind, cfg.world, expert, warmup, cfg.data)
-    train_key = config_hash({"data": data_key, "model": to_dict(cfg.model), "train": to_dict(cfg.train)})
-    eval_key = config_hash({"train": train_key, "world_kind": cfg.world_kind, "world": to_dict(cfg.world),
-                            "expert": to_dict(cfg.expert), "protocol": cfg.protocol,
-                            "sampling": to_dict(cfg.sampling), "planner": to_dict(cfg.planner),
-                            "eval": to_dict(cfg.eval), "forecasters": forecaster_keys or {}, "format": 1})
+    train_key = stage_key({"data": data_key, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}, TRAIN_FORMAT)
+    eval_key = stage_key({"train": train_key, "world_kind": cfg.world_kind, "world": to_dict(cfg.world),
+                          "expert": to_dict(cfg.expert), "protocol": cfg.protocol, "sampling": to_dict(cfg.sampling),
+                          "planner": to_dict(cfg.planner), "eval": to_dict(cfg.eval),
+                          "forecasters": forecaster_keys or {}}, RESULT_FORMAT)
     return {"expert_data": data_key, "train": train_key, "eval": eval_key}
+
+
+TRAIN_FORMAT = 1
+"""Part of the training stage's key: bump it when the trained planner's file changes meaning."""
+
+
+def stage_train(examples: dict, cfg: STExperimentConfig, train_dir: Path, key: str,
+                progress: bool) -> tuple[Path, STDenoiser]:
+    """The denoiser's training stage: (planner.pt, the loaded denoiser), trained or from the cache (a corrupt
+    or unreadable planner is retrained)."""
+    g = cfg.world.map_size if cfg.world_kind == "blob" else cfg.world.grid_size
+
+    def train() -> dict:
+        return {"planner": train_st(examples, cfg.model, cfg.train, g, train_dir, progress=progress).name}
+
+    def load(doc: dict) -> tuple[Path, STDenoiser]:
+        return train_dir / doc["planner"], load_st_planner(train_dir / doc["planner"])[0]
+
+    return cached(Stage("train/space-time", train_dir / "stage.json", key, folder=train_dir), train, load,
+                  files=lambda doc: [train_dir / doc["planner"]])
 
 
 def _train_lstm(cfg: STExperimentConfig, opts, backend) -> dict:
@@ -203,8 +225,8 @@ def _train_lstm(cfg: STExperimentConfig, opts, backend) -> dict:
     return stage_train(grid_cfg, "lstm", stage_data(grid_cfg, opts, backend), opts)
 
 
-def run_st(cfg: STExperimentConfig, opts, backend=None) -> dict:
-    """The whole experiment; returns the results dict also written to OUT/results.json.
+def run_st(cfg: STExperimentConfig, opts, backend=None) -> RunResult:
+    """The whole experiment; returns the run's results, written once to OUT/results.json.
 
     `opts` is the pipeline's RunOptions (out, cache, smoke, workers, progress); `cfg` is already shrunk
     for a smoke run."""
@@ -237,59 +259,44 @@ def run_st(cfg: STExperimentConfig, opts, backend=None) -> dict:
         log.info("space-time expert data: %d trajectories (%s)", len(examples["path"]), root)
 
         t0 = time.perf_counter()
-        g = cfg.world.map_size if cfg.world_kind == "blob" else cfg.world.grid_size
-        planner_path = train_st(examples, cfg.model, cfg.train, g, cache / "train" / keys["train"],
-                                progress=opts.progress)
+        planner_path, model = stage_train(examples, cfg, cache / "train" / keys["train"], keys["train"], opts.progress)
         timings["train_s"] = round(time.perf_counter() - t0, 1)
-        model, _ = load_st_planner(planner_path)
 
         t0 = time.perf_counter()
-        cached = cache / "eval" / f"{keys['eval']}.json"
-        evaluation = _read_json(cached)
-        if evaluation is None:
+
+        def evaluate() -> dict:
             device = pick_device(cfg.device)
             device = "cpu" if device.type == "cpu" else str(device)
-            rows = make_rows(cfg.eval)
-            chunks = make_chunks(cfg.world_kind, cfg.world, rows, cfg.eval, cfg.sampling, cfg.planner,
+            chunks = make_chunks(cfg.world_kind, cfg.world, make_rows(cfg.eval), cfg.eval, cfg.sampling, cfg.planner,
                                  cfg.expert if cfg.world_kind == "blob" else None, str(planner_path), checkpoints,
                                  cfg.protocol, device)
             bar = make_progress(cfg.eval.test_episodes, "evaluate rows", bar=opts.progress)
             eval_backend = backend if device == "cpu" else make_backend(1)
             try:
-                evaluation = evaluate_rows(chunks, eval_backend, progress=bar.update)
+                return evaluate_rows(chunks, eval_backend, progress=bar.update).to_json()
             finally:
                 bar.close()
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(cached, evaluation)
+
+        evaluation = cached(Stage("evaluate/rows", cache / "eval" / f"{keys['eval']}.json", keys["eval"]), evaluate,
+                            EvaluationResult.from_json)
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
     finally:
         torch.set_num_threads(old_threads)
-    protocol = evaluation["protocol"]
-    results = {
-        "preset": cfg.name, "family": cfg.family, "world": cfg.world_kind, "description": cfg.description,
-        "provenance": cfg.provenance, "published": cfg.published, "smoke": bool(opts.smoke),
-        "config_hash": config_hash(cfg), "stage_keys": keys, "primary_protocol": protocol,
-        "evaluations": {protocol: evaluation},
-        "rows": {name: {"successes": r["successes"], "episodes": r["episodes"], "success_rate": r["success_rate"],
-                        "ci95": r["ci95"]} for name, r in evaluation["results"].items()},
-        "model": {"parameters": count_parameters(model), "checkpoint": str(planner_path),
-                  "horizon": model.horizon},
-        "forecasters": {name: {"checkpoint": path} for name, path in checkpoints.items()},
-        "expert_trajectories": int(len(examples["path"])),
-        "timings": timings, "seconds": round(time.perf_counter() - t_start, 1),
-    }
-    write_json_atomic(out / "results.json", results)
+    results = RunResult(
+        preset=cfg.name, family=cfg.family, description=cfg.description, provenance=cfg.provenance,
+        published=cfg.published, smoke=bool(opts.smoke), primary_protocol=evaluation.protocol,
+        evaluations={evaluation.protocol: evaluation},
+        forecasters={name: {"checkpoint": path} for name, path in checkpoints.items()},
+        seconds=round(time.perf_counter() - t_start, 1),
+        details={"world": cfg.world_kind, "config_hash": config_hash(cfg), "stage_keys": keys,
+                 "model": {"parameters": count_parameters(model), "checkpoint": str(planner_path),
+                           "horizon": model.horizon},
+                 "expert_trajectories": int(len(examples["path"])), "timings": timings})
+    write_json_atomic(out / "results.json", results.to_json())
     return results
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def run_st_pipeline(cfg: STExperimentConfig, opts, backend=None, train_runner=None) -> dict:
+def run_st_pipeline(cfg: STExperimentConfig, opts, backend=None, train_runner=None) -> RunResult:
     """`hrmlab run` for a space-time preset: results.json and the report. (Its denoiser trains in this
     process; `train_runner` is the family interface's hook and is not used yet.)"""
     from hrmlab.report.report import write_report
@@ -299,10 +306,11 @@ def run_st_pipeline(cfg: STExperimentConfig, opts, backend=None, train_runner=No
     return results
 
 
-def print_st_summary(results: dict, cfg=None) -> None:
+def print_st_summary(results: RunResult, cfg=None) -> None:
     """The console summary of `hrmlab run` for a space-time preset."""
-    for evaluation in results["evaluations"].values():
+    for evaluation in results.evaluations.values():
         print()
         print(format_rows(evaluation))
-    print(f"\ndenoiser: {results['model']['parameters']:,} parameters, {results['model']['horizon']} points; "
-          f"{results['expert_trajectories']:,} expert trajectories")
+    model = results.details["model"]
+    print(f"\ndenoiser: {model['parameters']:,} parameters, {model['horizon']} points; "
+          f"{results.details['expert_trajectories']:,} expert trajectories")
