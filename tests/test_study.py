@@ -100,3 +100,27 @@ def test_study_smoke_tabulates_test_time_compute_of_recursive_models(tmp_path):
         test = entry["vs_trained"]
         assert test["a_better"] + test["b_better"] <= world["episodes"] and 0.0 <= test["p_value"] <= 1.0
     assert "Test-time compute" in (tmp_path / "study.md").read_text()
+
+
+def test_world_key_ignores_settings_at_their_defaults_and_prose():
+    """A stored world survives a new setting added with a behaviour-keeping default (and prose edits),
+    but any changed result-relevant value rekeys it."""
+    import dataclasses as dc
+
+    from hrmlab.config import changed_dict, config_hash
+
+    @dc.dataclass
+    class Old:
+        a: int = 1
+        b: float = 0.5
+
+    @dc.dataclass
+    class New(Old):
+        c: str = "added later"
+
+    assert changed_dict(Old(a=2)) == changed_dict(New(a=2)) == {"a": 2}
+    assert config_hash(changed_dict(New(a=2, c="other"))) != config_hash(changed_dict(Old(a=2)))
+    base = resolve("quick")
+    prose = dc.replace(base, description="reworded", provenance="reworded")
+    assert changed_dict(prose) == changed_dict(base)
+    assert changed_dict(dc.replace(base, data=dc.replace(base.data, train_episodes=7))) != changed_dict(base)

@@ -47,6 +47,36 @@ def key_dict(cfg: Any) -> Any:
     return cfg
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def changed_dict(cfg: Any) -> Any:
+    """`key_dict` keeping only what differs from each dataclass's defaults (nested sections recursively).
+
+    Keys long-lived results (the study's stored world summaries): adding a new setting whose default keeps
+    the old behaviour — the project's rule for new settings — leaves the key of every existing config as it
+    was, so hours of stored results are not redone because a field was added elsewhere."""
+    if not dataclasses.is_dataclass(cfg):
+        return key_dict(cfg)
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("cache_key", True):
+            continue
+        value, default = getattr(cfg, f.name), _default_of(f)
+        if dataclasses.is_dataclass(value):
+            sub = changed_dict(value)
+            if sub or type(value) is not type(default):
+                out[f.name] = sub
+        elif default is dataclasses.MISSING or key_dict(value) != key_dict(default):
+            out[f.name] = key_dict(value)
+    return out
+
+
 def config_hash(cfg: Any, length: int = 12) -> str:
     """Stable short hash of a config (dataclass or dict): keys the cache of the stage it configures."""
     blob = json.dumps(key_dict(cfg), sort_keys=True, default=str)

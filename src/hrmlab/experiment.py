@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from hrmlab.config import apply_overrides, from_dict
+from hrmlab.config import NOT_IN_KEY, apply_overrides, from_dict
 from hrmlab.data.collect import DataConfig
 from hrmlab.evaluate.runner import EvalConfig
 from hrmlab.forecast.hrm import HRMConfig
@@ -78,11 +78,11 @@ class ExperimentConfig:
 
     name: str = "custom"
     """Preset name (set by the loader)."""
-    description: str = ""
-    """One line for `hrmlab presets`."""
-    provenance: str = ""
+    description: str = field(default="", metadata=NOT_IN_KEY)
+    """One line for `hrmlab presets` (prose: not part of any cache key)."""
+    provenance: str = field(default="", metadata=NOT_IN_KEY)
     """Which seed script this preset re-creates, and any deliberate deviation."""
-    published: dict = field(default_factory=dict)
+    published: dict = field(default_factory=dict, metadata=NOT_IN_KEY)
     """The seed's published numbers for this experiment (free text, quoted in reports)."""
     family: Literal["grid"] = "grid"
     """Experiment family (diffusion presets use `hrmlab.diffusion.experiment`)."""

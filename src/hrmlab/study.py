@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats as sps
 
-from hrmlab.config import config_hash, to_dict
+from hrmlab.config import changed_dict, config_hash, to_dict
 from hrmlab.errors import UserError, choose
 from hrmlab.evaluate.result import EvaluationResult, Row
 from hrmlab.fileio import write_json_atomic
@@ -54,9 +54,10 @@ STUDY_FORMAT = 1  # bump when a world summary changes meaning; stored summaries 
 class StudyConfig:
     """What the study compares and with how much compute."""
 
-    worlds: list[str] = field(default_factory=lambda: ["quick", "suite-patrol", "suite-rush", "suite-mixed",
-                                                       "suite-turning", "suite-clockwork"])
-    """Grid presets, one per world: `quick` (the seed's world) and the scenario suites."""
+    worlds: list[str] = field(default_factory=lambda: ["quick", "suite-clockwork", "suite-patrol", "suite-turning",
+                                                       "suite-mixed", "suite-rush"])
+    """Grid presets, one per world: `quick` (the seed's world) and the scenario suites — those with the most
+    room above the best physics rule first, so an interrupted study has measured the informative worlds."""
     models: list[str] = field(default_factory=lambda: ["lstm", "hrm", "hrm-act", "trm"])
     """Learned models (their config sections in the preset)."""
     lrs: list[float] = field(default_factory=lambda: [3e-4, 1e-3, 3e-3])
@@ -312,11 +313,13 @@ def _val_loss(summary: dict) -> float:
 
 
 def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
-    """What decides a world's summary: the resolved preset, the study's models, rates, seeds, episodes."""
+    """What decides a world's summary: the resolved preset's result-changing settings that differ from the
+    defaults (so a setting added later with a behaviour-keeping default does not void stored worlds), the
+    study's models, rates, seeds, episodes."""
     from hrmlab.presets import resolve
 
     cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
-    return config_hash({"format": STUDY_FORMAT, "preset": to_dict(cfg),
+    return config_hash({"format": STUDY_FORMAT, "preset": changed_dict(cfg),
                         "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
                         "episodes": study.episodes, "compute_scales": study.compute_scales, "smoke": smoke})
 
