@@ -78,3 +78,24 @@ def test_a_preset_extends_a_base_and_overrides_nested_keys(tmp_path, monkeypatch
     assert presets.preset_data("child") == {"hrm": {"d_model": 32, "block": "gated"}, "data": {"train_episodes": 10}}
     with pytest.raises(UserError, match="extends itself"):
         presets.preset_data("loop")
+
+
+def test_suite_worlds_are_defined_once_in_their_preset_files():
+    """Each suite's world is its preset file's `world` section: the preset trains on it, protocol suite-NAME
+    evaluates on it, and the shared model/recipe blocks come from the `_suite` base, not pasted copies."""
+    from hrmlab.config import load_yaml
+    from hrmlab.evaluate.protocols import SUITE_WORLDS, get_protocol
+    from hrmlab.presets import PRESET_DIR
+
+    suites = [n for n in preset_names() if n.startswith("suite-")]
+    assert sorted(SUITE_WORLDS) == suites and len(suites) == 5
+    for name in suites:
+        raw = load_yaml(PRESET_DIR / f"{name}.yaml")
+        assert raw["extends"] == "_suite" and "hrm" not in raw and "world" in raw
+        cfg = load_preset(name)
+        assert cfg.world == SUITE_WORLDS[name] == get_protocol(name).world
+        assert cfg.eval.protocol == name and cfg.hrm.d_model == 64 and cfg.lstm.hidden == 96
+    assert load_preset("suite-mixed").train_hrm.lr == 1e-3 and load_preset("suite-rush").train_hrm.lr == 3e-3
+    assert "_suite" not in preset_names()  # a base, not an experiment
+    # a preset without a world of its own, evaluated on a suite's protocol, runs in that suite's world
+    assert load_preset("quick", ["eval.protocol=suite-rush"]).world == SUITE_WORLDS["suite-rush"]

@@ -184,9 +184,9 @@ def load_experiment(data: dict, name: str, overrides=()) -> ExperimentConfig:
         for model in cfg.models:
             check_rollout(build_model(cfg.model_config(model)), "stateful")
     protocol = get_protocol(cfg.eval.protocol)
-    if protocol.world is not None:  # the protocol's world is the base; `--set world.*` still applies on top
-        if data.get("world"):
-            raise UserError(f"preset {name}: protocol {protocol.name} defines the world; remove the world section")
+    if protocol.world is not None and not data.get("world"):
+        # a preset without a world of its own, evaluated on a suite's protocol, runs in that suite's world
+        # (a suite preset states it: it is the world's one definition); `--set world.*` applies on top
         cfg = dataclasses.replace(cfg, world=protocol.world)
         cfg = apply_overrides(cfg, [o for o in overrides if o.split("=", 1)[0].strip().startswith("world.")])
     if cfg.seed_protocol:

@@ -1,7 +1,7 @@
 """`hrmlab suites`: run every scenario-suite preset and write the benchmark table (docs/suites.md).
 
-Each suite is a world where forecasting matters (evaluate/protocols.py, SUITE_WORLDS). The command runs
-the `suite-*` presets through the ordinary pipeline (so every stage is cached and resumable) and
+Each suite is a world where forecasting matters (the `world` section of its preset file, SUITE_WORLDS).
+The command runs the `suite-*` presets through the ordinary pipeline (so every stage is cached and resumable) and
 tabulates, per suite: success with Wilson intervals for the oracle, the physics rules and the learned
 models the presets train; forecast ADE/FDE measured at every planning step; and the share of the oracle's
 lead over the best physics rule (the yardstick, usually bounce-aware) that the best learned model closes.
@@ -144,10 +144,11 @@ def suites_document(runs: dict[str, RunResult], smoke: bool = False, recipes: di
     parts = [
         "# Scenario suites\n\n"
         "Worlds where forecasting matters. With the aligned planner the seed's world is easy (constant velocity "
-        "≈ 88 %, oracle ≈ 99 %), so learned forecasters have little to win there. Each suite below is a protocol "
-        "(`evaluate/protocols.py`, `SUITE_WORLDS`: the `standard` rules — test split, crash test first, aligned "
-        "planner — on its own world) and a preset of the same name that collects training data on that world, "
-        "trains the preset's learned models, and evaluates them beside the oracle and the physics rules. The "
+        "≈ 88 %, oracle ≈ 99 %), so learned forecasters have little to win there. Each suite below is a preset "
+        "(`presets/suite-NAME.yaml`, whose `world` section is the world's one definition) that collects training "
+        "data on that world, and a protocol of the same name (the `standard` rules — test split, crash test "
+        "first, aligned planner — on that world) on which it "
+        "evaluates the preset's learned models beside the oracle and the physics rules. The "
         "fair comparison of learned models (equal budget, recipes chosen on validation, several training "
         "seeds) is `hrmlab study`, docs/study.md.\n\n",
         describe_suites() + "\n\n",

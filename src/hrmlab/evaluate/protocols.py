@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from hrmlab.config import from_dict
 from hrmlab.errors import choose
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
@@ -56,22 +57,19 @@ V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian",
                             obstacle_draw="uniform", clip_max=19.9, coordinates="cells")
 
 # Scenario suites (docs/suites.md): worlds where forecasting matters. Each is the `standard` protocol
-# (test split, crash test first) on its own world; the preset of the same name trains on that world.
-SUITE_WORLDS = {
-    "suite-patrol": BounceGridConfig(num_obstacles=16, patrol=True, patrol_min_side=2, patrol_max_side=5),
-    "suite-rush": BounceGridConfig(num_obstacles=10, speed=1.2),
-    "suite-mixed": BounceGridConfig(num_obstacles=12, speed=1.0, speed_min=0.4),
-    "suite-turning": BounceGridConfig(num_obstacles=10, turn_prob=0.1),
-    "suite-clockwork": BounceGridConfig(num_obstacles=10, turn_period_min=4, turn_period_max=8),
-}
-SUITE_DESCRIPTIONS = {
-    "suite-patrol": "16 obstacles walking rectangular loops (sides 2–5 cells): the history shows the route",
-    "suite-rush": "10 obstacles at speed 1.2: frequent border bounces that constant velocity misses",
-    "suite-mixed": "12 obstacles with speeds uniform in [0.4, 1.0]",
-    "suite-turning": "10 obstacles turning at random (p = 0.1 per step): unpredictable by design (a control)",
-    "suite-clockwork": "10 obstacles turning 90° every k steps (k = 4–8, direction and phase per obstacle): "
-                       "deterministic, but only counting the steps since the last turn predicts the next",
-}
+# (test split, crash test first) on its own world. The world is defined once, in the `world` section of
+# the suite's preset file (presets/suite-NAME.yaml), whose description says what the world is; the preset
+# trains on that world and this protocol evaluates on it.
+def _suite_presets() -> dict[str, dict]:
+    from hrmlab.presets import preset_data, preset_names
+
+    return {name: preset_data(name) for name in preset_names() if name.startswith("suite-")}
+
+
+_SUITES = _suite_presets()
+SUITE_WORLDS: dict[str, BounceGridConfig] = {
+    name: from_dict(BounceGridConfig, data["world"], f"presets/{name}.yaml: world") for name, data in _SUITES.items()}
+SUITE_DESCRIPTIONS: dict[str, str] = {name: data["description"] for name, data in _SUITES.items()}
 
 PROTOCOLS: dict[str, Protocol] = {
     p.name: p
