@@ -99,3 +99,28 @@ def test_mcnemar_exact_matches_binomial():
     assert (res["a_only"], res["b_only"]) == (4, 1)
     assert np.isclose(res["p_value"], sps.binomtest(4, 5, 0.5).pvalue)
     assert mcnemar_exact(a, a)["p_value"] == 1.0
+
+
+def test_the_closed_loop_keeps_at_least_the_window_its_forecaster_reads():
+    """One history rule: observers are shown OBSERVED_HISTORY positions, a forecaster trained on a longer
+    window gets its whole window (never a padded one), and the forecasts do not change for physics rules."""
+    from hrmlab.forecast.physics import ConstantVelocityForecaster
+    from hrmlab.worlds import OBSERVED_HISTORY
+
+    class Recording(ConstantVelocityForecaster):
+        def __init__(self, history):
+            self.history, self.seen = history, set()
+
+        def forecast(self, obs, horizon):
+            self.seen.add(obs.history.shape[2])
+            return super().forecast(obs, horizon)
+
+    protocol, world, planner = get_protocol("standard"), BounceGridConfig(), PlannerConfig()
+    runs = {}
+    for history in (0, 10, 32):
+        forecaster = Recording(history)
+        runs[history] = run_closed_loop(protocol, world, planner, forecaster, np.arange(8), forecast_error=False)
+        assert forecaster.seen == {max(OBSERVED_HISTORY, history)}
+    for history in (10, 32):  # constant velocity reads the last two positions: the same run either way
+        assert np.array_equal(runs[history].outcome, runs[0].outcome)
+        assert np.array_equal(runs[history].steps, runs[0].steps)

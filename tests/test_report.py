@@ -138,7 +138,7 @@ def test_replay_gives_the_evaluators_outcomes(run_dir, protocol):
                                      np.array(res.indices), forecast_error=False).steps
              for s in specs}
     for j, episode in enumerate(res.indices):
-        replay = replay_episode(protocol, run.world(), planner, specs, episode, history_len=run.history_len())
+        replay = replay_episode(protocol, run.world(), planner, specs, episode)
         for s in specs:
             track = replay.tracks[s.name]
             assert track.outcome == res.rows[s.name].per_episode[j], (protocol, episode, s.name)

@@ -73,6 +73,14 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     assert main(args) == 0  # the stored summary is reused: nothing new trained
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
     assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["key"] == world["key"]
+    # another world, tabulated only: nothing runs, the stored quick world stays in the results file
+    other = [a if a != "quick" else "suite-rush" for a in args] + ["--tabulate-only"]
+    assert main(other) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
+    assert "Not yet run: `suite-rush`" in (tmp_path / "study.md").read_text()
+    assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"] == world
+    assert main(args + ["--tabulate-only"]) == 0  # the document again from the results file alone
+    assert (tmp_path / "study.md").read_text() == doc
 
 
 def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):

@@ -236,7 +236,8 @@ def cmd_study(args) -> int:
     study = dataclasses.replace(study, **changes)
     cache = Path(args.cache) if args.cache else default_cache()
     text = run_study(study, Path(args.out), Path(args.json), cache, Path(args.runs), smoke=args.smoke,
-                     overrides=args.set or [], workers=args.workers, progress=not args.no_progress)
+                     overrides=args.set or [], workers=args.workers, progress=not args.no_progress,
+                     tabulate_only=args.tabulate_only)
     print(text)
     return 0
 
@@ -273,6 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-cpu", action="store_true", help="run a GPU preset full size on CPU anyway")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    def add_multi_run_args(p, out: str, runs_of: str, presets: str):
+        """The options of `suites` and `study`: both run many presets into run directories and write one
+        markdown document, so they take the same options (only the defaults and wording differ)."""
+        p.add_argument("--out", default=out, help="markdown file to write")
+        p.add_argument("--runs", default="runs", help=f"where the {runs_of} run directories go")
+        p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
+        p.add_argument("--smoke", action="store_true", help="toy sizes")
+        p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override for every {presets}")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars (progress lines go to the log)")
+
     p = sub.add_parser("run", help="the whole experiment: collect → train → evaluate → report (default preset quick)")
     add_run_args(p)
     p.add_argument("--backend", default="local", help="local (default) or modal")
@@ -291,33 +303,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("suites", help="train and evaluate every scenario suite; write the table (docs/suites.md)")
-    p.add_argument("--out", default="docs/suites.md", help="markdown file to write")
-    p.add_argument("--runs", default="runs", help="where the suite run directories go")
-    p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
-    p.add_argument("--smoke", action="store_true", help="toy sizes")
-    p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every suite preset")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (progress lines go to the log)")
+    add_multi_run_args(p, out="docs/suites.md", runs_of="suite", presets="suite preset")
     p.add_argument("--only", help="comma-separated suites to run and tabulate, e.g. suite-rush,suite-patrol")
     p.set_defaults(func=cmd_suites)
 
     p = sub.add_parser("study", help="every learned model vs physics over training seeds at equal budget "
                                      "(docs/study.md)")
-    p.add_argument("--only", help="comma-separated world presets (default: quick and every suite)")
+    p.add_argument("--only", help="comma-separated world presets (default: quick and every suite, the suites with most room above physics first)")
     p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm,hrm-act,trm)")
     p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 3e-4,1e-3,3e-3)")
     p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
-    p.add_argument("--out", default="docs/study.md", help="markdown file to write")
+    add_multi_run_args(p, out="docs/study.md", runs_of="study", presets="world preset")
     p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")
-    p.add_argument("--runs", default="runs", help="where the study run directories go")
-    p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
-    p.add_argument("--smoke", action="store_true", help="toy sizes")
-    p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every world preset")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--tabulate-only", action="store_true",
+                   help="rewrite the document from the results file's finished worlds; train and evaluate nothing")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("results", help="put several runs side by side")

@@ -325,8 +325,11 @@ def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
 
 
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
-              overrides=(), workers: int | None = None, progress: bool = True) -> str:
-    """Run (or reuse) every world; after each one, rewrite the results file and the document."""
+              overrides=(), workers: int | None = None, progress: bool = True, tabulate_only: bool = False) -> str:
+    """Run (or reuse) every world; after each one, rewrite the results file and the document.
+
+    tabulate_only: rewrite the document from the stored world summaries (`out_json`) of this study's
+    settings and run nothing (a fresh machine re-tabulates without retraining)."""
     from hrmlab.backends.local import make_backend
     from hrmlab.pipeline import RunOptions
     from hrmlab.presets import preset_names
@@ -334,21 +337,26 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
     for world in study.worlds:
         choose("world preset", world, [p for p in preset_names() if not p.startswith(("diffusion", "hrm-cloud"))])
     stored = _read_json(out_json) or {}
-    worlds = stored.get("worlds", {}) if stored.get("format") == STUDY_FORMAT else {}
-    backend = make_backend(workers)
+    # every stored world stays in the results file, whichever worlds this call selects (`--only`)
+    kept = dict(stored.get("worlds", {})) if stored.get("format") == STUDY_FORMAT else {}
+    results = {}
+    backend = None if tabulate_only else make_backend(workers)
     for world in study.worlds:
         key = world_key(world, study, overrides, smoke)
-        if worlds.get(world, {}).get("key") == key:
+        if kept.get(world, {}).get("key") == key:
             log.info("study %s: reusing the stored summary (%s)", world, out_json)
+            results[world] = kept[world]
+            continue
+        if tabulate_only:  # nothing stored for these settings: the document says it is not yet run
             continue
         opts = RunOptions(out=runs_dir / f"study-{world}" / ("smoke" if smoke else "full"), cache=cache,
                           smoke=smoke, workers=workers, progress=progress)
         opts.out.mkdir(parents=True, exist_ok=True)
         log.info("study %s: selecting recipes, training %d seeds × %d models, evaluating", world, study.seeds,
                  len(study.models))
-        worlds[world] = {"key": key, **study_world(world, study, opts, overrides, smoke, backend)}
-        _write_results(out_json, out_md, study, worlds, smoke)
-    return _write_results(out_json, out_md, study, worlds, smoke)
+        results[world] = kept[world] = {"key": key, **study_world(world, study, opts, overrides, smoke, backend)}
+        _write_results(out_json, out_md, study, kept, results, smoke)
+    return _write_results(None if tabulate_only else out_json, out_md, study, kept, results, smoke)
 
 
 def _read_json(path: Path):
@@ -358,10 +366,13 @@ def _read_json(path: Path):
         return None
 
 
-def _write_results(out_json: Path, out_md: Path, study: StudyConfig, worlds: dict, smoke: bool) -> str:
-    ordered = {w: worlds[w] for w in study.worlds if w in worlds}
-    write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
-    text = study_document(study, ordered, smoke)
+def _write_results(out_json: Path | None, out_md: Path, study: StudyConfig, kept: dict, results: dict,
+                   smoke: bool) -> str:
+    """The results file holds every stored world (`kept`); the document shows this study's (`results`)."""
+    if out_json is not None:
+        ordered = {**{w: kept[w] for w in study.worlds if w in kept}, **kept}
+        write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
+    text = study_document(study, {w: results[w] for w in study.worlds if w in results}, smoke)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text)
     return text
@@ -381,8 +392,8 @@ def _p(p: float) -> str:
 
 
 def world_section(world: str, s: dict) -> str:
-    lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; "
-             f"{s['compute_minutes']} compute-minutes)\n"]
+    lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; {s['minutes']} min wall "
+             f"time, {s['compute_minutes']} compute-minutes)\n"]
     lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
                  "ADE / FDE (cells) | params | train s | forecast ms/step | vs best physics (pooled sign test) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")

@@ -28,7 +28,7 @@ from hrmlab.config import config_hash, to_dict
 from hrmlab.data import shards
 from hrmlab.data.dataset import open_dataset
 from hrmlab.errors import UserError
-from hrmlab.worlds import bounce_grid
+from hrmlab.worlds import OBSERVED_HISTORY, bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class DataConfig:
     """Episodes drawn from the validation split (indices 0 … val_episodes-1); 0 disables validation."""
     steps_per_episode: int = 70
     """S: physics steps after each reset (v1: 60). An episode yields N × (S − H) samples."""
-    history: int = 20
+    history: int = OBSERVED_HISTORY
     """H: positions per input window (v2: 10). Applied when windows are cut, so it does not key the store."""
     reset_batch: int = 1_024
     """Episodes reset and stepped together as one numpy batch, aligned to multiples of this index, so an

@@ -124,6 +124,17 @@ class DiffusionHooks(TrainHooks):
             self.generator = None
 
 
+def denoiser_trainer_config(cfg, examples: int, batch: int) -> TrainConfig:
+    """The shared trainer's settings for a denoiser run: AdamW, cosine schedule to `min_lr`, and as many
+    epochs of `examples // batch` steps as reach `cfg.steps`. `cfg` is a `DiffusionTrainConfig` or a
+    space-time `STTrainConfig`: both denoisers train with the same recipe, only their settings differ."""
+    return TrainConfig(
+        optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine", min_lr=cfg.min_lr,
+        epochs=math.ceil(cfg.steps / max(1, examples // batch)), batch_size=batch, grad_clip=cfg.grad_clip,
+        seed=cfg.seed, checkpoint_every_steps=cfg.checkpoint_every_steps, log_every_steps=cfg.log_every_steps,
+        max_steps=cfg.steps, device=cfg.device)
+
+
 def make_loss_fn(diffusion: PathDiffusion, hooks: DiffusionHooks):
     def diffusion_loss(model: nn.Module, batch: tuple) -> torch.Tensor:
         grids, start_goal, paths = batch
@@ -158,12 +169,7 @@ def train_diffusion(data: dict, model_cfg: ModelConfig, noise_cfg: NoiseConfig, 
 
         raise UserError("no expert paths to train on; raise data.num_paths or data.attempts_per_path")
     batch = n if cfg.batch_size <= 0 else min(cfg.batch_size, n)
-    steps_per_epoch = n // batch
-    trainer_cfg = TrainConfig(
-        optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine", min_lr=cfg.min_lr,
-        epochs=math.ceil(cfg.steps / steps_per_epoch), batch_size=batch, grad_clip=cfg.grad_clip,
-        seed=cfg.seed, checkpoint_every_steps=cfg.checkpoint_every_steps, log_every_steps=cfg.log_every_steps,
-        max_steps=cfg.steps, device=cfg.device)
+    trainer_cfg = denoiser_trainer_config(cfg, n, batch)
     with torch.random.fork_rng(devices=[]):  # seeded weight init without touching the caller's RNG
         torch.manual_seed(cfg.seed)
         denoiser = build_denoiser(model_cfg, map_size)

@@ -24,7 +24,7 @@ from hrmlab.evaluate.protocols import PROTOCOLS, Protocol
 from hrmlab.forecast.base import Observation
 from hrmlab.planning.spacetime_astar import MOVES
 from hrmlab.policies import observation
-from hrmlab.worlds import blob_world, bounce_grid, seeding
+from hrmlab.worlds import OBSERVED_HISTORY, blob_world, bounce_grid, seeding
 from hrmlab.worlds.blob_world import BlobWorldConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
@@ -125,7 +125,7 @@ class LiveEpisodes:
     `row_clocks`: give each episode its own physics clock (`state.t` of shape (B, 1)), needed when rows
     restart at different times and the dynamics read the clock (BounceGrid's random turning)."""
 
-    def __init__(self, kind: WorldKind, config, batch: int, history_len: int = 20, row_clocks: bool = False):
+    def __init__(self, kind: WorldKind, config, batch: int, history_len: int = OBSERVED_HISTORY, row_clocks: bool = False):
         self.kind, self.config, self.batch, self.history_len = kind, config, batch, history_len
         self.row_clocks = row_clocks
         self.rules: Protocol | None = None

@@ -32,6 +32,7 @@ from hrmlab.envs import core
 from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, LiveEpisodes, WorldKind
 from hrmlab.errors import UserError
 from hrmlab.evaluate.protocols import Protocol
+from hrmlab.worlds import OBSERVED_HISTORY
 
 OPTION_KEYS = ("protocol", "split", "episode")
 
@@ -92,7 +93,7 @@ class HrmlabEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
     kind: WorldKind = BOUNCE_GRID
 
-    def __init__(self, render_mode: str | None = None, protocol: str = "standard", history: int = 20,
+    def __init__(self, render_mode: str | None = None, protocol: str = "standard", history: int = OBSERVED_HISTORY,
                  **world_settings):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise UserError(f"unknown render_mode {render_mode!r}; valid choices: rgb_array")

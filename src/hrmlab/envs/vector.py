@@ -25,6 +25,7 @@ from hrmlab.envs import core
 from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, EpisodeQueue, LiveEpisodes, WorldKind
 from hrmlab.envs.env import episode_options, make_world, observation_space
 from hrmlab.errors import UserError
+from hrmlab.worlds import OBSERVED_HISTORY
 
 
 class HrmlabVectorEnv(VectorEnv):
@@ -33,7 +34,7 @@ class HrmlabVectorEnv(VectorEnv):
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
     kind: WorldKind = BOUNCE_GRID
 
-    def __init__(self, num_envs: int = 1, protocol: str = "standard", history: int = 20,
+    def __init__(self, num_envs: int = 1, protocol: str = "standard", history: int = OBSERVED_HISTORY,
                  render_mode: str | None = None, prefetch: int = 256, **world_settings):
         if render_mode is not None:
             raise UserError("the vector env does not render; render a single env (render_mode='rgb_array')")

@@ -24,7 +24,7 @@ from hrmlab.forecast.base import Forecaster, Observation
 from hrmlab.policies import call_policy, observation
 from hrmlab.planning.spacetime_astar import MOVES, STATUS_GOAL, PlannerConfig, plan
 from hrmlab.evaluate.protocols import Protocol
-from hrmlab.worlds import bounce_grid
+from hrmlab.worlds import OBSERVED_HISTORY, bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig, WorldState
 
 OUTCOMES = ("success", "crash", "timeout")
@@ -42,6 +42,20 @@ class EpisodeRecords:
     plan_calls: int = 0  # episode-steps planned (sum over steps of active episodes)
     ade_sum: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (horizon,) summed L2 error per step ahead
     ade_count: int = 0  # obstacle-forecasts that entered ade_sum
+
+
+def running_episodes(state, active: np.ndarray, max_steps: int):
+    """Each closed-loop step's running episodes, for at most `max_steps` steps: yields their indices `idx`
+    and their state (`state` itself while every episode runs, else `state.subset(idx)`), and stops early
+    once none runs. The caller steps the world and clears finished episodes in `active`, in place.
+
+    One loop head for every closed loop (BounceGrid here, BlobWorld in `diffusion/spacetime/closed_loop`),
+    so both pick the running episodes the same way."""
+    for _ in range(max_steps):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            return
+        yield idx, (state if idx.size == state.batch else state.subset(idx))
 
 
 def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: np.ndarray,
@@ -98,8 +112,14 @@ def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles
     return reached, crashed
 
 
+def observed_history(forecaster: Forecaster | None, shown: int = OBSERVED_HISTORY) -> int:
+    """Positions the closed loop keeps: what observers are shown (`shown`), and at least what the
+    forecaster reads, so a model trained on a longer window never sees a padded one."""
+    return max(shown, getattr(forecaster, "history", 0) or 0)
+
+
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
-                    forecaster: Forecaster, indices: np.ndarray, *, history_len: int = 20,
+                    forecaster: Forecaster, indices: np.ndarray, *, history_len: int = OBSERVED_HISTORY,
                     forecast_error: bool = True, policy=None, plan_fn=None, recorder=None,
                     split: str = "test") -> EpisodeRecords:
     """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
@@ -109,7 +129,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
     space-time diffusion planner): it sees the forecaster's forecast, `idx` are the active episodes'
     indices in this batch, and `planner.horizon` still sets how far the forecast reaches. With `policy`
     (see `hrmlab.policies`), the policy chooses the moves from the observation instead and `forecaster`
-    is not used.
+    is not used. `history_len` positions are shown to a policy; a forecaster gets at least its own window.
 
     `recorder(idx, agent, forecast, moves)`, if given, sees every planning step of the forecaster loop:
     the positions `idx` of the episodes still running, their cells before the move (b, 2), the forecast
@@ -122,7 +142,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
     planner = protocol.planner_for(planner)
     state = make_episodes(protocol, world, indices, split)
     batch = state.batch
-    history = warm_up(world, state, protocol.warmup, history_len)
+    history = warm_up(world, state, protocol.warmup, observed_history(None if policy else forecaster, history_len))
     agent = state.start.copy()
     outcome = np.full(batch, TIMEOUT, dtype=np.int64)
     steps = np.zeros(batch, dtype=np.int64)
@@ -140,11 +160,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
         rec.outcome[:] = np.where(status == STATUS_GOAL, SUCCESS, TIMEOUT)
         return rec
 
-    for _ in range(protocol.max_steps):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        sub = state if idx.size == batch else state.subset(idx)
+    for idx, sub in running_episodes(state, active, protocol.max_steps):
         obs = Observation(history[idx], sub, world)
         if policy is not None:
             t0 = time.perf_counter()

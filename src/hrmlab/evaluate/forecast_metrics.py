@@ -18,7 +18,7 @@ import numpy as np
 
 from hrmlab.forecast.base import Forecaster, Observation
 from hrmlab.forecast.physics import ConstantVelocityForecaster, ZeroMotionForecaster
-from hrmlab.worlds import bounce_grid
+from hrmlab.worlds import OBSERVED_HISTORY, bounce_grid
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -30,7 +30,7 @@ class ForecastEvalConfig:
     """Validation episodes (indices 0..episodes-1 of the split)."""
     split: str = "val"
     """Episode split; never the training split."""
-    history: int = 20
+    history: int = OBSERVED_HISTORY
     """Observed positions per obstacle (the models' H)."""
     horizon: int = 20
     """Forecast steps scored by ADE/FDE (the planner's horizon)."""

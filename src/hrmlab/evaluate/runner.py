@@ -21,6 +21,7 @@ from hrmlab.evaluate.result import EvaluationResult, summarize
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
 from hrmlab.policies import PolicySpec, build_policy
+from hrmlab.worlds import OBSERVED_HISTORY
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -38,8 +39,6 @@ class EvalConfig:
     """Episodes per work item (one batched closed loop)."""
     forecast_error: bool = True
     """Also measure forecast ADE/FDE against the true future at every planning step."""
-    history: int = 20
-    """Positions of history kept for the forecasters."""
 
 
 @dataclass
@@ -49,7 +48,8 @@ class ChunkSpec:
     planner: PlannerConfig
     forecasters: list[ForecasterSpec]
     indices: list[int]
-    history: int = 20
+    history: int = OBSERVED_HISTORY
+    """Positions shown to outside policies and physics rules; a learned forecaster gets at least its own."""
     forecast_error: bool = True
     device: str = "cpu"
     policies: list[PolicySpec] = field(default_factory=list)
@@ -90,8 +90,8 @@ def make_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig
                 forecasters: list[ForecasterSpec], device: str = "cpu",
                 policies: list[PolicySpec] | None = None) -> list[ChunkSpec]:
     indices = list(range(cfg.start, cfg.start + cfg.episodes))
-    return [ChunkSpec(cfg.protocol, world, planner, forecasters, indices[i:i + cfg.chunk_size], cfg.history,
-                      cfg.forecast_error, device, list(policies or []))
+    return [ChunkSpec(cfg.protocol, world, planner, forecasters, indices[i:i + cfg.chunk_size],
+                      OBSERVED_HISTORY, cfg.forecast_error, device, list(policies or []))
             for i in range(0, len(indices), cfg.chunk_size)]
 
 

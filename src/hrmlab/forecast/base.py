@@ -30,6 +30,9 @@ class Observation:
 
 class Forecaster(ABC):
     name: str = "forecaster"
+    history: int = 0
+    """Positions of history the forecaster reads (a learned model: its training window; 0: any). The
+    closed loop keeps at least this many (`evaluate.episodes.observed_history`)."""
 
     @abstractmethod
     def forecast(self, obs: Observation, horizon: int) -> np.ndarray:

@@ -11,7 +11,8 @@ class of each model's config), fix the start:
   observed displacement + model output (for a (B, K, 2) multi-step output the last displacement is added
   to every step). With a zero head the untrained model *is* constant velocity.
 
-`apply_output_settings` is called once, by the model factory (`forecast/models.py`), for every kind.
+`apply_output_settings` is called once, by the model factory (`forecast/models.py`), for every kind;
+`shape_output` gives every model's head output the same shape.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from torch import nn
 
 from hrmlab.errors import UserError
 
+POSITION_DIMS = 2
+"""Inputs are (row, col) positions, outputs (row, col) displacements."""
+
 
 @dataclass
 class OutputSettings:
@@ -36,6 +40,11 @@ class OutputSettings:
     head_init: Literal["default", "zero"] = "default"
     """default: the head keeps its model's init (seed replicas); zero: zero head weights and bias, so an
     untrained model predicts zero motion (or, with residual-cv, constant velocity)."""
+
+
+def shape_output(flat: torch.Tensor, out_steps: int) -> torch.Tensor:
+    """(B, 2K) head output → (B, 2) for K = 1, else (B, K, 2): one place for the output shape of every model."""
+    return flat if out_steps == 1 else flat.view(len(flat), out_steps, POSITION_DIMS)
 
 
 def last_displacement(x: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.lstm import POSITION_DIMS, OutputSettings
+from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
 
 
 @dataclass
@@ -290,6 +290,15 @@ def init_linear_weights(model: nn.Module, std: float, truncated: bool = False) -
 # ---------------------------------------------------------------------------------------- models
 
 
+def embed_stacks_head(cfg: HRMConfig, new_block: Callable[[], nn.Module]) -> tuple[nn.Module, ...]:
+    """(embed, low stack, high stack, head): the layers of every HRM variant, each stack `n_layers` blocks
+    of `new_block()`. Made in this order, the seed's, so a seeded build draws the seed's initial weights."""
+    embed = nn.Linear(POSITION_DIMS, cfg.d_model)
+    low = nn.ModuleList(new_block() for _ in range(cfg.n_layers))
+    high = nn.ModuleList(new_block() for _ in range(cfg.n_layers))
+    return embed, low, high, nn.Linear(cfg.d_model, POSITION_DIMS * cfg.out_steps)
+
+
 class DeepSapientHRM(nn.Module):
     """Stacks of n L blocks and n H blocks run over the history (B, T, 2) → displacement (B, 2).
 
@@ -304,11 +313,8 @@ class DeepSapientHRM(nn.Module):
     def __init__(self, cfg: HRMConfig, attention_cls: type[nn.Module] = LengthOneAttention):
         super().__init__()
         self.cfg = cfg
-        d = cfg.d_model
-        self.embed = nn.Linear(POSITION_DIMS, d)
-        self.l_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.h_blocks = nn.ModuleList(make_block(cfg, attention_cls(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
+        self.embed, self.l_blocks, self.h_blocks, self.head = embed_stacks_head(
+            cfg, lambda: make_block(cfg, attention_cls(cfg.d_model, cfg.heads)))
         init_linear_weights(self, cfg.init_std)
 
     def initial_states(self, batch: int, like: torch.Tensor) -> list[torch.Tensor]:
@@ -344,8 +350,7 @@ class DeepSapientHRM(nn.Module):
             for i, block in enumerate(self.l_blocks):
                 s_low[i] = inp = block(inp, s_low[i], low_attn[i])
             state.t += 1
-        step = self.head(s_low[-1])
-        return state, step if self.cfg.out_steps == 1 else step.view(-1, self.cfg.out_steps, POSITION_DIMS)
+        return state, shape_output(self.head(s_low[-1]), self.cfg.out_steps)
 
 
 @dataclass
@@ -386,11 +391,8 @@ class EncoderHRM(nn.Module):
         if cfg.ffn != "gelu":
             raise UserError(f"variant 'encoder' uses the GELU FFN of 8gpu_v2; got ffn={cfg.ffn!r}")
         self.cfg = cfg
-        d = cfg.d_model
-        self.embed = nn.Linear(POSITION_DIMS, d)
-        self.low_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.high_blocks = nn.ModuleList(EncoderBlock(cfg, SequenceAttention(d, cfg.heads)) for _ in range(cfg.n_layers))
-        self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
+        self.embed, self.low_blocks, self.high_blocks, self.head = embed_stacks_head(
+            cfg, lambda: EncoderBlock(cfg, SequenceAttention(cfg.d_model, cfg.heads)))
         init_linear_weights(self, cfg.init_std, truncated=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -402,8 +404,7 @@ class EncoderHRM(nn.Module):
         for _ in range(self.cfg.encoder_repeats):
             for i, block in enumerate(self.high_blocks):
                 h, states[i] = block(h, states[i])
-        step = self.head(h[:, -1])
-        return step if self.cfg.out_steps == 1 else step.view(-1, self.cfg.out_steps, POSITION_DIMS)
+        return shape_output(self.head(h[:, -1]), self.cfg.out_steps)
 
 
 # ---------------------------------------------------------------------------------------- factory

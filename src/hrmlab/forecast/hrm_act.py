@@ -33,9 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.heads import OutputSettings
+from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
 from hrmlab.forecast.hrm import SwiGLU
-from hrmlab.forecast.lstm import POSITION_DIMS
 
 
 @dataclass
@@ -213,11 +212,6 @@ class HistoryTokens(nn.Module):
 def initial_state(d: int) -> torch.Tensor:
     """A fixed (not learned) start vector, truncated N(0, 1), as the paper's H_init / L_init."""
     return nn.init.trunc_normal_(torch.empty(d), std=1.0, a=-2.0, b=2.0)
-
-
-def shape_output(flat: torch.Tensor, out_steps: int) -> torch.Tensor:
-    """(B, 2K) head output → (B, 2) for K = 1, else (B, K, 2)."""
-    return flat if out_steps == 1 else flat.view(len(flat), out_steps, POSITION_DIMS)
 
 
 def scaled_count(count: int, scale: float) -> int:

@@ -7,10 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hrmlab.forecast.heads import OutputSettings
-
-POSITION_DIMS = 2
-"""Inputs are (row, col) positions, outputs (row, col) displacements."""
+from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
 
 
 @dataclass
@@ -42,8 +39,7 @@ class LSTMPredictor(nn.Module):
         self.head = nn.Linear(cfg.hidden, POSITION_DIMS * cfg.out_steps)
 
     def readout(self, top: torch.Tensor) -> torch.Tensor:
-        step = self.head(top)
-        return step if self.cfg.out_steps == 1 else step.view(-1, self.cfg.out_steps, POSITION_DIMS)
+        return shape_output(self.head(top), self.cfg.out_steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.lstm(x)

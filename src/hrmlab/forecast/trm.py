@@ -24,10 +24,8 @@ from torch import nn
 from torch.func import functional_call
 
 from hrmlab.errors import UserError
-from hrmlab.forecast.heads import OutputSettings
-from hrmlab.forecast.hrm_act import (HistoryTokens, ReasoningModule, init_lecun, initial_state, scaled_count,
-                                     shape_output)
-from hrmlab.forecast.lstm import POSITION_DIMS
+from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
+from hrmlab.forecast.hrm_act import HistoryTokens, ReasoningModule, init_lecun, initial_state, scaled_count
 
 
 @dataclass

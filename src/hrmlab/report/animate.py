@@ -287,7 +287,7 @@ def render_replay(replay: EpisodeReplay, out_path: str | Path, *, fps: float = 4
 
 
 def _resolve_source(source, forecasters, protocol):
-    """(world, planner, history, specs, protocol, run or None) from a run dir / RunDir / settings object."""
+    """(world, planner, specs, protocol, run or None) from a run dir / RunDir / settings object."""
     if isinstance(source, (str, Path)):
         source = load_run(source)
     if isinstance(source, RunDir):
@@ -303,15 +303,14 @@ def _resolve_source(source, forecasters, protocol):
                 raise UserError(f"unknown forecaster {name!r} for this run; valid choices: {known}")
             specs.append(spec)
         protocol = protocol or source.primary_protocol
-        return source.world(), source.planner(protocol), source.history_len(), specs, protocol, source
+        return source.world(), source.planner(protocol), specs, protocol, source
     # an EvaluateSettings-like object: world, planner, eval
-    history = getattr(getattr(source, "eval", None), "history", 20)
     protocol = protocol or getattr(getattr(source, "eval", None), "protocol", "standard")
     if isinstance(forecasters, str):
         specs = parse_forecasters(forecasters)
     else:
         specs = [f if isinstance(f, ForecasterSpec) else parse_forecasters(f)[0] for f in forecasters or []]
-    return source.world, source.planner, history, specs, protocol, None
+    return source.world, source.planner, specs, protocol, None
 
 
 def render_episode(source, episode: int | None, forecasters, out_path: str | Path, *,
@@ -324,7 +323,7 @@ def render_episode(source, episode: int | None, forecasters, out_path: str | Pat
     evaluation, the forecasters that disagree in that episode. `episode` None picks the episode
     where they disagree most."""
     out_path = check_output_path(out_path)
-    world, planner, history, specs, protocol, run = _resolve_source(source, forecasters, protocol)
+    world, planner, specs, protocol, run = _resolve_source(source, forecasters, protocol)
     if episode is None or not specs:
         if run is None:
             raise UserError("give an episode and forecasters (or a run directory to choose them from)")
@@ -337,9 +336,9 @@ def render_episode(source, episode: int | None, forecasters, out_path: str | Pat
         pick = next((p for p in picks if p.episode == episode), None)
         if not specs:
             names = pick.forecasters if pick else list(evaluation.rows)[:3]
-            _, _, _, specs, _, _ = _resolve_source(run, names, protocol)
+            _, _, specs, _, _ = _resolve_source(run, names, protocol)
     log.info("replaying %s episode %d with %s", protocol, episode, ", ".join(s.name for s in specs))
-    replay = replay_episode(protocol, world, planner, specs, int(episode), history_len=history)
+    replay = replay_episode(protocol, world, planner, specs, int(episode))
     return render_replay(replay, out_path, fps=fps)
 
 

@@ -66,7 +66,7 @@ class EpisodeReplay:
 
 def replay_episode(protocol: str | Protocol, world: BounceGridConfig, planner: PlannerConfig,
                    forecasters: list[ForecasterSpec | Forecaster], episode: int, *,
-                   history_len: int = 20, device: str = "cpu") -> EpisodeReplay:
+                   device: str = "cpu") -> EpisodeReplay:
     """Re-run episode `episode` of `protocol` with each forecaster, recording every step."""
     protocol = get_protocol(protocol) if isinstance(protocol, str) else protocol
     world = world or protocol.default_world()
@@ -79,7 +79,7 @@ def replay_episode(protocol: str | Protocol, world: BounceGridConfig, planner: P
     for item in forecasters:
         forecaster = build_forecaster(item, device=device) if isinstance(item, ForecasterSpec) else item
         name = item.name
-        replay.tracks[name] = _run_one(protocol, world, planner, forecaster, name, episode, history_len)
+        replay.tracks[name] = _run_one(protocol, world, planner, forecaster, name, episode)
     return replay
 
 
@@ -94,7 +94,7 @@ def _true_obstacles(protocol: Protocol, world: BounceGridConfig, episode: int) -
 
 
 def _run_one(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig, forecaster: Forecaster,
-             name: str, episode: int, history_len: int) -> ForecasterTrack:
+             name: str, episode: int) -> ForecasterTrack:
     """The evaluator's own loop on a batch of one episode, recording forecasts and whole planned paths."""
     walls = make_episodes(protocol, world, np.array([episode])).walls[0]
     cells, forecasts, plans, statuses = [], [], [], []
@@ -112,7 +112,7 @@ def _run_one(protocol: Protocol, world: BounceGridConfig, planner: PlannerConfig
             cells.append(moves[0].copy())
 
     goal = make_episodes(protocol, world, np.array([episode])).goal[0]
-    rec = run_closed_loop(protocol, world, planner, forecaster, np.array([episode]), history_len=history_len,
+    rec = run_closed_loop(protocol, world, planner, forecaster, np.array([episode]),
                           forecast_error=False, recorder=record)
     return _track(name, cells, forecasts, plans, statuses, int(rec.outcome[0]), planner.horizon)
 

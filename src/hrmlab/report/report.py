@@ -128,7 +128,7 @@ def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps:
     if not picks:
         return
     anim_dir = run.path / ANIMATIONS_DIR
-    world, planner, history = run.world(), run.planner(protocol), run.history_len()
+    world, planner = run.world(), run.planner(protocol)
     lines = []
     for pick in picks:
         specs = [run.forecaster_spec(name) for name in pick.forecasters]
@@ -138,7 +138,7 @@ def _closed_loop_animations(md, written, run: RunDir, count: int, fmt: str, fps:
             return
         out = anim_dir / f"{_slug(protocol)}-episode-{pick.episode}.{fmt}"
         try:
-            replay = replay_episode(protocol, world, planner, specs, pick.episode, history_len=history)
+            replay = replay_episode(protocol, world, planner, specs, pick.episode)
             render_replay(replay, out, fps=fps)
         except UserError as exc:  # e.g. a checkpoint that was moved away: the rest of the report stands
             log.warning("animation of %s episode %d skipped: %s", protocol, pick.episode, exc)

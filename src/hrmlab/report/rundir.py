@@ -72,13 +72,6 @@ class RunDir:
             planner = from_dict(PlannerConfig, {**dataclasses.asdict(planner), **known}, "planner")
         return planner
 
-    def history_len(self) -> int:
-        """Positions of history the forecasters saw (the evaluation's `history`, default 20)."""
-        section = self.config.get("eval")
-        if isinstance(section, dict) and isinstance(section.get("history"), int):
-            return section["history"]
-        return 20
-
     def forecaster_spec(self, name: str) -> ForecasterSpec | None:
         """How to rebuild forecaster `name`: its checkpoint from results.json, or a physics rule.
         None when the name is neither (e.g. a diffusion planner's name)."""

@@ -21,7 +21,7 @@ def bench_st_planner(replans: int = 60, preset: str = "diffusion-st-cpu", overri
     from hrmlab.diffusion.spacetime.worlds import BlobOracleForecaster, blob_view, rewound_history
     from hrmlab.forecast.base import Observation
     from hrmlab.presets import load_preset
-    from hrmlab.worlds import blob_world
+    from hrmlab.worlds import OBSERVED_HISTORY, blob_world
 
     cfg = load_preset(preset, list(overrides))
     world = cfg.blob
@@ -34,7 +34,7 @@ def bench_st_planner(replans: int = 60, preset: str = "diffusion-st-cpu", overri
 
         rules = blob_rules(world, cfg.expert.goal_tolerance, cfg.eval.collision_radius)
         state = blob_world.reset_split(world, "test", np.arange(20))
-        history = rewound_history(world, state, cfg.eval.history)
+        history = rewound_history(world, state, OBSERVED_HISTORY)
         forecast = BlobOracleForecaster(world).forecast(Observation(history, state, blob_view(world)),
                                                         cfg.data.horizon - 1)
         times, cpu = [], []

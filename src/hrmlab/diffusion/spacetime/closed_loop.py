@@ -35,7 +35,8 @@ from hrmlab.diffusion.spacetime.trajectory import MoveRules, evade_moves
 from hrmlab.diffusion.spacetime.worlds import (blob_forecaster, blob_rules, blob_view, grid_rules, obstacles_ahead,
                                                rewound_history)
 from hrmlab.errors import UserError
-from hrmlab.evaluate.episodes import CRASH, SUCCESS, TIMEOUT, EpisodeRecords, run_closed_loop
+from hrmlab.evaluate.episodes import (CRASH, SUCCESS, TIMEOUT, EpisodeRecords, observed_history, run_closed_loop,
+                                     running_episodes)
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.result import EvaluationResult
 from hrmlab.evaluate.runner import ChunkResult, EvalConfig, chunk_record, summarize_chunks
@@ -71,8 +72,6 @@ class STEvalConfig:
     """Episodes per row (the same episodes for every row)."""
     chunk_size: int = 100
     """Episodes per work item (one batched closed loop per row)."""
-    history: int = 20
-    """Obstacle positions the forecasters see."""
     max_steps: int = 80
     """BlobWorld: moves before a timeout (BounceGrid: its protocol's)."""
     collision_radius: float = 2.0
@@ -146,7 +145,7 @@ def blob_closed_loop(world: BlobWorldConfig, policy, forecaster, indices: np.nda
     """Run `policy` with `forecaster` on BlobWorld episodes `indices` of `cfg.split` (see module doc)."""
     state = blob_world.reset_split(world, cfg.split, indices)
     view = blob_view(world)
-    history = rewound_history(world, state, cfg.history)
+    history = rewound_history(world, state, observed_history(forecaster))
     batch = state.batch
     agent = state.start.astype(np.int64).copy()
     outcome = np.full(batch, TIMEOUT, dtype=np.int64)
@@ -156,11 +155,7 @@ def blob_closed_loop(world: BlobWorldConfig, policy, forecaster, indices: np.nda
     outcome[reached] = SUCCESS
     active = ~reached
     g = world.map_size
-    for _ in range(cfg.max_steps):
-        idx = np.flatnonzero(active)
-        if idx.size == 0:
-            break
-        sub = state if idx.size == batch else state.subset(idx)
+    for idx, sub in running_episodes(state, active, cfg.max_steps):
         obs = Observation(history[idx], sub, view)
         t0 = time.perf_counter()
         forecast = forecaster.forecast(obs, horizon)
@@ -256,7 +251,7 @@ def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
             rec = blob_closed_loop(world, policy, forecaster, indices, cfg, expert.goal_tolerance, horizon)
         else:
             grid_planner = PlannerConfig() if policy is None else PlannerConfig(horizon=model.horizon - 1)
-            rec = run_closed_loop(protocol, world, grid_planner, forecaster, indices, history_len=cfg.history,
+            rec = run_closed_loop(protocol, world, grid_planner, forecaster, indices,
                                   forecast_error=cfg.forecast_error, plan_fn=policy, split=cfg.split)
         result.per_forecaster[row.name] = {
             **chunk_record(rec), "replans": getattr(policy, "replans", rec.plan_calls),

@@ -14,7 +14,6 @@ The result is `planner.pt`: the EMA denoiser and what rebuilds it (`load_st_plan
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,10 +24,10 @@ import torch.nn as nn
 
 from hrmlab.config import from_dict, to_dict
 from hrmlab.diffusion.spacetime.model import STDenoiser, STModelConfig, clearance_field, count_parameters, to_units
-from hrmlab.diffusion.train import DiffusionHooks
+from hrmlab.diffusion.train import DiffusionHooks, denoiser_trainer_config
 from hrmlab.errors import UserError
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint
-from hrmlab.train.trainer import TrainConfig, train
+from hrmlab.train.trainer import train
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +155,7 @@ def train_st(data: dict, model_cfg: STModelConfig, cfg: STTrainConfig, grid_size
         raise UserError("no expert trajectories to train on; raise data.episodes")
     horizon = source.path.shape[1]
     batch = min(cfg.batch_size, n)
-    trainer_cfg = TrainConfig(
-        optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, schedule="cosine", min_lr=cfg.min_lr,
-        epochs=math.ceil(cfg.steps / max(1, n // batch)), batch_size=batch, grad_clip=cfg.grad_clip, seed=cfg.seed,
-        checkpoint_every_steps=cfg.checkpoint_every_steps, log_every_steps=cfg.log_every_steps, max_steps=cfg.steps,
-        device=cfg.device)
+    trainer_cfg = denoiser_trainer_config(cfg, n, batch)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = STDenoiser(model_cfg, grid_size, horizon)
