@@ -132,3 +132,14 @@ def test_world_key_ignores_settings_at_their_defaults_and_prose():
     prose = dc.replace(base, description="reworded", provenance="reworded")
     assert changed_dict(prose) == changed_dict(base)
     assert changed_dict(dc.replace(base, data=dc.replace(base.data, train_episodes=7))) != changed_dict(base)
+
+
+def test_test_time_compute_runs_only_in_its_worlds_and_keys_only_them():
+    from hrmlab.study import StudyConfig, world_key
+
+    study = StudyConfig()
+    assert study.scales_for("suite-clockwork") == study.compute_scales and study.scales_for("suite-rush") == []
+    # the compute scales key the worlds that evaluate them, and no others
+    fewer = StudyConfig(compute_scales=[2.0])
+    assert world_key("quick", study, [], False) != world_key("quick", fewer, [], False)
+    assert world_key("suite-rush", study, [], False) == world_key("suite-rush", fewer, [], False)

@@ -69,6 +69,14 @@ class StudyConfig:
     compute_scales: list[float] = field(default_factory=lambda: [0.5, 2.0, 4.0])
     """Test-time compute: every seed of each recursive model (hrm-act, trm) is also evaluated with these
     multiples of its trained recursion (×1 is the main evaluation); empty = skip."""
+    compute_worlds: list[str] = field(default_factory=lambda: ["quick", "suite-clockwork"])
+    """Worlds whose recursive models get the test-time-compute evaluation: the seed's world and the one built
+    so that multi-step inference should pay off. Measured on quick, it costs ~10× the world's main
+    evaluation (18 rows, ×4 among them), so running it in every suite would push the study past 8 hours."""
+
+    def scales_for(self, world: str) -> list[float]:
+        """The test-time-compute multiples evaluated in `world` (none outside `compute_worlds`)."""
+        return list(self.compute_scales) if world in self.compute_worlds else []
     rollout: str = "direct"
     """Roll-out of every learned model (forecast.rollout): `direct` is the one mode all four kinds offer
     (hrm-act and trm are not recurrent over time), so every model has the same objective (per-step
@@ -277,7 +285,7 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     evaluation = stage_evaluate(cfg, eval_cfg, cfg.planner, specs, keys, opts, backend)
     summary = summarize_world(evaluation, study.models, study.seeds, training, selection)
     recursive = [m for m in study.models if m in RECURSIVE_MODELS]
-    scales = [x for x in study.compute_scales if x != 1.0]
+    scales = [x for x in study.scales_for(preset) if x != 1.0]
     if recursive and scales:  # a stage of its own: the main table is cached before this extra cost
         ttc_specs = [dataclasses.replace(spec, name=seed_label(m, seed, x), compute_scale=x)
                      for m in recursive for seed in range(study.seeds) for x in scales
@@ -321,7 +329,7 @@ def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
     cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
     return config_hash({"format": STUDY_FORMAT, "preset": changed_dict(cfg),
                         "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
-                        "episodes": study.episodes, "compute_scales": study.compute_scales, "smoke": smoke})
+                        "episodes": study.episodes, "compute_scales": study.scales_for(preset), "smoke": smoke})
 
 
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
