@@ -13,7 +13,6 @@ from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion import expert as expert_mod
 from hrmlab.diffusion import train as train_mod
 from hrmlab.diffusion.expert import ExpertConfig, ExpertDataConfig
-from hrmlab.diffusion.expert_reference import plan_reference
 from hrmlab.presets import load_preset
 from hrmlab.diffusion.experiment import (DIFFUSION_PRESETS, DiffusionExperimentConfig,
                                          run_diffusion, smoke_config)
@@ -25,6 +24,7 @@ from hrmlab.errors import UserError
 from hrmlab.evaluate.result import RunResult
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
+from hrmlab_bench.reference.expert_astar import plan_reference
 
 WORLD = BlobWorldConfig()
 

@@ -1,5 +1,5 @@
-"""The package's shape: no import cycles between modules (function-level imports included), and the core
-imports neither modal nor gymnasium."""
+"""The package's shape: no import cycles between modules (function-level imports included), the core
+imports neither modal nor gymnasium, and only the `hrmlab bench` command imports the benchmarks."""
 
 import ast
 from pathlib import Path
@@ -55,6 +55,19 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_no_import_cycles():
     assert find_cycle(import_graph()) is None
+
+
+def test_only_the_bench_command_imports_hrmlab_bench():
+    """The benchmarks and reference implementations (src/hrmlab_bench/) are not part of the runtime:
+    only `hrmlab.cli` imports them, inside `cmd_bench`."""
+    def imports_bench(nodes) -> bool:
+        return any(isinstance(node, ast.Import) and any(a.name.split(".")[0] == "hrmlab_bench" for a in node.names)
+                   or isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                   and node.module.split(".")[0] == "hrmlab_bench" for node in nodes)
+
+    trees = {_module_name(p): ast.parse(p.read_text()) for p in ROOT.rglob("*.py")}
+    assert [name for name, tree in trees.items() if imports_bench(ast.walk(tree))] == ["hrmlab.cli"]
+    assert not imports_bench(trees["hrmlab.cli"].body)  # lazily: not at module level
 
 
 def test_the_cycle_finder_finds_a_cycle():

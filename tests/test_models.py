@@ -13,8 +13,8 @@ from hrmlab.forecast.hrm import EncoderHRM, HRMConfig, LengthOneAttention, Seque
 from hrmlab.forecast.models import build_model, count_parameters
 from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.lstm import LSTMConfig
-from hrmlab.forecast.reference import reference_from
 from hrmlab.worlds import bounce_grid
+from hrmlab_bench.reference.hrm_formulation import reference_from
 
 SPEC_TABLE = [  # preset, config, params (SPEC §4)
     ("v1/v2", dict(variant="sapient", d_model=256, heads=4, h_period=3, rmsnorm="original", detach_h_input=False),

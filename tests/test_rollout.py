@@ -226,7 +226,7 @@ def test_pipeline_trains_and_evaluates_each_mode_at_smoke_size(rollout, tmp_path
 
 
 def test_forecast_bench_reports_every_mode_with_exact_lstm_flops():
-    from hrmlab.forecast.bench import bench_forecast
+    from hrmlab_bench.forecast import bench_forecast
 
     out = bench_forecast(episodes=2, chunk=2, warmup_episodes=1, models=("lstm",))  # the HRM: same code, slower
     assert set(out["forecast_ms_per_step"]["lstm"]) == set(out["forecast_mflop_per_forecast"]["lstm"]) == {

@@ -14,9 +14,9 @@ import torch
 
 from hrmlab.errors import UserError
 from hrmlab.forecast.models import build_model, count_parameters
-from hrmlab.forecast.reference import reference_from
 from hrmlab.forecast.seed_import import (SEED_SCRIPTS, detect_kind, hrmlab_names, load_seed_model, model_config,
                                          read_state_dict)
+from hrmlab_bench.reference.hrm_formulation import reference_from
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "seed_models"
 INDEX = json.loads((FIXTURES / "index.json").read_text())
@@ -96,7 +96,7 @@ RECURRENT = [s for s in SCRIPTS if SEED_SCRIPTS[s].hrm.variant != "encoder"]
 
 @pytest.mark.parametrize("script", RECURRENT)
 def test_reference_formulation_is_the_original_and_the_fast_path_matches_its_gradients(script):
-    """reference.py (real nn.MultiheadAttention on length-1 sequences, per-step embedding: the benchmark's
+    """hrm_formulation.py (real nn.MultiheadAttention on length-1 sequences, per-step embedding: the benchmark's
     baseline) reproduces the original too, and the fused v/out fast path has the same gradients (FullScale's
     are not finite in either: see the next test)."""
     z, hrm, _ = _fixture(script)

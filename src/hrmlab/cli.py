@@ -244,7 +244,13 @@ def cmd_study(args) -> int:
 
 # -------------------------------------------------------------------------------------------- bench
 def cmd_bench(args) -> int:
-    from hrmlab.bench import BENCHMARKS, run_benchmarks
+    try:  # the measurements live outside the runtime package (src/hrmlab_bench/)
+        from hrmlab_bench.registry import BENCHMARKS, run_benchmarks
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("hrmlab_bench"):
+            raise
+        raise UserError("hrmlab bench needs the hrmlab_bench package (src/hrmlab_bench/), which is not "
+                        "importable here; install the repository with `pip install -e .`") from None
 
     names = args.only.split(",") if args.only else ["closed_loop", "planner", "collect", "loader", "hrm_train",
                                                     "expert", "forecast"]

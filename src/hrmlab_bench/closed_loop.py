@@ -1,15 +1,8 @@
-"""`hrmlab bench`: every performance figure the docs quote, measured by one command.
-
-Each benchmark is a function returning a flat dict of named figures; `run_benchmarks` runs the
-selected ones and records the machine, so docs/benchmarks.md can cite command and hardware.
-"""
+"""Closed-loop and planner speed: `hrmlab bench --only closed_loop,planner`."""
 
 from __future__ import annotations
 
-import os
-import platform
 import time
-from typing import Callable
 
 import numpy as np
 
@@ -57,46 +50,3 @@ def bench_planner(plans: int = 2000) -> dict:
     times = np.array(times)
     return {"plans_per_s": round(1.0 / times.mean(), 1), "plan_ms_p50": round(1000 * float(np.median(times)), 4),
             "plan_ms_p99": round(1000 * float(np.quantile(times, 0.99)), 4)}
-
-
-def _lazy(module: str, func: str) -> Callable[[], dict]:
-    def call() -> dict:
-        import importlib
-
-        return getattr(importlib.import_module(module), func)()
-
-    call.__name__ = func
-    return call
-
-
-BENCHMARKS: dict[str, Callable[[], dict]] = {
-    "closed_loop": bench_closed_loop,
-    "planner": bench_planner,
-    "collect": _lazy("hrmlab.data.bench", "bench_collect"),
-    "loader": _lazy("hrmlab.data.bench", "bench_loader"),
-    "hrm_train": _lazy("hrmlab.train.bench", "bench_hrm_training"),
-    "expert": _lazy("hrmlab.diffusion.bench", "bench_expert"),
-    "gym": _lazy("hrmlab.envs.bench", "bench_gym"),  # needs the gym extra; not in the default set
-    "forecast": _lazy("hrmlab.forecast.bench", "bench_forecast"),
-    "diffusion_st": _lazy("hrmlab.diffusion.spacetime.bench", "bench_st_planner"),
-}
-
-
-def machine_info() -> dict:
-    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "processor": platform.processor() or platform.machine()}
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:  # pragma: no cover
-        pass
-    return info
-
-
-def run_benchmarks(names: list[str]) -> dict:
-    figures: dict = {}
-    for name in names:
-        figures.update(BENCHMARKS[name]())
-    return {"machine": machine_info(), "figures": figures}

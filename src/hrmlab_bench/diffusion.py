@@ -4,8 +4,8 @@ Timings are process CPU time (`time.process_time`) in one process, so they measu
 not inflated by other load on the machine; the compiled kernel is warmed up first (compilation excluded)
 and its best of `repeats` passes is used. Two Python baselines:
 
-* `reference` — `expert_reference.plan_reference`, a careful pure-Python version (heapq, sets, dicts);
-* `seed_style` — `expert_reference.plan_seed_style`, the same search with the original script's per-node
+* `reference` — `reference.expert_astar.plan_reference`, a careful pure-Python version (heapq, sets, dicts);
+* `seed_style` — `reference.expert_astar.plan_seed_style`, the same search with the original script's per-node
   costs (path lists in heap entries, `np.linalg.norm` per check). It is slow, so it runs on the first
   `seed_style_episodes` episodes and is compared with the kernel on exactly those.
 """
@@ -16,7 +16,7 @@ import time
 
 from hrmlab.diffusion import expert as expert_mod
 from hrmlab.diffusion.expert import ExpertConfig
-from hrmlab.diffusion.expert_reference import plan_reference, plan_seed_style
+from hrmlab_bench.reference.expert_astar import plan_reference, plan_seed_style
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
@@ -75,7 +75,7 @@ def bench_expert(episodes: int = 20, seed_style_episodes: int = 3, first_seed: i
     }
 
 
-if __name__ == "__main__":  # pragma: no cover - `python -m hrmlab.diffusion.bench`
+if __name__ == "__main__":  # pragma: no cover - `python -m hrmlab_bench.diffusion`
     import json
 
     print(json.dumps(bench_expert(), indent=1))

@@ -7,7 +7,7 @@
 * `bench_full_collect`: the whole 60,000-episode collection + merge with the process pool, timed in a
   fresh subprocess so its peak memory (main process and largest worker) is measured cleanly.
 
-Run from a shell: `python -m hrmlab.data.bench {collect,loader,full} [--workers N]` (prints JSON).
+Run from a shell: `python -m hrmlab_bench.data {collect,loader,full} [--workers N]` (prints JSON).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def bench_loader(episodes: int = 60_000, batch_size: int = 2_048, batches: int =
 def bench_full_collect(workers: int = 2, train_episodes: int = 60_000, val_episodes: int = 3_000,
                        cache_root: str | Path | None = None) -> dict:
     """Time a full collection + merge in a fresh subprocess; returns seconds and peak RSS (MB)."""
-    command = [sys.executable, "-m", "hrmlab.data.bench", "_full", "--workers", str(workers),
+    command = [sys.executable, "-m", "hrmlab_bench.data", "_full", "--workers", str(workers),
                "--train-episodes", str(train_episodes), "--val-episodes", str(val_episodes)]
     if cache_root is not None:
         command += ["--cache-root", str(cache_root)]
@@ -102,7 +102,7 @@ def _full_collect_child(workers: int, train_episodes: int, val_episodes: int, ca
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hrmlab.data.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m hrmlab_bench.data", description=__doc__.splitlines()[0])
     parser.add_argument("which", choices=["collect", "loader", "full", "_full"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--train-episodes", type=int, default=60_000)

@@ -1,4 +1,5 @@
-"""Pure-Python space-time A*: the same search as `expert.py`, written the way the seed wrote it.
+"""Pure-Python space-time A*: the same search as `hrmlab/diffusion/expert.py`, written the way the seed
+wrote it.
 
 Kept as a test oracle for the numba kernel and as the baseline of `hrmlab bench` (expert paths per
 second per core). It uses `heapq` tuples (f, g, row, col, t), a visited set and a parent dict — one

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hrmlab.forecast.hrm import HRMConfig
 from hrmlab.forecast.models import build_model, count_parameters
-from hrmlab.forecast.reference import reference_from
+from hrmlab_bench.reference.hrm_formulation import reference_from
 from hrmlab.train.optim import make_optimizer
 
 BENCH_MODEL = HRMConfig(variant="deep", d_model=512, n_layers=4, heads=8, h_period=2, block="gated", init_std=0.01)

@@ -1,8 +1,8 @@
-"""The original scripts' formulation of the recurrent HRMs: the baseline of `hrmlab bench` (train/bench.py).
+"""The original scripts' formulation of the recurrent HRMs: the baseline of `hrmlab bench` (train.py).
 
-Same blocks and schedule as `hrm.py`, but each block runs a real `nn.MultiheadAttention` on a length-1
-sequence (q, k, v projections, softmax over one key) and each history step is embedded separately
-inside the time loop, as the original scripts did. Parameter names match `hrm.py`, so
+Same blocks and schedule as `hrmlab/forecast/hrm.py`, but each block runs a real `nn.MultiheadAttention`
+on a length-1 sequence (q, k, v projections, softmax over one key) and each history step is embedded
+separately inside the time loop, as the original scripts did. Parameter names match `hrm.py`, so
 `reference_from(model)` is a plain state-dict copy; tests/test_seed_models.py checks that it reproduces
 the original classes' outputs and that hrm.py's fast path has its gradients.
 """
