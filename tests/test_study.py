@@ -138,7 +138,8 @@ def test_test_time_compute_runs_only_in_its_worlds_and_keys_only_them():
     from hrmlab.study import StudyConfig, world_key
 
     study = StudyConfig()
-    assert study.scales_for("suite-clockwork") == study.compute_scales and study.scales_for("suite-rush") == []
+    assert study.scales_for("quick") == study.compute_scales and study.scales_for("suite-rush") == []
+    assert StudyConfig(compute_worlds=["suite-clockwork"]).scales_for("suite-clockwork") == study.compute_scales
     # the compute scales key the worlds that evaluate them, and no others
     fewer = StudyConfig(compute_scales=[2.0])
     assert world_key("quick", study, [], False) != world_key("quick", fewer, [], False)

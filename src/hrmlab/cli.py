@@ -223,6 +223,8 @@ def cmd_study(args) -> int:
             raise UserError(f"--compute-scales takes comma-separated numbers, got {args.compute_scales!r}") from None
         if any(not v > 0 for v in changes["compute_scales"]):
             raise UserError(f"--compute-scales must be positive, got {args.compute_scales!r}")
+    if args.compute_worlds is not None:
+        changes["compute_worlds"] = _csv(args.compute_worlds) or []
     if args.seeds is not None:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
@@ -321,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
+    p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: quick; "
+                                            "about 10x a world's main evaluation)")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
     add_multi_run_args(p, out="docs/study.md", runs_of="study", presets="world preset")
     p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")

@@ -69,10 +69,11 @@ class StudyConfig:
     compute_scales: list[float] = field(default_factory=lambda: [0.5, 2.0, 4.0])
     """Test-time compute: every seed of each recursive model (hrm-act, trm) is also evaluated with these
     multiples of its trained recursion (×1 is the main evaluation); empty = skip."""
-    compute_worlds: list[str] = field(default_factory=lambda: ["quick", "suite-clockwork"])
-    """Worlds whose recursive models get the test-time-compute evaluation: the seed's world and the one built
-    so that multi-step inference should pay off. Measured on quick, it costs ~10× the world's main
-    evaluation (18 rows, ×4 among them), so running it in every suite would push the study past 8 hours."""
+    compute_worlds: list[str] = field(default_factory=lambda: ["quick"])
+    """Worlds whose recursive models get the test-time-compute evaluation (default: the seed's world).
+    Measured on quick it took 39 of the world's 50 minutes (18 rows, ×4 among them, 10× the main
+    evaluation); in the suites (2-3× the obstacles) it would take over an hour per world and push the study
+    past 8 hours. `hrmlab study --compute-worlds quick,suite-clockwork` adds a world."""
 
     def scales_for(self, world: str) -> list[float]:
         """The test-time-compute multiples evaluated in `world` (none outside `compute_worlds`)."""
