@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
     p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: quick; "
-                                            "about 10x a world's main evaluation)")
+                                            "about 5-6x a world's main evaluation)")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
     add_multi_run_args(p, out="docs/study.md", runs_of="study", presets="world preset")
     p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")

@@ -71,17 +71,18 @@ class StudyConfig:
     multiples of its trained recursion (×1 is the main evaluation); empty = skip."""
     compute_worlds: list[str] = field(default_factory=lambda: ["quick"])
     """Worlds whose recursive models get the test-time-compute evaluation (default: the seed's world).
-    Measured on quick it took 39 of the world's 50 minutes (18 rows, ×4 among them, 10× the main
-    evaluation); in the suites (2-3× the obstacles) it would take over an hour per world and push the study
-    past 8 hours. `hrmlab study --compute-worlds quick,suite-clockwork` adds a world."""
-
-    def scales_for(self, world: str) -> list[float]:
-        """The test-time-compute multiples evaluated in `world` (none outside `compute_worlds`)."""
-        return list(self.compute_scales) if world in self.compute_worlds else []
+    Measured on quick it took 19 of the world's 50 minutes (18 rows, ×4 among them: 5.6× the main
+    evaluation's 3.4); at that ratio a suite (clockwork's main evaluation: 6.9 min) would add an estimated
+    ~39 minutes per world and push the six-world study from ~7 to ~10 hours (estimates from clockwork).
+    `hrmlab study --compute-worlds quick,suite-clockwork` adds a world."""
     rollout: str = "direct"
     """Roll-out of every learned model (forecast.rollout): `direct` is the one mode all four kinds offer
     (hrm-act and trm are not recurrent over time), so every model has the same objective (per-step
     displacement MSE over the planner's horizon) and the same cost per forecast: one pass."""
+
+    def scales_for(self, world: str) -> list[float]:
+        """The test-time-compute multiples evaluated in `world` (none outside `compute_worlds`)."""
+        return list(self.compute_scales) if world in self.compute_worlds else []
 
 
 def train_field(model: str) -> str:

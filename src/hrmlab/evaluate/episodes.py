@@ -115,7 +115,7 @@ def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles
 def observed_history(forecaster: Forecaster | None, shown: int = OBSERVED_HISTORY) -> int:
     """Positions the closed loop keeps: what observers are shown (`shown`), and at least what the
     forecaster reads, so a model trained on a longer window never sees a padded one."""
-    return max(shown, getattr(forecaster, "history", 0) or 0)
+    return max(shown, getattr(forecaster, "history", 0))
 
 
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,

@@ -21,7 +21,6 @@ from hrmlab.evaluate.result import EvaluationResult, summarize
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
 from hrmlab.policies import PolicySpec, build_policy
-from hrmlab.worlds import OBSERVED_HISTORY
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -48,8 +47,6 @@ class ChunkSpec:
     planner: PlannerConfig
     forecasters: list[ForecasterSpec]
     indices: list[int]
-    history: int = OBSERVED_HISTORY
-    """Positions shown to outside policies and physics rules; a learned forecaster gets at least its own."""
     forecast_error: bool = True
     device: str = "cpu"
     policies: list[PolicySpec] = field(default_factory=list)
@@ -70,10 +67,10 @@ def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
     for fspec in spec.forecasters:
         forecaster = build_forecaster(fspec, device=spec.device)
         rec = run_closed_loop(protocol, spec.world, spec.planner, forecaster, indices,
-                              history_len=spec.history, forecast_error=spec.forecast_error)
+                              forecast_error=spec.forecast_error)
         result.per_forecaster[fspec.name] = chunk_record(rec)
     for pspec in spec.policies:
-        rec = run_closed_loop(protocol, spec.world, spec.planner, None, indices, history_len=spec.history,
+        rec = run_closed_loop(protocol, spec.world, spec.planner, None, indices,
                               forecast_error=False, policy=build_policy(pspec))
         result.per_forecaster[pspec.name] = chunk_record(rec)
     return result
@@ -91,7 +88,7 @@ def make_chunks(cfg: EvalConfig, world: BounceGridConfig, planner: PlannerConfig
                 policies: list[PolicySpec] | None = None) -> list[ChunkSpec]:
     indices = list(range(cfg.start, cfg.start + cfg.episodes))
     return [ChunkSpec(cfg.protocol, world, planner, forecasters, indices[i:i + cfg.chunk_size],
-                      OBSERVED_HISTORY, cfg.forecast_error, device, list(policies or []))
+                      cfg.forecast_error, device, list(policies or []))
             for i in range(0, len(indices), cfg.chunk_size)]
 
 
