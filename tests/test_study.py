@@ -9,7 +9,7 @@ import pytest
 from hrmlab.cli import main
 from hrmlab.evaluate.result import summarize
 from hrmlab.presets import resolve
-from hrmlab.study import equal_budget, sign_test, summarize_world, train_field
+from hrmlab.study import equal_budget, grid_edge_models, sign_test, summarize_world, train_field
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -52,6 +52,13 @@ def test_summary_picks_the_strongest_physics_yardstick_and_seed_noise():
     assert between["beyond_seed_noise"] is False
 
 
+def test_grid_edge_models_flag_learning_rates_at_the_ends_of_the_grid():
+    sel = {"0.0003": 3.0, "0.001": 2.0, "0.003": 1.0}
+    s = {"models": {"a": {"lr": 0.003, "selection": sel}, "b": {"lr": 0.001, "selection": sel},
+                    "c": {"lr": 0.0003, "selection": sel}, "d": {"lr": 0.003, "selection": {"0.003": 1.0}}}}
+    assert grid_edge_models(s) == [("a", 0.003), ("c", 0.0003)]  # a one-point grid has no edge to speak of
+
+
 def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     args = ["study", "--smoke", "--only", "quick", "--models", "lstm,hrm", "--out", str(tmp_path / "study.md"), "--json",
             str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"),
@@ -70,8 +77,17 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     assert "hrmlab study --smoke" in doc and "Best learned model" in doc
     trained = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
     assert len(trained) == 2 * (2 + 1)  # per model: 2 selection runs + 1 extra seed
+    assert "## Overview" in doc and "| `quick` |" in doc  # the one-row-per-world table README copies
     assert main(args) == 0  # the stored summary is reused: nothing new trained
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
+    # interrupted before the world's summary was written: the cached stages resume it, nothing retrains
+    (tmp_path / "study.json").unlink()
+    assert main(args) == 0
+    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
+    resumed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    assert resumed["models"] == world["models"] and resumed["key"] == world["key"]
+    world = resumed  # its wall minutes are the resuming call's
+    doc = (tmp_path / "study.md").read_text()
     assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["key"] == world["key"]
     # another world, tabulated only: nothing runs, the stored quick world stays in the results file
     other = [a if a != "quick" else "suite-rush" for a in args] + ["--tabulate-only"]

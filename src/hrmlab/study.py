@@ -439,7 +439,48 @@ def world_section(world: str, s: dict) -> str:
     lines.append("\nRecipe selection (validation loss per candidate lr, seed 0): "
                  + "; ".join(f"{m}: " + ", ".join(f"{lr} → {v:.3g}" for lr, v in info["selection"].items())
                              for m, info in s["models"].items() if info.get("selection")) + ".")
+    edge = grid_edge_models(s)
+    if edge:
+        lines[-1] += (f" Chosen at an edge of the grid: {', '.join(f'{m} ({lr:g})' for m, lr in edge)} — a wider "
+                      "grid was not tried, so these models may be under-tuned (the grid is the same for every "
+                      "model).")
     return "\n".join(lines) + "\n"
+
+
+def grid_edge_models(s: dict) -> list[tuple[str, float]]:
+    """Models whose chosen learning rate is the grid's smallest or largest candidate."""
+    out = []
+    for model, info in s["models"].items():
+        grid = sorted(float(lr) for lr in info.get("selection") or {})
+        if len(grid) > 1 and info["lr"] in (grid[0], grid[-1]):
+            out.append((model, info["lr"]))
+    return out
+
+
+def overview_table(study: StudyConfig, worlds: dict) -> list[str]:
+    """One row per measured world: each model's mean ± sd, the yardstick, the oracle, the verdict, the cost.
+    README's headline table is this table, copied."""
+    models = [m for m in study.models if any(m in s["models"] for s in worlds.values())]
+    lines = ["| world | " + " | ".join(models) + " | best physics rule | oracle | best learned vs best physics | "
+             "wall min |", "|---|" + "---|" * (len(models) + 4)]
+    for world, s in worlds.items():
+        cells = [f"{_pct(s['models'][m]['mean'])} ± {_pct(s['models'][m]['sd'])}" if m in s["models"] else "—"
+                 for m in models]
+        yard = s["best_physics"]
+        yard_text = f"{yard} {_pct(s['physics'][yard]['rate'])}" if yard else "—"
+        oracle = _pct(s["physics"]["oracle"]["rate"]) if "oracle" in s["physics"] else "—"
+        v = best_model(s)
+        verdict = "—"
+        if "best_physics" in v:
+            diff = v["mean"] - v["physics_rate"]
+            if v["vs_physics_p"] < 0.05:
+                word = "significantly better" if diff > 0 else "significantly worse"
+            else:
+                word = "no significant difference"
+            verdict = f"{v['model']} {100 * diff:+.1f} points, {word} (p = {_p(v['vs_physics_p'])})"
+        lines.append(f"| `{world}` | " + " | ".join(cells) + f" | {yard_text} | {oracle} | {verdict} | "
+                     f"{s['minutes']} |")
+    return lines
 
 
 def compute_lines(ttc: dict) -> list[str]:
@@ -479,7 +520,17 @@ def study_document(study: StudyConfig, worlds: dict, smoke: bool = False) -> str
         "episode's success averaged over seeds; per-seed tests are exact McNemar (docs/study.json).\n\n",
     ]
     missing = [w for w in study.worlds if w not in worlds]
+    if worlds:
+        wall = sum(s["minutes"] for s in worlds.values())
+        parts.append("## Overview\n\nSuccess in % (mean ± sd over training seeds); verdicts are pooled sign tests "
+                     "of the best learned model against the best physics rule, uncorrected for the number of "
+                     "models compared.\n\n" + "\n".join(overview_table(study, worlds)) + "\n\n"
+                     f"Measured wall time: {wall:.1f} min ({wall / 60:.2f} h) for {len(worlds)} of "
+                     f"{len(study.worlds)} worlds, each the wall time of the call that finished the world on the machine that ran it (a world resumed from "
+                     "its stage cache counts only the resuming call).\n\n")
     if missing:
         parts.append("Not yet run: " + ", ".join(f"`{w}`" for w in missing) + ".\n\n")
+    if worlds:
+        parts.append("## Per world\n\n")
     parts += [world_section(w, s) + "\n" for w, s in worlds.items()]
     return "".join(parts)
