@@ -426,10 +426,8 @@ def world_section(world: str, s: dict) -> str:
             text += (f"; its margin over {verdict['runner_up']} ({100 * verdict['margin']:+.1f} points) is {noise} "
                      f"twice the seed-to-seed sd (pooled sign test p = {_p(verdict['p_value'])})")
         if "best_physics" in verdict:
-            diff = verdict["mean"] - verdict["physics_rate"]
-            sig = "significant" if verdict["vs_physics_p"] < 0.05 else "not significant"
             text += (f". Against the best physics rule, {verdict['best_physics']} ({_pct(verdict['physics_rate'])}%): "
-                     f"{100 * diff:+.1f} points, {sig} (p = {_p(verdict['vs_physics_p'])})")
+                     + physics_verdict(verdict))
         lines.append(text + ".")
     between = [f"{t['a']} vs {t['b']}: {100 * t['margin']:+.1f} points (2 sd = {100 * t['two_sd']:.1f}), "
                f"pooled p = {_p(t['pooled']['p_value'])}" for t in s["between"]]
@@ -445,6 +443,16 @@ def world_section(world: str, s: dict) -> str:
                       "grid was not tried, so these models may be under-tuned (the grid is the same for every "
                       "model).")
     return "\n".join(lines) + "\n"
+
+
+def physics_verdict(v: dict) -> str:
+    """The best learned model against the best physics rule, in words the data supports (from `best_model`)."""
+    diff = v["mean"] - v["physics_rate"]
+    if v["vs_physics_p"] < 0.05:
+        word = "significantly better" if diff > 0 else "significantly worse"
+    else:
+        word = "no significant difference"
+    return f"{100 * diff:+.1f} points, {word} (p = {_p(v['vs_physics_p'])})"
 
 
 def grid_edge_models(s: dict) -> list[tuple[str, float]]:
@@ -470,14 +478,7 @@ def overview_table(study: StudyConfig, worlds: dict) -> list[str]:
         yard_text = f"{yard} {_pct(s['physics'][yard]['rate'])}" if yard else "—"
         oracle = _pct(s["physics"]["oracle"]["rate"]) if "oracle" in s["physics"] else "—"
         v = best_model(s)
-        verdict = "—"
-        if "best_physics" in v:
-            diff = v["mean"] - v["physics_rate"]
-            if v["vs_physics_p"] < 0.05:
-                word = "significantly better" if diff > 0 else "significantly worse"
-            else:
-                word = "no significant difference"
-            verdict = f"{v['model']} {100 * diff:+.1f} points, {word} (p = {_p(v['vs_physics_p'])})"
+        verdict = f"{v['model']} {physics_verdict(v)}" if "best_physics" in v else "—"
         lines.append(f"| `{world}` | " + " | ".join(cells) + f" | {yard_text} | {oracle} | {verdict} | "
                      f"{s['minutes']} |")
     return lines
