@@ -9,7 +9,7 @@ import pytest
 from hrmlab.cli import main
 from hrmlab.evaluate.result import summarize
 from hrmlab.presets import resolve
-from hrmlab.study import equal_budget, grid_edge_models, sign_test, summarize_world, train_field
+from hrmlab.study import equal_budget, grid_edge_models, longest_first, sign_test, summarize_world, train_field
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -57,6 +57,15 @@ def test_grid_edge_models_flag_learning_rates_at_the_ends_of_the_grid():
     s = {"models": {"a": {"lr": 0.003, "selection": sel}, "b": {"lr": 0.001, "selection": sel},
                     "c": {"lr": 0.0003, "selection": sel}, "d": {"lr": 0.003, "selection": {"0.003": 1.0}}}}
     assert grid_edge_models(s) == [("a", 0.003), ("c", 0.0003)]  # a one-point grid has no edge to speak of
+
+
+def test_training_runs_are_scheduled_costliest_model_first():
+    runs = [(m, lr, 0) for m in ("lstm", "hrm", "hrm-act", "trm", "new-model") for lr in (3e-4, 3e-3)]
+    order = longest_first(runs)
+    assert sorted(order) == sorted(runs)  # a reordering: nothing lost, nothing added
+    assert [m for m, _, _ in order] == ["trm", "trm", "hrm-act", "hrm-act", "hrm", "hrm", "lstm", "lstm",
+                                        "new-model", "new-model"]
+    assert [lr for m, lr, _ in order if m == "trm"] == [3e-4, 3e-3]  # stable within a model
 
 
 def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
