@@ -9,7 +9,9 @@ import pytest
 from hrmlab.cli import main
 from hrmlab.evaluate.result import summarize
 from hrmlab.presets import resolve
-from hrmlab.study import equal_budget, grid_edge_models, longest_first, sign_test, summarize_world, train_field
+from hrmlab.errors import UserError
+from hrmlab.study import (choose_rate, equal_budget, grid_edge_models, longest_first, sign_test, summarize_world,
+                          train_field)
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -106,6 +108,29 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"] == world
     assert main(args + ["--tabulate-only"]) == 0  # the document again from the results file alone
     assert (tmp_path / "study.md").read_text() == doc
+
+
+def test_choose_rate_skips_diverged_candidates_and_refuses_when_all_diverged():
+    assert choose_rate("lstm", {1e-3: 2e-4, 3e-3: math.inf, 1e-2: 5e-5}) == 1e-2
+    assert choose_rate("lstm", {1e-2: math.inf, 1e-3: 2e-4}) == 1e-3  # a diverged first candidate never wins
+    with pytest.raises(UserError, match="every candidate"):
+        choose_rate("lstm", {1e-3: math.inf, 1e-2: math.inf})
+
+
+def test_study_a_diverging_candidate_rate_loses_the_selection_instead_of_ending_the_study(tmp_path):
+    # lr 1e30: Adam moves every weight by ~1e30 on the first step, so the next loss overflows float32;
+    # with max_consecutive_nonfinite=1 the trainer gives up at once (the real TrainingDiverged path)
+    args = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--lrs", "1e30,1e-3", "--seeds", "1",
+            "--compute-scales", "", "--set", "train_lstm.max_consecutive_nonfinite=1",
+            "--out", str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"),
+            "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"), "--no-progress"]
+    assert main(args) == 0
+    lstm = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["models"]["lstm"]
+    assert lstm["lr"] == 1e-3
+    assert lstm["selection"]["1e+30"] is None and lstm["selection"]["0.001"] > 0
+    assert "1e+30 → diverged" in (tmp_path / "study.md").read_text()
+    # every candidate diverging is one clear error (exit 2), not a traceback
+    assert main([a if a != "1e30,1e-3" else "1e30" for a in args]) == 2
 
 
 def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):

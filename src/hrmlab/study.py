@@ -289,12 +289,16 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     chosen = {}
     for model in study.models:
         losses = {lr: _val_loss(trials[(model, lr, 0)]) for lr in study.lrs}
-        chosen[model] = min(losses, key=losses.get)
-        selection[model] = {"chosen": chosen[model], "val_loss": {f"{lr:g}": v for lr, v in losses.items()}}
+        chosen[model] = choose_rate(model, losses)
+        selection[model] = {"chosen": chosen[model],  # None: that candidate diverged
+                            "val_loss": {f"{lr:g}": (None if math.isinf(v) else v) for lr, v in losses.items()}}
     extra = train_all([(m, chosen[m], s) for m in study.models for s in range(1, study.seeds)])
     for model in study.models:
         for seed in range(study.seeds):
             summary = (trials if seed == 0 else extra)[(model, chosen[model], seed)]
+            if "diverged" in summary:
+                raise UserError(f"study {preset}: {model} seed {seed} diverged at the chosen learning rate "
+                                f"{chosen[model]:g} ({summary['diverged']})")
             label = seed_label(model, seed)
             training[label] = {k: summary.get(k) for k in ("parameters", "seconds", "best_val_loss", "checkpoint")}
             specs.append(ForecasterSpec(label, summary["checkpoint"]))
@@ -329,14 +333,30 @@ class TrainRun:
 
 
 def train_run(run: TrainRun) -> dict:
+    """One training stage; a run that diverges is returned as a result ({"diverged": why}), so that a
+    learning-rate candidate that blows up loses the selection instead of ending the study."""
+    from hrmlab.errors import TrainingDiverged
     from hrmlab.pipeline import stage_train
 
-    return stage_train(run.cfg, run.model, run.data_paths, run.opts)
+    try:
+        return stage_train(run.cfg, run.model, run.data_paths, run.opts)
+    except TrainingDiverged as exc:
+        recipe = getattr(run.cfg, train_field(run.model))
+        log.warning("%s at lr %g, seed %d: %s", run.model, recipe.lr, recipe.seed, exc)
+        return {"diverged": str(exc), "best_val_loss": None}
 
 
 def _val_loss(summary: dict) -> float:
     value = summary.get("best_val_loss")
     return math.inf if value is None or not math.isfinite(value) else value
+
+
+def choose_rate(model: str, losses: dict[float, float]) -> float:
+    """The candidate rate with the lowest validation loss (a diverged run counts as +inf)."""
+    if all(math.isinf(v) for v in losses.values()):
+        raise UserError(f"study: {model} diverged (or has no validation loss) at every candidate learning rate "
+                        f"{', '.join(f'{lr:g}' for lr in losses)}; pass lower rates with --lrs")
+    return min(losses, key=losses.get)
 
 
 def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
@@ -452,7 +472,8 @@ def world_section(world: str, s: dict) -> str:
         lines.append("\nBetween learned models: " + "; ".join(between) + ".")
     lines += compute_lines(s.get("test_time_compute") or {})
     lines.append("\nRecipe selection (validation loss per candidate lr, seed 0): "
-                 + "; ".join(f"{m}: " + ", ".join(f"{lr} → {v:.3g}" for lr, v in info["selection"].items())
+                 + "; ".join(f"{m}: " + ", ".join(f"{lr} → " + ("diverged" if v is None else f"{v:.3g}")
+                                       for lr, v in info["selection"].items())
                              for m, info in s["models"].items() if info.get("selection")) + ".")
     edge = grid_edge_models(s)
     if edge:

@@ -38,7 +38,7 @@ from torch import nn
 from hrmlab.config import NOT_IN_KEY
 from hrmlab.fileio import write_text_atomic
 from hrmlab.data.base import SampleSource
-from hrmlab.errors import UserError
+from hrmlab.errors import TrainingDiverged, UserError
 from hrmlab.progress import make_progress
 from hrmlab.train import distributed as dist_utils
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
@@ -446,7 +446,7 @@ class _Trainer:
                     run_steps += 1
                     consecutive_bad = consecutive_bad + 1 if skipped else 0
                     if consecutive_bad >= cfg.max_consecutive_nonfinite:
-                        raise UserError(f"training diverged: {consecutive_bad} consecutive non-finite losses up to "
+                        raise TrainingDiverged(f"training diverged: {consecutive_bad} consecutive non-finite losses up to "
                                         f"step {st.step}; lower train.lr, set train.grad_clip, or use fp32/bf16")
                     if skipped and self.info.is_main:
                         log.warning("step %d: non-finite loss or gradient, step skipped on every rank", st.step)
