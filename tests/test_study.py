@@ -1,17 +1,19 @@
 """`hrmlab study`: equal budgets, recipe selection on validation, seeds, paired statistics, resumption."""
 
+import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hrmlab.cli import main
 from hrmlab.evaluate.result import summarize
-from hrmlab.presets import resolve
 from hrmlab.errors import UserError
-from hrmlab.study import (choose_rate, equal_budget, grid_edge_models, longest_first, sign_test, summarize_world,
-                          train_field)
+from hrmlab.presets import resolve
+from hrmlab.study import (StudyConfig, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
+                          sign_test, study_command, study_document, summarize_world, train_field)
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -108,6 +110,26 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"] == world
     assert main(args + ["--tabulate-only"]) == 0  # the document again from the results file alone
     assert (tmp_path / "study.md").read_text() == doc
+
+
+def test_seed_noise_verdict_needs_two_seeds_per_model():
+    a = {"mean": 0.95, "sd": 0.01, "seeds": {"a@s0": {}, "a@s1": {}, "a@s2": {}}}
+    b = {"mean": 0.90, "sd": 0.02, "seeds": {"b@s0": {}, "b@s1": {}, "b@s2": {}}}
+    assert beyond_seed_noise(a, b) is True  # 5 points > 2 × 2
+    assert beyond_seed_noise(a, {**b, "mean": 0.92}) is False  # 3 points < 4
+    one = {"mean": 0.80, "sd": 0.0, "seeds": {"c@s0": {}}}  # sd 0 of one seed is not "no noise"
+    assert beyond_seed_noise(a, one) is None
+
+
+def test_the_document_names_the_command_that_regenerates_it():
+    assert study_command(StudyConfig()) == "hrmlab study"
+    side = dataclasses.replace(StudyConfig(), worlds=["quick"], lrs=[3e-4, 1e-3], seeds=1, compute_scales=[])
+    command = study_command(side, Path("docs/side.md"), Path("docs/side.json"))
+    assert command == ("hrmlab study --only quick --lrs 0.0003,0.001 --seeds 1 --compute-scales '' "
+                       "--out docs/side.md --json docs/side.json")
+    doc = study_document(side, {}, out_md=Path("docs/side.md"), out_json=Path("docs/side.json"))
+    assert f"`{command}`" in doc and "**A side study**" in doc and "`docs/side.json` holds" in doc
+    assert "side study" not in study_document(StudyConfig(), {})
 
 
 def test_choose_rate_skips_diverged_candidates_and_refuses_when_all_diverged():

@@ -201,6 +201,11 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def smoke_study_defaults() -> dict:
+    """`hrmlab study --smoke`: toy sizes — two rates, two seeds, one compute scale (still every code path)."""
+    return {"lrs": [1e-3, 3e-3], "seeds": 2, "compute_scales": [2.0]}
+
+
 def cmd_study(args) -> int:
     from hrmlab.pipeline import default_cache
     from hrmlab.study import StudyConfig, run_study
@@ -231,10 +236,9 @@ def cmd_study(args) -> int:
         changes["seeds"] = args.seeds
     if args.episodes is not None:
         changes["episodes"] = args.episodes
-    if args.smoke:  # toy sizes: two rates, two seeds (still every code path)
-        changes.setdefault("lrs", [1e-3, 3e-3])
-        changes.setdefault("seeds", 2)
-        changes.setdefault("compute_scales", [2.0])
+    if args.smoke:
+        for name, value in smoke_study_defaults().items():
+            changes.setdefault(name, value)
     study = dataclasses.replace(study, **changes)
     cache = Path(args.cache) if args.cache else default_cache()
     text = run_study(study, Path(args.out), Path(args.json), cache, Path(args.runs), smoke=args.smoke,

@@ -181,12 +181,20 @@ def summarize_world(evaluation: EvaluationResult, models: list[str], seeds: int,
             margin = ma["mean"] - mb["mean"]
             noise = 2 * max(ma["sd"], mb["sd"])
             out["between"].append({
-                "a": a, "b": b, "margin": margin, "two_sd": noise, "beyond_seed_noise": abs(margin) > noise,
+                "a": a, "b": b, "margin": margin, "two_sd": noise, "beyond_seed_noise": beyond_seed_noise(ma, mb),
                 "pooled": sign_test(mean_success[a], mean_success[b]),
                 "per_seed": [_mcnemar(pair, seed_label(a, s), seed_label(b, s)) for s in range(seeds)
                              if frozenset((seed_label(a, s), seed_label(b, s))) in pair],
             })
     return out
+
+
+def beyond_seed_noise(ma: dict, mb: dict) -> bool | None:
+    """Whether two models' mean success differs by more than twice the larger seed-to-seed sd; None when
+    either has fewer than two seeds (its seed noise is unmeasured, so no such claim can be made)."""
+    if min(len(ma["seeds"]), len(mb["seeds"])) < 2:
+        return None
+    return abs(ma["mean"] - mb["mean"]) > 2 * max(ma["sd"], mb["sd"])
 
 
 def summarize_compute(main: EvaluationResult, scaled: EvaluationResult | None, models: list[str], seeds: int,
@@ -249,7 +257,8 @@ def best_model(summary: dict) -> dict:
         runner_up = ranked[1]
         test = next(t for t in summary["between"] if {t["a"], t["b"]} == {best, runner_up})
         verdict.update(runner_up=runner_up, margin=models[best]["mean"] - models[runner_up]["mean"],
-                       beyond_seed_noise=test["beyond_seed_noise"], p_value=test["pooled"]["p_value"])
+                       beyond_seed_noise=beyond_seed_noise(models[best], models[runner_up]),
+                       p_value=test["pooled"]["p_value"])
     yard = summary["best_physics"]
     if yard:
         verdict.update(best_physics=yard, physics_rate=summary["physics"][yard]["rate"],
@@ -403,7 +412,7 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
                  len(study.models))
         results[world] = kept[world] = {"key": key, **study_world(world, study, opts, overrides, smoke, backend)}
         _write_results(out_json, out_md, study, kept, results, smoke)
-    return _write_results(None if tabulate_only else out_json, out_md, study, kept, results, smoke)
+    return _write_results(out_json, out_md, study, kept, results, smoke, write_json=not tabulate_only)
 
 
 def _read_json(path: Path):
@@ -413,13 +422,13 @@ def _read_json(path: Path):
         return None
 
 
-def _write_results(out_json: Path | None, out_md: Path, study: StudyConfig, kept: dict, results: dict,
-                   smoke: bool) -> str:
+def _write_results(out_json: Path, out_md: Path, study: StudyConfig, kept: dict, results: dict,
+                   smoke: bool, write_json: bool = True) -> str:
     """The results file holds every stored world (`kept`); the document shows this study's (`results`)."""
-    if out_json is not None:
+    if write_json:
         ordered = {**{w: kept[w] for w in study.worlds if w in kept}, **kept}
         write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
-    text = study_document(study, {w: results[w] for w in study.worlds if w in results}, smoke)
+    text = study_document(study, {w: results[w] for w in study.worlds if w in results}, smoke, out_md, out_json)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text)
     return text
@@ -459,15 +468,18 @@ def world_section(world: str, s: dict) -> str:
     if verdict:
         text = f"\nBest learned model: **{verdict['model']}** ({_pct(verdict['mean'])}% mean over seeds)"
         if "runner_up" in verdict:
-            noise = "beyond" if verdict["beyond_seed_noise"] else "within"
-            text += (f"; its margin over {verdict['runner_up']} ({100 * verdict['margin']:+.1f} points) is {noise} "
-                     f"twice the seed-to-seed sd (pooled sign test p = {_p(verdict['p_value'])})")
+            noise = {True: "is beyond twice the seed-to-seed sd", False: "is within twice the seed-to-seed sd",
+                     None: "cannot be set against seed noise (one training seed)"}[verdict["beyond_seed_noise"]]
+            text += (f"; its margin over {verdict['runner_up']} ({100 * verdict['margin']:+.1f} points) {noise} "
+                     f"(pooled sign test p = {_p(verdict['p_value'])})")
         if "best_physics" in verdict:
             text += (f". Against the best physics rule, {verdict['best_physics']} ({_pct(verdict['physics_rate'])}%): "
                      + physics_verdict(verdict))
         lines.append(text + ".")
-    between = [f"{t['a']} vs {t['b']}: {100 * t['margin']:+.1f} points (2 sd = {100 * t['two_sd']:.1f}), "
-               f"pooled p = {_p(t['pooled']['p_value'])}" for t in s["between"]]
+    models = s["models"]
+    between = [f"{t['a']} vs {t['b']}: {100 * t['margin']:+.1f} points ("
+               + (f"2 sd = {100 * t['two_sd']:.1f}" if beyond_seed_noise(models[t["a"]], models[t["b"]]) is not None
+                  else "seed noise unmeasured") + f"), pooled p = {_p(t['pooled']['p_value'])}" for t in s["between"]]
     if between:
         lines.append("\nBetween learned models: " + "; ".join(between) + ".")
     lines += compute_lines(s.get("test_time_compute") or {})
@@ -545,19 +557,52 @@ def compute_lines(ttc: dict) -> list[str]:
     return lines
 
 
-def study_document(study: StudyConfig, worlds: dict, smoke: bool = False) -> str:
-    command = "hrmlab study" + (" --smoke" if smoke else "")
+DEFAULT_OUT, DEFAULT_JSON = Path("docs/study.md"), Path("docs/study.json")
+
+
+def study_command(study: StudyConfig, out_md: Path = DEFAULT_OUT, out_json: Path = DEFAULT_JSON,
+                  smoke: bool = False) -> str:
+    """The `hrmlab study` call that regenerates a document: only the options that differ from the defaults
+    (those of --smoke when smoke), so a side study's document names the grid, seeds or files it used."""
+    from hrmlab.cli import smoke_study_defaults
+
+    default = StudyConfig()
+    if smoke:
+        default = dataclasses.replace(default, **smoke_study_defaults())
+    csv = lambda values: ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)  # noqa: E731
+    options = [("--only", "worlds", csv), ("--models", "models", csv), ("--lrs", "lrs", csv),
+               ("--seeds", "seeds", str), ("--episodes", "episodes", str),
+               ("--compute-scales", "compute_scales", lambda v: csv(v) or "''"),
+               ("--compute-worlds", "compute_worlds", lambda v: csv(v) or "''")]
+    parts = ["hrmlab study"] + (["--smoke"] if smoke else [])
+    for flag, name, text in options:
+        if getattr(study, name) != getattr(default, name):
+            parts.append(f"{flag} {text(getattr(study, name))}")
+    if Path(out_md) != DEFAULT_OUT:
+        parts.append(f"--out {out_md}")
+    if Path(out_json) != DEFAULT_JSON:
+        parts.append(f"--json {out_json}")
+    return " ".join(parts)
+
+
+def study_document(study: StudyConfig, worlds: dict, smoke: bool = False, out_md: Path = DEFAULT_OUT,
+                   out_json: Path = DEFAULT_JSON) -> str:
+    command, results_file = study_command(study, out_md, out_json, smoke), out_json
     parts = [
         "# The study: learned forecasters vs physics, over seeds, at equal budget\n\n",
-        f"Generated by `{command}` (resumable: every stage is cached; `docs/study.json` holds each finished "
-        "world's summary). Each learned model trains on the same data with the same recipe template and "
+        f"Generated by `{command}` (resumable: every stage is cached; `{results_file}` holds each finished "
+        "world's summary; `--tabulate-only` rewrites this page from it). Each learned model trains on the same data with the same recipe template and "
         f"optimiser steps; its learning rate is chosen from {', '.join(f'{lr:g}' for lr in study.lrs)} on "
         f"validation loss (training seed 0), then {study.seeds} training seeds at that rate are evaluated on the "
         "same held-out test episodes (count per world below) as the physics rules and the oracle. The yardstick is "
         "the best physics rule on those episodes (not constant velocity). A margin counts as beyond training "
         "noise only if it exceeds twice the larger seed-to-seed sd; pooled tests are exact sign tests on each "
-        "episode's success averaged over seeds; per-seed tests are exact McNemar (docs/study.json).\n\n",
+        f"episode's success averaged over seeds; per-seed tests are exact McNemar ({results_file}).\n\n",
     ]
+    side = [flag for flag in ("--models", "--lrs", "--seeds", "--episodes", "--compute-scales") if flag in command]
+    if side and not smoke:
+        parts.append(f"**A side study** ({', '.join(side)} differ from the defaults): the study README quotes, "
+                     "with the default settings, is docs/study.md.\n\n")
     missing = [w for w in study.worlds if w not in worlds]
     if worlds:
         wall = sum(s["minutes"] for s in worlds.values())
