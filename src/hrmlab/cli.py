@@ -201,14 +201,9 @@ def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def smoke_study_defaults() -> dict:
-    """`hrmlab study --smoke`: toy sizes — two rates, two seeds, one compute scale (still every code path)."""
-    return {"lrs": [1e-3, 3e-3], "seeds": 2, "compute_scales": [2.0]}
-
-
 def cmd_study(args) -> int:
     from hrmlab.pipeline import default_cache
-    from hrmlab.study import StudyConfig, run_study
+    from hrmlab.study import StudyConfig, run_study, smoke_study_defaults
 
     study = StudyConfig()
     changes = {}

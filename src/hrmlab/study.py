@@ -89,6 +89,11 @@ class StudyConfig:
         return list(self.compute_scales) if world in self.compute_worlds else []
 
 
+def smoke_study_defaults() -> dict:
+    """`hrmlab study --smoke`: toy sizes — two rates, two seeds, one compute scale (still every code path)."""
+    return {"lrs": [1e-3, 3e-3], "seeds": 2, "compute_scales": [2.0]}
+
+
 def train_field(model: str) -> str:
     """The experiment-config field holding `model`'s training recipe (`train_hrm`, `train_hrm_act`, ...)."""
     return "train_" + model.replace("-", "_")
@@ -564,8 +569,6 @@ def study_command(study: StudyConfig, out_md: Path = DEFAULT_OUT, out_json: Path
                   smoke: bool = False) -> str:
     """The `hrmlab study` call that regenerates a document: only the options that differ from the defaults
     (those of --smoke when smoke), so a side study's document names the grid, seeds or files it used."""
-    from hrmlab.cli import smoke_study_defaults
-
     default = StudyConfig()
     if smoke:
         default = dataclasses.replace(default, **smoke_study_defaults())
