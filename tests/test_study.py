@@ -86,7 +86,9 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
         assert m["lr"] == min(losses, key=losses.get)  # chosen on validation loss, never on test
         assert all(r["episodes"] == world["episodes"] for r in m["seeds"].values())
     assert world["best_physics"] != "oracle"
+    assert world["machine"].endswith(" cores")  # wall times are per machine: each world says where it ran
     doc = (tmp_path / "study.md").read_text()
+    assert f"wall time on {world['machine']}" in doc
     assert "hrmlab study --smoke" in doc and "Best learned model" in doc
     trained = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
     assert len(trained) == 2 * (2 + 1)  # per model: 2 selection runs + 1 extra seed

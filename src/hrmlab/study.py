@@ -332,8 +332,25 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
         scaled = stage_evaluate(cfg, eval_cfg, cfg.planner, ttc_specs, ttc_keys, opts, backend)
         summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
     summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
-                   compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1))
+                   compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1), machine=machine_label())
     return summary
+
+
+def machine_label() -> str:
+    """The CPU model and core count a world's wall time was measured on (wall times are per machine:
+    a study's worlds may be finished on different machines)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 @dataclass
@@ -453,8 +470,9 @@ def _p(p: float) -> str:
 
 
 def world_section(world: str, s: dict) -> str:
+    where = f" on {s['machine']}" if s.get("machine") else ""
     lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; {s['minutes']} min wall "
-             f"time, {s['compute_minutes']} compute-minutes)\n"]
+             f"time{where}, {s['compute_minutes']} compute-minutes)\n"]
     lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
                  "ADE / FDE (cells) | params | train s | forecast ms/step | vs best physics (pooled sign test) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
