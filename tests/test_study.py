@@ -132,6 +132,16 @@ def test_the_document_names_the_command_that_regenerates_it():
     doc = study_document(side, {}, out_md=Path("docs/side.md"), out_json=Path("docs/side.json"))
     assert f"`{command}`" in doc and "**A side study**" in doc and "`docs/side.json` holds" in doc
     assert "side study" not in study_document(StudyConfig(), {})
+    # --only and --compute-worlds select worlds; they do not change a world's figures
+    picked = dataclasses.replace(StudyConfig(), worlds=["quick"], compute_worlds=[])
+    assert "side study" not in study_document(picked, {})
+
+
+def test_study_help_states_the_default_grid(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    grid = ",".join(f"{lr:g}" for lr in StudyConfig().lrs)
+    assert f"(default {grid})" in " ".join(capsys.readouterr().out.split())
 
 
 def test_choose_rate_skips_diverged_candidates_and_refuses_when_all_diverged():

@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(docs/study.md)")
     p.add_argument("--only", help="comma-separated world presets (default: quick and every suite, the suites with most room above physics first)")
     p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm,hrm-act,trm)")
-    p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 1e-3,3e-3,1e-2)")
+    p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 0.001,0.003,0.01)")
     p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
