@@ -7,6 +7,12 @@ import sys
 import pytest
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def hrmlab(*args):
     return subprocess.run([sys.executable, "-m", "hrmlab.cli", *args], capture_output=True, text=True)
 
@@ -18,6 +24,7 @@ def hrmlab(*args):
     (["evaluate", "--set", "planner.time_index=sideways"], "valid choices: aligned, seed"),
     (["evaluate", "--set", "nosuchsection.x=1"], "unknown config"),
     (["bench", "--only", "warp"], "valid choices"),
+    *([(["bench", "--only", "gpu"], "needs a CUDA device")] if not _has_cuda() else []),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(args, needle):
     proc = hrmlab(*args)

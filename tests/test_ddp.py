@@ -22,7 +22,8 @@ def _write_spec(tmp_path, run_dir, train_overrides=None) -> dict:
         "run_dir": str(run_dir),
         "model": {"kind": "hrm", "variant": "deep", "d_model": 16, "heads": 2, "block": "gated", "init_std": 0.02},
         "train": {"epochs": 2, "batch_size": 128, "lr": 3e-3, "max_steps": 6, "log_every_steps": 1,
-                  "checkpoint_every_steps": 3, "schedule": "onecycle", **(train_overrides or {})},
+                  "checkpoint_every_steps": 3, "schedule": "onecycle",
+                  "device": "cpu", **(train_overrides or {})},  # the gloo path, also on a GPU machine
         "data": {"kind": "npy", "train_x": str(tmp_path / "tx.npy"), "train_y": str(tmp_path / "ty.npy"),
                  "val_x": str(tmp_path / "vx.npy"), "val_y": str(tmp_path / "vy.npy")},
         "progress": False,

@@ -33,6 +33,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "gym": _lazy("hrmlab_bench.gym", "bench_gym"),  # needs the gym extra; not in the default set
     "forecast": _lazy("hrmlab_bench.forecast", "bench_forecast"),
     "diffusion_st": _lazy("hrmlab_bench.diffusion_st", "bench_st_planner"),
+    "gpu": _lazy("hrmlab_bench.gpu", "bench_gpu"),  # needs CUDA; not in the default set
 }
 
 

@@ -37,9 +37,20 @@ class DistInfo:
 
 
 def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
-    """'auto'/None → cuda:LOCAL_RANK when CUDA exists, else CPU; anything else is taken literally."""
+    """'auto'/None → cuda:LOCAL_RANK when CUDA exists, else CPU; anything else is taken literally.
+
+    More local processes than GPUs is one clear error: NCCL cannot put two ranks on one GPU, and rank
+    LOCAL_RANK would otherwise fail deep inside CUDA with an invalid device ordinal."""
     if device in (None, "auto"):
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            from hrmlab.errors import UserError
+
+            raise UserError(f"process {local_rank} of this node has no GPU: the node has {gpus}; start at most "
+                            f"{gpus} processes per node (--gpus {gpus}) or set the device to cpu (gloo)")
+        return torch.device(f"cuda:{local_rank}")
     return torch.device(device)
 
 
