@@ -19,13 +19,14 @@ from hrmlab.forecast.base import Observation
 from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.models import build_model
 from hrmlab.presets import resolve
+from hrmlab.study import StudyConfig
 from hrmlab.train.checkpoint import load_checkpoint
 from hrmlab.train.distributed import pick_device
 from hrmlab.train.trainer import TrainConfig, read_metrics, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-STUDY_MODELS = ("lstm", "hrm", "hrm-act", "trm")
+STUDY_MODELS = StudyConfig().models
 BF16_TOL = 0.15
 """bf16 autocast rounds the model's inputs, positions of ~0.5 normalised units, to 8 significant bits
 (up to ~2e-3 absolute): against displacements of ~0.02 that is up to ~10% of the output before any

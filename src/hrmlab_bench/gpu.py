@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from hrmlab.errors import UserError
+from hrmlab.study import StudyConfig
 
-STUDY_MODELS = ("lstm", "hrm", "hrm-act", "trm")
+STUDY_MODELS = StudyConfig().models
 
 
 def _sync() -> None:
