@@ -27,19 +27,20 @@ import numpy as np
 import torch
 
 from hrmlab.errors import UserError
-from hrmlab.study import StudyConfig
+from hrmlab.study import StudyConfig, train_field
 
 STUDY_MODELS = StudyConfig().models
 
 
-def _sync() -> None:
-    torch.cuda.synchronize()
+def _emit(part: str, key: str, row: dict) -> None:
+    """Print one finished row at once: a lease that ends mid-part keeps the rows already measured."""
+    print(json.dumps({part: {key: row}}), flush=True)
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
-    _sync()
+    torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -82,17 +83,17 @@ def train_step_flops(model, batch: int, history: int = 20) -> float:
 
 
 def hrm_train(batches=(256, 4096), precisions=("fp32", "bf16"), steps: int = 10) -> dict:
-    from hrmlab.forecast.models import build_model
+    from hrmlab.forecast.models import build_model, count_parameters
     from hrmlab_bench.train import BENCH_MODEL, bench_hrm_training
 
     model = build_model(BENCH_MODEL, seed=0).cuda()
-    flops = train_step_flops(model, 64)
+    flops, params = train_step_flops(model, 64), count_parameters(model)
     del model
     rows = {}
     for precision in precisions:
         for batch in batches:
             r = bench_hrm_training(batch=batch, steps=steps, warmup=2, device="cuda", precision=precision)
-            rows[f"{precision}_b{batch}"] = {
+            rows[f"{precision}_b{batch}"] = row = {
                 "samples_per_s": round(r["hrm_train_samples_per_s"]),
                 "reference_samples_per_s": round(r["reference_train_samples_per_s"]),
                 "speedup_vs_original_formulation": round(r["speedup"], 2),
@@ -100,10 +101,10 @@ def hrm_train(batches=(256, 4096), precisions=("fp32", "bf16"), steps: int = 10)
                 "achieved_tflops": round(flops * r["hrm_train_samples_per_s"] / 1e12, 1),
                 "outputs_match": r["outputs_match"],
             }
-            print(json.dumps({"hrm_train": {f"{precision}_b{batch}": rows[f"{precision}_b{batch}"]}}), flush=True)
+            _emit("hrm_train", f"{precision}_b{batch}", row)
             torch.cuda.empty_cache()
     return {"gpu_hrm_train": rows, "gpu_hrm_train_mflop_per_sample": round(flops / 1e6, 1),
-            "gpu_hrm_train_params": 28_969_474}
+            "gpu_hrm_train_params": params}
 
 
 def closed_loop(preset: str = "hrm-cloud-robustfix", runs=(("stateful", "bf16", 1000), ("stateful", "fp32", 1000),
@@ -135,7 +136,7 @@ def closed_loop(preset: str = "hrm-cloud-robustfix", runs=(("stateful", "bf16", 
             "plan_s": round(rec.plan_seconds, 2), "episode_steps": int(rec.plan_calls),
             "forecast_ms_per_episode_step": round(1000 * timed.seconds["hrm"] / rec.plan_calls, 4),
         }
-        print(json.dumps({"closed_loop": {f"{rollout}_{precision}": row}}), flush=True)
+        _emit("closed_loop", f"{rollout}_{precision}", row)
         del fc, model
         torch.cuda.empty_cache()
     return {"gpu_closed_loop": rows, "gpu_closed_loop_preset": preset}
@@ -162,25 +163,23 @@ def study_train(steps: int = 60, preset: str = "quick") -> dict:
     threads = torch.get_num_threads()
     rows = {}
     for kind in STUDY_MODELS:
-        recipe = getattr(cfg, "train_" + kind.replace("-", "_"))
+        recipe = getattr(cfg, train_field(kind))
         row = {"batch": recipe.batch_size}
         for device in ("cuda", "cpu"):
             if device == "cpu":
                 torch.set_num_threads(1)
             run_steps = steps if device == "cuda" else max(10, steps // 6)
-            per_step = []
             for _ in range(2):  # the first run warms kernels and allocators; the second is timed
                 model = build_model(cfg.model_config(kind), seed=0)
                 train_cfg = TrainConfig(epochs=100, batch_size=recipe.batch_size, lr=1e-3, max_steps=run_steps,
                                         checkpoint_every_steps=0, log_every_steps=run_steps, device=device)
                 with tempfile.TemporaryDirectory() as tmp:
                     result = train(model, source, None, train_cfg, tmp, progress=False)
-                per_step.append(1000 * recipe.batch_size / result.samples_per_s)
-            row[f"{device}_ms_per_step"] = round(per_step[-1], 2)
+            row[f"{device}_ms_per_step"] = round(1000 * recipe.batch_size / result.samples_per_s, 2)
             torch.set_num_threads(threads)
         row["gpu_speedup_vs_one_cpu_thread"] = round(row["cpu_ms_per_step"] / row["cuda_ms_per_step"], 1)
         rows[kind] = row
-        print(json.dumps({"study_train": {kind: row}}), flush=True)
+        _emit("study_train", kind, row)
     return {"gpu_study_train": rows, "gpu_study_train_preset": preset}
 
 
@@ -204,8 +203,12 @@ def bench_gpu(parts=tuple(PARTS), report=None) -> dict:
     return figures
 
 
-if __name__ == "__main__":  # python -m hrmlab_bench.gpu [PART ...]: each part's figures printed as it ends
-    import json
+def _report_scalars(name: str, part: dict) -> None:
+    """A part's remaining figures once it ends (its table rows were printed by _emit as they finished)."""
+    print(json.dumps({name: {k: v for k, v in part.items() if not isinstance(v, dict)}}), flush=True)
+
+
+if __name__ == "__main__":  # python -m hrmlab_bench.gpu [PART ...]: figures printed as they are measured
     import sys
 
-    bench_gpu(sys.argv[1:] or tuple(PARTS), report=lambda name, part: print(json.dumps({name: part}), flush=True))
+    bench_gpu(sys.argv[1:] or tuple(PARTS), report=_report_scalars)

@@ -15,6 +15,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from hrmlab.errors import UserError
+
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +48,6 @@ def pick_device(device: str | None, local_rank: int = 0) -> torch.device:
             return torch.device("cpu")
         gpus = torch.cuda.device_count()
         if local_rank >= gpus:
-            from hrmlab.errors import UserError
-
             raise UserError(f"process {local_rank} of this node has no GPU: the node has {gpus}; start at most "
                             f"{gpus} processes per node (--gpus {gpus}) or set the device to cpu (gloo)")
         return torch.device(f"cuda:{local_rank}")
