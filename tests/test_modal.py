@@ -164,7 +164,8 @@ def ddp_pipeline(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("hrmlab.pipeline._write_report", _skip_report)
-        results = orchestrate.run_pipeline_with("quick", [], True, map_collect, map_eval, train_remote,
+        # device cpu: two gloo ranks on any machine (device auto would want two GPUs for the two ranks)
+        results = orchestrate.run_pipeline_with("quick", ["device=cpu"], True, map_collect, map_eval, train_remote,
                                                 cache_root=cache, sync=sync)
     return cache, results, seen, sync
 

@@ -290,7 +290,8 @@ def test_two_process_ddp_trains_them_through_the_target_forward(model, tmp_path)
     for name, arr in (("tx", x[:256]), ("ty", y[:256]), ("vx", x[256:]), ("vy", y[256:])):
         np.save(tmp_path / f"{name}.npy", arr.numpy())
     spec = {"run_dir": str(tmp_path / "ddp"), "model": model, "progress": False,
-            "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "log_every_steps": 1, "checkpoint_every_steps": 0},
+            "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3, "log_every_steps": 1, "checkpoint_every_steps": 0,
+                      "device": "cpu"},  # the gloo path, also on a machine with fewer than 2 GPUs
             "data": {"kind": "npy", **{k: str(tmp_path / f"{v}.npy") for k, v in
                                        (("train_x", "tx"), ("train_y", "ty"), ("val_x", "vx"), ("val_y", "vy"))}}}
     spec_path = tmp_path / "spec.json"
