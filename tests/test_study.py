@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from hrmlab.cli import main
 from hrmlab.evaluate.result import summarize
 from hrmlab.errors import UserError
 from hrmlab.presets import resolve
-from hrmlab.study import (StudyConfig, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
+from hrmlab.study import (StudyConfig, WallLedger, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
                           sign_test, study_command, study_document, summarize_world, train_field)
 
 
@@ -101,7 +102,9 @@ def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
     resumed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
     assert resumed["models"] == world["models"] and resumed["key"] == world["key"]
-    world = resumed  # its wall minutes are the resuming call's
+    # the world was finished by the first call: its closed wall ledger, not the re-summarising call, gives the time
+    assert (resumed["minutes"], resumed["calls"]) == (world["minutes"], 1)
+    world = resumed
     doc = (tmp_path / "study.md").read_text()
     assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["key"] == world["key"]
     # another world, tabulated only: nothing runs, the stored quick world stays in the results file
@@ -228,3 +231,35 @@ def test_test_time_compute_runs_only_in_its_worlds_and_keys_only_them():
     fewer = StudyConfig(compute_scales=[2.0])
     assert world_key("quick", study, [], False) != world_key("quick", fewer, [], False)
     assert world_key("suite-rush", study, [], False) == world_key("suite-rush", fewer, [], False)
+
+
+def test_wall_ledger_sums_the_calls_of_an_interrupted_world_and_closes_when_it_finishes(tmp_path):
+    path = tmp_path / "wall.json"
+    with pytest.raises(KeyboardInterrupt):
+        with WallLedger(path, "k1"):
+            time.sleep(0.05)
+            raise KeyboardInterrupt  # the first call is stopped before the world finishes
+    first = json.loads(path.read_text())
+    assert first["finished"] is False and len(first["calls"]) == 1 and first["calls"][0] >= 0.05 - 1e-9
+    with WallLedger(path, "k1") as wall:  # the resuming call finishes the world
+        time.sleep(0.05)
+        wall.finish()
+    assert wall.calls == 2 and wall.seconds >= 0.1 - 1e-9
+    closed = json.loads(path.read_text())
+    assert closed["finished"] is True and len(closed["calls"]) == 2
+    with WallLedger(path, "k1") as again:  # re-summarising a finished world adds nothing
+        time.sleep(0.02)
+        again.finish()
+    assert (again.calls, again.seconds) == (2, wall.seconds)
+    with WallLedger(path, "k2") as other:  # other settings: a new ledger
+        assert other.calls == 1 and other.seconds < 0.05
+
+
+def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):
+    path = tmp_path / "wall.json"
+    wall = WallLedger(path, "k", every=0.01).__enter__()  # never exited: as if the process were killed
+    deadline = time.perf_counter() + 10
+    while json.loads(path.read_text())["calls"][0] < 0.05 and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    assert json.loads(path.read_text())["calls"][0] >= 0.05  # rewritten while the call runs
+    wall._stop.set()

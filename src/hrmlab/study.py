@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,7 +285,6 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     if unknown:
         raise UserError(f"preset {preset} has no recipe for model(s) {', '.join(unknown)}")
     cfg = equal_budget(dataclasses.replace(cfg, models=list(study.models)), study.models)
-    t0 = time.perf_counter()
     data_paths = stage_data(cfg, opts, backend)
 
     def train_all(runs: list[tuple[str, float, int]]) -> dict:
@@ -332,9 +332,67 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                     for x in scales for spec in ttc_specs if spec.name == seed_label(m, seed, x)}
         scaled = stage_evaluate(cfg, eval_cfg, cfg.planner, ttc_specs, ttc_keys, opts, backend)
         summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
-    summary.update(preset=preset, protocol=eval_cfg.protocol, minutes=round((time.perf_counter() - t0) / 60, 1),
+    summary.update(preset=preset, protocol=eval_cfg.protocol,
                    compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1), machine=machine_label())
     return summary
+
+
+class WallLedger:
+    """A world's wall time summed over every call that worked on it, kept in `path` (JSON).
+
+    A world interrupted (session end, kill) resumes from its stage cache, and the resuming call alone would
+    understate what the world costs from an empty cache; the ledger keeps the earlier calls' seconds, the
+    running call's rewritten every `every` s (a kill loses at most that). Once the world is finished the
+    ledger is closed: a later call that only re-summarises from the cache reports the closed total."""
+
+    def __init__(self, path: Path, key: str, every: float = 30.0):
+        self.path, self.key, self.every = Path(path), key, every
+        stored = _read_json(self.path) or {}
+        same = stored.get("key") == key
+        self.earlier = [float(x) for x in stored.get("calls", [])] if same else []
+        self.finished = same and bool(stored.get("finished"))
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="study-wall-ledger")
+
+    @property
+    def calls(self) -> int:
+        return len(self.earlier) + (0 if self.finished else 1)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.earlier) + (0.0 if self.finished else time.perf_counter() - self.t0)
+
+    def __enter__(self) -> "WallLedger":
+        if not self.finished:
+            self._write()
+            self._beat.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._beat.is_alive():
+            self._stop.set()
+            self._beat.join()
+            self._write()
+
+    def finish(self) -> None:
+        """The world is done: stop counting and close the ledger."""
+        if not self.finished:
+            self._stop.set()
+            if self._beat.is_alive():
+                self._beat.join()
+            self.earlier.append(round(time.perf_counter() - self.t0, 3))  # as stored: a reread sums the same
+            self.finished = True
+            self._write()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.every):
+            self._write()
+
+    def _write(self) -> None:
+        calls = self.earlier if self.finished else self.earlier + [time.perf_counter() - self.t0]
+        write_json_atomic(self.path, {"key": self.key, "calls": [round(x, 3) for x in calls],
+                                      "finished": self.finished})
 
 
 def machine_label() -> str:
@@ -433,7 +491,11 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
         opts.out.mkdir(parents=True, exist_ok=True)
         log.info("study %s: selecting recipes, training %d seeds × %d models, evaluating", world, study.seeds,
                  len(study.models))
-        results[world] = kept[world] = {"key": key, **study_world(world, study, opts, overrides, smoke, backend)}
+        with WallLedger(opts.out / "wall.json", key) as wall:
+            summary = study_world(world, study, opts, overrides, smoke, backend)
+            wall.finish()
+        summary.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls)
+        results[world] = kept[world] = {"key": key, **summary}
         _write_results(out_json, out_md, study, kept, results, smoke)
     return _write_results(out_json, out_md, study, kept, results, smoke, write_json=not tabulate_only)
 
@@ -472,8 +534,9 @@ def _p(p: float) -> str:
 
 def world_section(world: str, s: dict) -> str:
     where = f" on {s['machine']}" if s.get("machine") else ""
+    calls = f" over {s['calls']} calls" if s.get("calls", 1) > 1 else ""
     lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; {s['minutes']} min wall "
-             f"time{where}, {s['compute_minutes']} compute-minutes)\n"]
+             f"time{calls}{where}, {s['compute_minutes']} compute-minutes)\n"]
     lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
                  "ADE / FDE (cells) | params | train s | forecast ms/step | vs best physics (pooled sign test) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
@@ -641,8 +704,9 @@ def study_document(study: StudyConfig, worlds: dict, smoke: bool = False, out_md
                      "of the best learned model against the best physics rule, uncorrected for the number of "
                      "models compared.\n\n" + "\n".join(overview_table(study, worlds)) + "\n\n"
                      f"Measured wall time: {wall:.1f} min ({wall / 60:.2f} h) for {len(worlds)} of "
-                     f"{len(study.worlds)} worlds, each the wall time of the call that finished the world on the machine that ran it (a world resumed from "
-                     "its stage cache counts only the resuming call).\n\n")
+                     f"{len(study.worlds)} worlds, each on the machine that ran it and summed over every call that worked on "
+                     "the world (an interrupted world resumes from its stage cache; its wall ledger keeps the earlier "
+                     "calls' time).\n\n")
     if missing:
         parts.append("Not yet run: " + ", ".join(f"`{w}`" for w in missing) + ".\n\n")
     if worlds:
