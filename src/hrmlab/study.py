@@ -355,13 +355,17 @@ class WallLedger:
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, daemon=True, name="study-wall-ledger")
 
+    def _calls(self) -> list[float]:
+        """Seconds per call; the running call's so far unless the world is finished."""
+        return self.earlier if self.finished else self.earlier + [time.perf_counter() - self.t0]
+
     @property
     def calls(self) -> int:
-        return len(self.earlier) + (0 if self.finished else 1)
+        return len(self._calls())
 
     @property
     def seconds(self) -> float:
-        return sum(self.earlier) + (0.0 if self.finished else time.perf_counter() - self.t0)
+        return sum(self._calls())
 
     def __enter__(self) -> "WallLedger":
         if not self.finished:
@@ -370,28 +374,29 @@ class WallLedger:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._beat.is_alive():
-            self._stop.set()
-            self._beat.join()
+        if not self.finished:  # interrupted: keep this call's time so far
+            self._stop_heartbeat()
             self._write()
 
     def finish(self) -> None:
         """The world is done: stop counting and close the ledger."""
         if not self.finished:
-            self._stop.set()
-            if self._beat.is_alive():
-                self._beat.join()
+            self._stop_heartbeat()
             self.earlier.append(round(time.perf_counter() - self.t0, 3))  # as stored: a reread sums the same
             self.finished = True
             self._write()
+
+    def _stop_heartbeat(self) -> None:
+        self._stop.set()
+        if self._beat.is_alive():
+            self._beat.join()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.every):
             self._write()
 
     def _write(self) -> None:
-        calls = self.earlier if self.finished else self.earlier + [time.perf_counter() - self.t0]
-        write_json_atomic(self.path, {"key": self.key, "calls": [round(x, 3) for x in calls],
+        write_json_atomic(self.path, {"key": self.key, "calls": [round(x, 3) for x in self._calls()],
                                       "finished": self.finished})
 
 
@@ -532,9 +537,16 @@ def _p(p: float) -> str:
     return f"{p:.2g}"
 
 
+def _pre_ledger_note(worlds: dict) -> str:
+    """Worlds stored before the wall ledger existed give the wall time of the call that finished them."""
+    before = [f"`{w}`" for w, s in worlds.items() if "calls" not in s]
+    return f"; {', '.join(before)} predate the ledger and give the call that finished them" if before else ""
+
+
 def world_section(world: str, s: dict) -> str:
     where = f" on {s['machine']}" if s.get("machine") else ""
-    calls = f" over {s['calls']} calls" if s.get("calls", 1) > 1 else ""
+    calls = (" (the finishing call's; measured before the wall ledger)" if "calls" not in s
+             else f" over {s['calls']} calls" if s["calls"] > 1 else "")
     lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; {s['minutes']} min wall "
              f"time{calls}{where}, {s['compute_minutes']} compute-minutes)\n"]
     lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
@@ -706,7 +718,7 @@ def study_document(study: StudyConfig, worlds: dict, smoke: bool = False, out_md
                      f"Measured wall time: {wall:.1f} min ({wall / 60:.2f} h) for {len(worlds)} of "
                      f"{len(study.worlds)} worlds, each on the machine that ran it and summed over every call that worked on "
                      "the world (an interrupted world resumes from its stage cache; its wall ledger keeps the earlier "
-                     "calls' time).\n\n")
+                     "calls' time)" + _pre_ledger_note(worlds) + ".\n\n")
     if missing:
         parts.append("Not yet run: " + ", ".join(f"`{w}`" for w in missing) + ".\n\n")
     if worlds:
