@@ -14,7 +14,7 @@ from hrmlab.evaluate.result import summarize
 from hrmlab.errors import UserError
 from hrmlab.presets import resolve
 from hrmlab.study import (StudyConfig, WallLedger, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
-                          sign_test, study_command, study_document, summarize_world, train_field)
+                          sign_test, study_command, study_document, summarize_world, train_field, world_key)
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -263,3 +263,21 @@ def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):
         time.sleep(0.01)
     assert json.loads(path.read_text())["calls"][0] >= 0.05  # rewritten while the call runs
     wall._stop_heartbeat()
+
+
+def test_committed_study_document_is_rendered_from_its_results_and_readme_copies_its_overview():
+    """docs/study.md must be exactly what this code tabulates from docs/study.json (every figure from the final
+    code, every stored world still matching this code's world key), and README's study table its overview."""
+    root = Path(__file__).resolve().parents[1]
+    study = StudyConfig()
+    stored = json.loads((root / "docs" / "study.json").read_text())["worlds"]
+    current = {w: stored[w] for w in study.worlds if w in stored and stored[w]["key"] == world_key(w, study, [], False)}
+    assert list(current) == [w for w in study.worlds if w in stored]  # no stored world went stale
+    doc = (root / "docs" / "study.md").read_text()
+    assert doc == study_document(study, current)
+    overview = doc.split("## Overview", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in overview.splitlines() if line.startswith("| `")]
+    assert len(rows) == len(current) >= 1
+    readme = (root / "README.md").read_text()
+    section = readme.split("### The fair comparison", 1)[1].split("\n### ", 1)[0]
+    assert [line for line in section.splitlines() if line.startswith("| `")] == rows
