@@ -14,7 +14,8 @@ from hrmlab.evaluate.result import summarize
 from hrmlab.errors import UserError
 from hrmlab.presets import resolve
 from hrmlab.study import (StudyConfig, WallLedger, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
-                          sign_test, study_command, study_document, summarize_world, train_field, world_key)
+                          sign_test, study_command, study_document, summarize_world, train_field, world_key,
+                          partly_timed, world_section)
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -281,3 +282,33 @@ def test_committed_study_document_is_rendered_from_its_results_and_readme_copies
     readme = (root / "README.md").read_text()
     section = readme.split("### The fair comparison", 1)[1].split("\n### ", 1)[0]
     assert [line for line in section.splitlines() if line.startswith("| `")] == rows
+
+
+def test_partly_timed_runs_leave_the_train_seconds_mean_and_make_compute_minutes_a_lower_bound():
+    """A run resumed from a checkpoint that predates the training-time record knows only the resuming call's
+    seconds (suite-rush's first trm seeds: 177 s of ~880): averaging it in would understate the model's cost."""
+    assert partly_timed({"resumed_from_step": 2000, "seconds": 177.0})  # cached before earlier_seconds existed
+    assert partly_timed({"resumed_from_step": 2000, "earlier_seconds": None, "seconds": 177.0})
+    assert not partly_timed({"resumed_from_step": 2000, "earlier_seconds": 700.0, "seconds": 880.0})
+    assert not partly_timed({"resumed_from_step": None, "earlier_seconds": 0.0, "seconds": 880.0})
+    S, C = "success", "crash"
+    ev = _evaluation({"m@s0": [S] * 8 + [C] * 2, "m@s1": [S] * 7 + [C] * 3, "m@s2": [S] * 9 + [C],
+                      "bounce-aware": [S] * 7 + [C] * 3, "oracle": [S] * 10})
+    labels, selection = ("m@s0", "m@s1", "m@s2"), {"m": {"chosen": 0.003, "val_loss": {"0.003": 1e-4}}}
+    training = {"m@s0": {"parameters": 10, "seconds": 177.0, "seconds_partial": True},
+                "m@s1": {"parameters": 10, "seconds": 882.0}, "m@s2": {"parameters": 10, "seconds": 878.0}}
+    s = summarize_world(ev, ["m"], 3, training, selection)
+    assert s["models"]["m"]["train_seconds"] == pytest.approx(880.0) and s["models"]["m"]["train_seconds_timed"] == 2
+    s.update(protocol="p", minutes=83.8, calls=2, compute_minutes=130.5, untimed_runs=2, machine="CPU, 2 cores")
+    text = world_section("w", s)
+    assert "| 880 (2 of 3 seeds) |" in text and "≥ 130.5 compute-minutes" in text
+    assert "2 training runs of this world resumed" in text
+    whole = summarize_world(ev, ["m"], 3, {lab: {"parameters": 10, "seconds": 880.0} for lab in labels}, selection)
+    assert "train_seconds_timed" not in whole["models"]["m"]  # worlds trained without interruption keep their shape
+    whole.update(protocol="p", minutes=83.8, calls=1, compute_minutes=150.0, machine="CPU, 2 cores")
+    assert "| 880 |" in world_section("w", whole) and "Timing:" not in world_section("w", whole)
+    none = summarize_world(ev, ["m"], 3, {lab: {"parameters": 10, "seconds": 177.0, "seconds_partial": True}
+                                          for lab in labels}, selection)
+    assert none["models"]["m"]["train_seconds_timed"] == 0
+    none.update(protocol="p", minutes=83.8, calls=2, compute_minutes=30.0, untimed_runs=3, machine="CPU, 2 cores")
+    assert "| ≥ 177 |" in world_section("w", none)

@@ -103,8 +103,12 @@ def test_resume_after_sigkill_mid_epoch_continues_the_loss_curve(sources, tmp_pa
     assert max(train_losses(killed_dir)) == 5  # it logged step 5 after the step-4 checkpoint, died in step 6
     assert load_checkpoint(killed_dir / "last.pt", model=small_lstm())["step"] == 4
 
+    killed_progress = torch.load(killed_dir / "last.pt", weights_only=False)["extra"]["progress"]
+    assert killed_progress["step"] == 4 and killed_progress["seconds"] > 0  # the killed call's time to step 4
+
     result = train(small_lstm(), train_src, val_src, quick_cfg(checkpoint_every_steps=4), killed_dir, progress=False)
     assert result.resumed_from_step == 4 and result.steps == 16
+    assert result.earlier_seconds == killed_progress["seconds"]  # the run's cost = this call + the killed call's
     resumed, reference = train_losses(killed_dir), train_losses(reference_dir)
     assert sorted(resumed) == sorted(reference) == list(range(1, 17))  # no duplicated or missing steps
     for step in reference:
@@ -116,8 +120,23 @@ def test_resume_after_sigkill_mid_epoch_continues_the_loss_curve(sources, tmp_pa
 def test_resume_finished_run_does_nothing_more(sources, tmp_path):
     train_src, val_src = sources
     first = train(small_lstm(), train_src, val_src, quick_cfg(epochs=1), tmp_path, progress=False)
+    assert first.earlier_seconds == 0.0 and first.resumed_from_step is None
     again = train(small_lstm(), train_src, val_src, quick_cfg(epochs=1), tmp_path, progress=False)
     assert again.steps == first.steps and again.resumed_from_step == first.steps
+    recorded = torch.load(tmp_path / "last.pt", weights_only=False)["extra"]["progress"]["seconds"]
+    assert again.earlier_seconds == recorded > 0
+
+
+def test_resume_from_a_checkpoint_without_training_time_says_the_time_is_unknown(sources, tmp_path):
+    """Checkpoints written before progress recorded `seconds` still resume; the earlier time is None, not 0."""
+    train_src, val_src = sources
+    train(small_lstm(), train_src, val_src, quick_cfg(epochs=1), tmp_path, progress=False)
+    payload = torch.load(tmp_path / "last.pt", weights_only=False)
+    del payload["extra"]["progress"]["seconds"]
+    torch.save(payload, tmp_path / "last.pt")
+    again = train(small_lstm(), train_src, val_src, quick_cfg(epochs=2), tmp_path, progress=False)
+    assert again.resumed_from_step == 8 and again.steps == 16 and again.earlier_seconds is None
+    assert torch.load(tmp_path / "last.pt", weights_only=False)["extra"]["progress"]["seconds"] is None
 
 
 def test_checkpoint_errors_are_user_errors(tmp_path):

@@ -154,7 +154,9 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
                        stage_dir, gpus, cfg.hardware.gpus, cfg.device, opts.progress, cfg.forecast.rollout,
                        cfg.planner.horizon)
         summary = train_runner(job)
-        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        # a run resumed after a kill costs this call plus what the earlier calls spent reaching its checkpoint
+        earlier = summary.get("earlier_seconds") or 0.0
+        summary["seconds"] = round(time.perf_counter() - t0 + earlier, 1)
         summary["key"] = key
         return summary
 

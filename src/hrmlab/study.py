@@ -163,6 +163,7 @@ def summarize_world(evaluation: EvaluationResult, models: list[str], seeds: int,
         if not labels:
             continue
         rates = [rows[lab].success_rate for lab in labels]
+        timed = [lab for lab in labels if not training.get(lab, {}).get("seconds_partial")]
         per_episode = np.mean([_success(evaluation, lab) for lab in labels], axis=0)
         mean_success[model] = per_episode
         entry = {
@@ -172,9 +173,11 @@ def summarize_world(evaluation: EvaluationResult, models: list[str], seeds: int,
             "ade": _mean_of(rows, labels, "forecast_ade"), "fde": _mean_of(rows, labels, "forecast_fde"),
             "forecast_ms_per_step": _mean_of(rows, labels, "forecast_ms_per_step"),
             "parameters": training.get(labels[0], {}).get("parameters"),
-            "train_seconds": _mean_of(training, labels, "seconds"),
+            "train_seconds": _mean_of(training, timed or labels, "seconds"),  # partly timed seeds would undercount
             "val_loss": _mean_of(training, labels, "best_val_loss"),
         }
+        if len(timed) < len(labels):
+            entry["train_seconds_timed"] = len(timed)  # 0: every seed partly timed, the mean is a lower bound
         if yard is not None:
             entry["vs_best_physics"] = {
                 "per_seed": {lab: _mcnemar(pair, lab, yard) for lab in labels},
@@ -297,9 +300,10 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                 for m, lr, s in runs]
         done = dict(zip(runs, backend.map(train_run, jobs)))
         spent.extend(summary.get("seconds") or 0 for summary in done.values())
+        untimed.extend(summary for summary in done.values() if partly_timed(summary))
         return done
 
-    training, selection, specs, keys, spent = {}, {}, [], {}, []
+    training, selection, specs, keys, spent, untimed = {}, {}, [], {}, [], []
     trials = train_all([(m, lr, 0) for m in study.models for lr in study.lrs])  # selection: seed 0, val loss
     chosen = {}
     for model in study.models:
@@ -316,6 +320,8 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                                 f"{chosen[model]:g} ({summary['diverged']})")
             label = seed_label(model, seed)
             training[label] = {k: summary.get(k) for k in ("parameters", "seconds", "best_val_loss", "checkpoint")}
+            if partly_timed(summary):
+                training[label]["seconds_partial"] = True
             specs.append(ForecasterSpec(label, summary["checkpoint"]))
             keys[label] = summary["key"]
     specs += [ForecasterSpec(name) for name in cfg.physics_forecasters]
@@ -334,7 +340,15 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
         summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
     summary.update(preset=preset, protocol=eval_cfg.protocol,
                    compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1), machine=machine_label())
+    if untimed:  # their time before the interruption is unknown: compute-minutes are a lower bound
+        summary["untimed_runs"] = len(untimed)
     return summary
+
+
+def partly_timed(train_summary: dict) -> bool:
+    """A training run resumed from a checkpoint written before checkpoints recorded their training time: its
+    `seconds` are the resuming call's only, an undercount of what the run costs."""
+    return bool(train_summary.get("resumed_from_step")) and train_summary.get("earlier_seconds") is None
 
 
 class WallLedger:
@@ -543,12 +557,32 @@ def _pre_ledger_note(worlds: dict) -> str:
     return f"; {', '.join(before)} predate the ledger and give the call that finished them" if before else ""
 
 
+def _train_seconds(m: dict) -> str:
+    """Mean training seconds per seed; seeds resumed from a checkpoint without their earlier time are left out."""
+    text = f"{m['train_seconds']:.0f}"
+    if "train_seconds_timed" not in m:
+        return text
+    timed = m["train_seconds_timed"]
+    return f"≥ {text}" if timed == 0 else f"{text} ({timed} of {len(m['seeds'])} seeds)"
+
+
+def _untimed_note(s: dict) -> str:
+    n = s.get("untimed_runs")
+    if not n:
+        return ""
+    return (f"Timing: {n} training run{'s' if n > 1 else ''} of this world resumed after an interruption from a "
+            "checkpoint written before checkpoints recorded their training time, so only the resuming call's "
+            "seconds are known: train s averages the seeds timed whole (a count says how many), and "
+            "compute-minutes are a lower bound.")
+
+
 def world_section(world: str, s: dict) -> str:
     where = f" on {s['machine']}" if s.get("machine") else ""
     calls = (" (the finishing call's; measured before the wall ledger)" if "calls" not in s
              else f" over {s['calls']} calls" if s["calls"] > 1 else "")
+    bound = "≥ " if s.get("untimed_runs") else ""
     lines = [f"### `{world}` (protocol `{s['protocol']}`, {s['episodes']} test episodes; {s['minutes']} min wall "
-             f"time{calls}{where}, {s['compute_minutes']} compute-minutes)\n"]
+             f"time{calls}{where}, {bound}{s['compute_minutes']} compute-minutes)\n"]
     lines.append("| forecaster | success (mean ± sd over seeds) | each seed [95% Wilson] | lr (chosen on val) | "
                  "ADE / FDE (cells) | params | train s | forecast ms/step | vs best physics (pooled sign test) |")
     lines.append("|---|---|---|---|---|---|---|---|---|")
@@ -558,7 +592,7 @@ def world_section(world: str, s: dict) -> str:
         vs_text = f"{vs['a_better']} better / {vs['b_better']} worse, p = {_p(vs['p_value'])}" if vs else "—"
         ade = "—" if m["ade"] is None else f"{m['ade']:.2f} / {m['fde']:.2f}"
         lines.append(f"| **{model}** | {_pct(m['mean'])}% ± {_pct(m['sd'])} | {seeds} | {m['lr']:g} | {ade} | "
-                     f"{m['parameters']:,} | {m['train_seconds']:.0f} | {m['forecast_ms_per_step']:.2f} | {vs_text} |")
+                     f"{m['parameters']:,} | {_train_seconds(m)} | {m['forecast_ms_per_step']:.2f} | {vs_text} |")
     for name, row in s["physics"].items():
         ade = "—" if row["ade"] is None else f"{row['ade']:.2f} / {row['fde']:.2f}"
         mark = " (yardstick)" if name == s["best_physics"] else ""
@@ -591,6 +625,8 @@ def world_section(world: str, s: dict) -> str:
         lines[-1] += (f" Chosen at an edge of the grid: {', '.join(f'{m} ({lr:g})' for m, lr in edge)} — a wider "
                       "grid was not tried, so these models may be under-tuned (the grid is the same for every "
                       "model).")
+    if s.get("untimed_runs"):
+        lines.append("\n" + _untimed_note(s))
     return "\n".join(lines) + "\n"
 
 

@@ -119,6 +119,10 @@ class TrainResult:
     resumed_from_step: int | None
     world_size: int
     grad_accum: int
+    earlier_seconds: float | None = 0.0
+    """Training-loop wall seconds that earlier calls spent reaching the checkpoint this call resumed from (0 for
+    a run trained in one call; None when that checkpoint predates this record): a run's cost is this call's
+    time plus these, not this call's alone."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -257,6 +261,10 @@ class _Progress:
     best_val_loss: float = math.inf
     epochs_without_improvement: int = 0
     final_val_loss: float = math.nan
+    seconds: float | None = 0.0
+    """Training-loop wall seconds spent reaching `step`, summed over the calls that trained this run (None:
+    resumed from a checkpoint written before this was recorded). A killed call's seconds after its last
+    checkpoint are not counted: the resuming call redoes, and counts, those steps."""
 
 
 def train(model: nn.Module, train_source: SampleSource, val_source: SampleSource | None, cfg: TrainConfig,
@@ -324,7 +332,7 @@ class _Trainer:
                                    scaler=self.precision.scaler, map_location=self.device,
                                    restore_rng=self.info.is_main)
             extra = meta["extra"]
-            self.state = _Progress(**extra.get("progress", {}))
+            self.state = _Progress(**{"seconds": None, **extra.get("progress", {})})  # older: time unknown
             self.hooks.load_state_dict(extra.get("hooks", {}))
             self.resumed_from = self.state.step
             saved_train = (meta.get("config") or {}).get("train", {})
@@ -344,6 +352,8 @@ class _Trainer:
     def _save(self, name: str) -> None:
         if not self.info.is_main:
             return
+        started, carried = self._clock
+        self.state.seconds = None if carried is None else carried + time.perf_counter() - started
         extra = {"progress": dataclasses.asdict(self.state), "hooks": self.hooks.state_dict(),
                  "world_size": self.info.world_size, "grad_accum": self.accum}
         save_checkpoint(self.run_dir / name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -422,6 +432,7 @@ class _Trainer:
         bar = make_progress(self.total_steps, "train", bar=self.show_progress, unit="steps",
                             initial=min(st.step, self.total_steps), enabled=self.info.is_main)
         run_start, run_steps = time.perf_counter(), 0
+        self._clock = (run_start, st.seconds)  # what earlier calls spent; _save adds this call's time
         window = _Window()
         consecutive_bad = 0
         stopped_early = False
@@ -483,7 +494,7 @@ class _Trainer:
             samples_per_s=run_steps * cfg.batch_size / elapsed if elapsed > 0 else 0.0,
             checkpoint_path=str(best if best.exists() else last), last_checkpoint_path=str(last),
             stopped_early=stopped_early, resumed_from_step=self.resumed_from, world_size=self.info.world_size,
-            grad_accum=self.accum)
+            grad_accum=self.accum, earlier_seconds=self._clock[1])
 
     def _end_of_epoch(self, epoch_finished: bool) -> bool:
         """Validate, keep best.pt, write last.pt; True when early stopping ends the run."""
