@@ -299,11 +299,10 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                          dataclasses.replace(opts, out=opts.out / "train" / f"{m}-lr{lr:g}-s{s}", progress=False))
                 for m, lr, s in runs]
         done = dict(zip(runs, backend.map(train_run, jobs)))
-        spent.extend(summary.get("seconds") or 0 for summary in done.values())
-        untimed.extend(summary for summary in done.values() if partly_timed(summary))
+        runs_done.extend(done.values())
         return done
 
-    training, selection, specs, keys, spent, untimed = {}, {}, [], {}, [], []
+    training, selection, specs, keys, runs_done = {}, {}, [], {}, []  # runs_done: every run's summary
     trials = train_all([(m, lr, 0) for m in study.models for lr in study.lrs])  # selection: seed 0, val loss
     chosen = {}
     for model in study.models:
@@ -338,10 +337,12 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                     for x in scales for spec in ttc_specs if spec.name == seed_label(m, seed, x)}
         scaled = stage_evaluate(cfg, eval_cfg, cfg.planner, ttc_specs, ttc_keys, opts, backend)
         summary["test_time_compute"] = summarize_compute(evaluation, scaled, study.models, study.seeds, scales)
+    trained_s = sum(r.get("seconds") or 0 for r in runs_done)
     summary.update(preset=preset, protocol=eval_cfg.protocol,
-                   compute_minutes=round((sum(spent) + (evaluation.seconds or 0)) / 60, 1), machine=machine_label())
+                   compute_minutes=round((trained_s + (evaluation.seconds or 0)) / 60, 1), machine=machine_label())
+    untimed = sum(map(partly_timed, runs_done))
     if untimed:  # their time before the interruption is unknown: compute-minutes are a lower bound
-        summary["untimed_runs"] = len(untimed)
+        summary["untimed_runs"] = untimed
     return summary
 
 
@@ -566,10 +567,7 @@ def _train_seconds(m: dict) -> str:
     return f"≥ {text}" if timed == 0 else f"{text} ({timed} of {len(m['seeds'])} seeds)"
 
 
-def _untimed_note(s: dict) -> str:
-    n = s.get("untimed_runs")
-    if not n:
-        return ""
+def _untimed_note(n: int) -> str:
     return (f"Timing: {n} training run{'s' if n > 1 else ''} of this world resumed after an interruption from a "
             "checkpoint written before checkpoints recorded their training time, so only the resuming call's "
             "seconds are known: train s averages the seeds timed whole (a count says how many), and "
@@ -626,7 +624,7 @@ def world_section(world: str, s: dict) -> str:
                       "grid was not tried, so these models may be under-tuned (the grid is the same for every "
                       "model).")
     if s.get("untimed_runs"):
-        lines.append("\n" + _untimed_note(s))
+        lines.append("\n" + _untimed_note(s["untimed_runs"]))
     return "\n".join(lines) + "\n"
 
 
