@@ -139,6 +139,10 @@ def test_the_document_names_the_command_that_regenerates_it():
     # --only and --compute-worlds select worlds; they do not change a world's figures
     picked = dataclasses.replace(StudyConfig(), worlds=["quick"], compute_worlds=[])
     assert "side study" not in study_document(picked, {})
+    robust = dataclasses.replace(StudyConfig(), selection_seeds=3)  # a different selection: a side study
+    assert study_command(robust) == "hrmlab study --selection-seeds 3"
+    doc = study_document(robust, {})
+    assert "**A side study** (--selection-seeds differ" in doc and "mean over training seeds 0–2" in doc
 
 
 def test_study_help_states_the_default_grid(capsys):
@@ -178,6 +182,34 @@ def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):
     assert "valid choices" in capsys.readouterr().err
     assert main(base + ["--only", "quick", "--models", "gpt"]) == 2
     assert "gpt" in capsys.readouterr().err
+
+
+def test_study_selects_on_the_mean_validation_loss_of_several_seeds_and_reuses_the_seed_0_runs(tmp_path, capsys):
+    args = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--compute-scales", "", "--out",
+            str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"),
+            "--runs", str(tmp_path / "runs"), "--no-progress"]
+    models = lambda: sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())  # noqa: E731
+    assert main(args) == 0
+    one_seed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    assert len(models()) == 3  # two selection runs (seed 0) + the chosen rate's seed 1
+    assert "selection_per_seed" not in one_seed["models"]["lstm"] and "selection_seeds" not in one_seed
+    assert main(args + ["--selection-seeds", "2"]) == 0
+    assert len(models()) == 4  # only the unchosen rate's seed 1 is new: every other run is a cached stage
+    world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    assert world["key"] != one_seed["key"] and world["selection_seeds"] == 2
+    m = world["models"]["lstm"]
+    for lr, per_seed in m["selection_per_seed"].items():
+        assert len(per_seed) == 2 and m["selection"][lr] == pytest.approx(sum(per_seed) / 2, rel=1e-12)
+    assert m["lr"] == min((float(lr) for lr in m["selection"]), key=lambda lr: m["selection"][f"{lr:g}"])
+    assert sorted(m["seeds"]) == ["lstm@s0", "lstm@s1"]  # the selection runs at the chosen rate are the seeds
+    doc = (tmp_path / "study.md").read_text()
+    assert "hrmlab study --smoke --only quick --models lstm --selection-seeds 2" in doc  # the command that made it
+    assert "mean over training seeds 0–1" in doc and "(validation loss per candidate lr, mean over seeds 0–1)" in doc
+    capsys.readouterr()
+    assert main(args + ["--selection-seeds", "3"]) == 2  # more than the study's 2 training seeds
+    assert "--selection-seeds must be between 1 and --seeds (2)" in capsys.readouterr().err
+    assert main(args + ["--selection-seeds", "0"]) == 2
+    assert len(models()) == 4
 
 
 def test_study_smoke_tabulates_test_time_compute_of_recursive_models(tmp_path):

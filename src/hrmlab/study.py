@@ -7,10 +7,10 @@ Per world (a grid preset: `quick` is the seed's world, the `suite-*` presets are
    template (the preset's LSTM recipe: optimiser, schedule, batch, epochs, precision), so each gets the
    same number of optimiser steps. Only the learning rate is searched.
 2. **Recipe selection on validation.** Each model trains once per candidate learning rate (training
-   seed 0); the rate with the lowest validation loss of the model's own objective wins. Test episodes
-   are never looked at for this.
-3. **Training seeds.** Seeds 1 … n−1 train at the chosen rate (seed 0 is the selection run), so every
-   model has n independently trained copies (different init and data order).
+   seed 0; with `selection_seeds` = k, seeds 0 … k−1); the rate with the lowest (mean) validation loss of
+   the model's own objective wins. Test episodes are never looked at for this.
+3. **Training seeds.** Seeds k … n−1 train at the chosen rate (the selection runs at that rate are seeds
+   0 … k−1), so every model has n independently trained copies (different init and data order).
 4. **Evaluation.** Every trained copy and every physics rule runs on the same test episodes of the
    world's `standard`-rules protocol (paired).
 
@@ -69,6 +69,12 @@ class StudyConfig:
     keeping three rates (the same selection budget)."""
     seeds: int = 3
     """Training seeds per model at the chosen learning rate (seed 0 is the selection run)."""
+    selection_seeds: int = 1
+    """Training seeds per candidate rate in the selection (1 … seeds); the rate with the lowest mean
+    validation loss over them wins, and they count among the `seeds`. 1 (seed 0 alone) is what
+    docs/study.md used, and a rate chosen on one seed can sit at the edge of stability: there, six seeds
+    trained at the chosen top rate 1e-2 failed (19–28 points below their model's best seed), none of them
+    seed 0, none at 3e-3. k seeds cost models × (rates × k + seeds − k) runs: 3 gives 36 per world, not 20."""
     episodes: int = 1000
     """Test episodes per world."""
     compute_scales: list[float] = field(default_factory=lambda: [0.5, 2.0, 4.0])
@@ -168,6 +174,8 @@ def summarize_world(evaluation: EvaluationResult, models: list[str], seeds: int,
         mean_success[model] = per_episode
         entry = {
             "lr": selection.get(model, {}).get("chosen"), "selection": selection.get(model, {}).get("val_loss"),
+            **({"selection_per_seed": selection[model]["val_loss_per_seed"]}
+               if "val_loss_per_seed" in selection.get(model, {}) else {}),
             "mean": statistics.fmean(rates), "sd": statistics.stdev(rates) if len(rates) > 1 else 0.0,
             "seeds": {lab: _row(rows[lab]) for lab in labels},
             "ade": _mean_of(rows, labels, "forecast_ade"), "fde": _mean_of(rows, labels, "forecast_fde"),
@@ -303,17 +311,23 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
         return done
 
     training, selection, specs, keys, runs_done = {}, {}, [], {}, []  # runs_done: every run's summary
-    trials = train_all([(m, lr, 0) for m in study.models for lr in study.lrs])  # selection: seed 0, val loss
+    k = study.selection_seeds
+    # selection: seeds 0 … k-1 at every candidate rate, chosen on the mean validation loss
+    trials = train_all([(m, lr, s) for m in study.models for lr in study.lrs for s in range(k)])
     chosen = {}
     for model in study.models:
-        losses = {lr: _val_loss(trials[(model, lr, 0)]) for lr in study.lrs}
+        per_seed = {lr: [_val_loss(trials[(model, lr, s)]) for s in range(k)] for lr in study.lrs}
+        losses = {lr: statistics.fmean(v) for lr, v in per_seed.items()}  # a diverged seed (inf) rules its rate out
         chosen[model] = choose_rate(model, losses)
         selection[model] = {"chosen": chosen[model],  # None: that candidate diverged
                             "val_loss": {f"{lr:g}": (None if math.isinf(v) else v) for lr, v in losses.items()}}
-    extra = train_all([(m, chosen[m], s) for m in study.models for s in range(1, study.seeds)])
+        if k > 1:
+            selection[model]["val_loss_per_seed"] = {f"{lr:g}": [None if math.isinf(x) else x for x in v]
+                                                     for lr, v in per_seed.items()}
+    extra = train_all([(m, chosen[m], s) for m in study.models for s in range(k, study.seeds)])
     for model in study.models:
         for seed in range(study.seeds):
-            summary = (trials if seed == 0 else extra)[(model, chosen[model], seed)]
+            summary = (trials if seed < k else extra)[(model, chosen[model], seed)]
             if "diverged" in summary:
                 raise UserError(f"study {preset}: {model} seed {seed} diverged at the chosen learning rate "
                                 f"{chosen[model]:g} ({summary['diverged']})")
@@ -327,6 +341,8 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
     eval_cfg = dataclasses.replace(cfg.eval, episodes=study.episodes if not smoke else cfg.eval.episodes)
     evaluation = stage_evaluate(cfg, eval_cfg, cfg.planner, specs, keys, opts, backend)
     summary = summarize_world(evaluation, study.models, study.seeds, training, selection)
+    if k > 1:
+        summary["selection_seeds"] = k
     recursive = [m for m in study.models if m in RECURSIVE_MODELS]
     scales = [x for x in study.scales_for(preset) if x != 1.0]
     if recursive and scales:  # a stage of its own: the main table is cached before this extra cost
@@ -472,13 +488,15 @@ def choose_rate(model: str, losses: dict[float, float]) -> float:
 def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
     """What decides a world's summary: the resolved preset's result-changing settings that differ from the
     defaults (so a setting added later with a behaviour-keeping default does not void stored worlds), the
-    study's models, rates, seeds, episodes."""
+    study's models, rates, seeds (selection seeds only when not 1, so worlds stored before the option stay
+    valid), episodes."""
     from hrmlab.presets import resolve
 
     cfg = resolve(preset, [f"forecast.rollout={study.rollout}", *overrides], smoke=smoke)
     return config_hash({"format": STUDY_FORMAT, "preset": changed_dict(cfg),
                         "models": study.models, "lrs": study.lrs, "seeds": study.seeds,
-                        "episodes": study.episodes, "compute_scales": study.scales_for(preset), "smoke": smoke})
+                        "episodes": study.episodes, "compute_scales": study.scales_for(preset), "smoke": smoke,
+                        **({"selection_seeds": study.selection_seeds} if study.selection_seeds != 1 else {})})
 
 
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
@@ -491,6 +509,8 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
     from hrmlab.pipeline import RunOptions
     from hrmlab.presets import preset_names
 
+    if not 1 <= study.selection_seeds <= study.seeds:
+        raise UserError(f"--selection-seeds must be between 1 and --seeds ({study.seeds}), got {study.selection_seeds}")
     for world in study.worlds:
         choose("world preset", world, [p for p in preset_names() if not p.startswith(("diffusion", "hrm-cloud"))])
     stored = _read_json(out_json) or {}
@@ -614,7 +634,9 @@ def world_section(world: str, s: dict) -> str:
     if between:
         lines.append("\nBetween learned models: " + "; ".join(between) + ".")
     lines += compute_lines(s.get("test_time_compute") or {})
-    lines.append("\nRecipe selection (validation loss per candidate lr, seed 0): "
+    k = s.get("selection_seeds", 1)
+    lines.append(f"\nRecipe selection (validation loss per candidate lr, "
+                 + ("seed 0): " if k == 1 else f"mean over seeds 0–{k - 1}): ")
                  + "; ".join(f"{m}: " + ", ".join(f"{lr} → " + ("diverged" if v is None else f"{v:.3g}")
                                        for lr, v in info["selection"].items())
                              for m, info in s["models"].items() if info.get("selection")) + ".")
@@ -693,6 +715,11 @@ def compute_lines(ttc: dict) -> list[str]:
 DEFAULT_OUT, DEFAULT_JSON = Path("docs/study.md"), Path("docs/study.json")
 
 
+def _selection_text(k: int) -> str:
+    """Which training seeds the recipe selection looks at, in words."""
+    return "training seed 0" if k == 1 else f"mean over training seeds 0–{k - 1}, trained at every candidate rate"
+
+
 def changed_options(study: StudyConfig, smoke: bool = False) -> list[tuple[str, str]]:
     """(flag, value) of every `hrmlab study` option whose setting differs from the default (of --smoke when
     smoke), in the CLI's spelling."""
@@ -701,13 +728,13 @@ def changed_options(study: StudyConfig, smoke: bool = False) -> list[tuple[str, 
         default = dataclasses.replace(default, **smoke_study_defaults())
     csv = lambda values: ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "''"  # noqa: E731
     options = [("--only", "worlds", csv), ("--models", "models", csv), ("--lrs", "lrs", csv),
-               ("--seeds", "seeds", str), ("--episodes", "episodes", str),
+               ("--seeds", "seeds", str), ("--selection-seeds", "selection_seeds", str), ("--episodes", "episodes", str),
                ("--compute-scales", "compute_scales", csv), ("--compute-worlds", "compute_worlds", csv)]
     return [(flag, text(getattr(study, name))) for flag, name, text in options
             if getattr(study, name) != getattr(default, name)]
 
 
-SIDE_STUDY_OPTIONS = ("--models", "--lrs", "--seeds", "--episodes", "--compute-scales")
+SIDE_STUDY_OPTIONS = ("--models", "--lrs", "--seeds", "--selection-seeds", "--episodes", "--compute-scales")
 """Options that change what a world's figures mean: a study with any of them changed is a side study
 (--only and --compute-worlds only select worlds)."""
 
@@ -733,7 +760,8 @@ def study_document(study: StudyConfig, worlds: dict, smoke: bool = False, out_md
         f"Generated by `{command}` (resumable: every stage is cached; `{out_json}` holds each finished "
         "world's summary; `--tabulate-only` rewrites this page from it). Each learned model trains on the same data with the same recipe template and "
         f"optimiser steps; its learning rate is chosen from {', '.join(f'{lr:g}' for lr in study.lrs)} on "
-        f"validation loss (training seed 0), then {study.seeds} training seeds at that rate are evaluated on the "
+        f"validation loss ({_selection_text(study.selection_seeds)}), then {study.seeds} training seeds at that rate "
+        "are evaluated on the "
         "same held-out test episodes (count per world below) as the physics rules and the oracle. The yardstick is "
         "the best physics rule on those episodes (not constant velocity). A margin counts as beyond training "
         "noise only if it exceeds twice the larger seed-to-seed sd; pooled tests are exact sign tests on each "
