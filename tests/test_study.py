@@ -316,6 +316,21 @@ def test_committed_study_document_is_rendered_from_its_results_and_readme_copies
     assert [line for line in section.splitlines() if line.startswith("| `")] == rows
 
 
+def test_committed_selection_side_study_is_rendered_from_its_results_by_its_own_command():
+    """docs/study-selection.md (the three-seed selection in suite-patrol) is this code's tabulation of its
+    results file under the settings its command names, and its world is current under those settings."""
+    root = Path(__file__).resolve().parents[1]
+    out_md, out_json = Path("docs/study-selection.md"), Path("docs/study-selection.json")
+    study = dataclasses.replace(StudyConfig(), worlds=["suite-patrol"], models=["lstm", "hrm", "hrm-act"],
+                                selection_seeds=3)
+    stored = json.loads((root / out_json).read_text())["worlds"]
+    assert stored["suite-patrol"]["key"] == world_key("suite-patrol", study, [], False)
+    assert stored["suite-patrol"]["selection_seeds"] == 3
+    doc = (root / out_md).read_text()
+    assert doc == study_document(study, stored, out_md=out_md, out_json=out_json)
+    assert f"`{study_command(study, out_md, out_json)}`" in doc
+
+
 def test_partly_timed_runs_leave_the_train_seconds_mean_and_make_compute_minutes_a_lower_bound():
     """A run resumed from a checkpoint that predates the training-time record knows only the resuming call's
     seconds (suite-rush's first trm seeds: 177 s of ~880): averaging it in would understate the model's cost."""
