@@ -15,7 +15,7 @@ from hrmlab.errors import UserError
 from hrmlab.presets import resolve
 from hrmlab.study import (StudyConfig, WallLedger, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
                           sign_test, study_command, study_document, summarize_world, train_field, world_key,
-                          partly_timed, world_section)
+                          partly_timed, seed_stability_lines, world_section)
 
 
 def test_equal_budget_gives_every_model_the_same_recipe():
@@ -329,6 +329,21 @@ def test_committed_selection_side_study_is_rendered_from_its_results_by_its_own_
     doc = (root / out_md).read_text()
     assert doc == study_document(study, stored, out_md=out_md, out_json=out_json)
     assert f"`{study_command(study, out_md, out_json)}`" in doc
+
+
+def test_seed_stability_counts_failed_seeds_per_chosen_rate_without_the_selection_seeds():
+    def model(lr, *rates):
+        return {"lr": lr, "seeds": {f"m@s{i}": {"rate": x} for i, x in enumerate(rates)}}
+    worlds = {"a": {"models": {"x": model(0.01, 0.95, 0.70, 0.94),    # seed 1 failed: 25 points below seed 0
+                               "y": model(0.003, 0.60, 0.95, 0.95),   # seed 0 is the selection run: not counted
+                               "z": model(0.003, 0.90)}},              # one seed: nothing to compare
+              "b": {"selection_seeds": 2, "models": {"x": model(0.01, 0.99, 0.98, 0.86)}}}  # 13 points: kept
+    text = "\n".join(seed_stability_lines(worlds))
+    assert "| 0.003 | 2 | 0 |" in text and "| 0.01 | 3 | 1 |" in text
+    assert "Failed: `a` x@s1 at 0.01 (-25.0 points)." in text
+    assert "Largest gap of a seed that did not fail: 13.0 points (`b` x@s2 at 0.01)" in text
+    assert text.endswith("between the two rates: p = 1.\n")  # Fisher exact on [[1, 2], [0, 2]]
+    assert seed_stability_lines({"a": {"models": {"z": model(0.003, 0.9)}}}) == []
 
 
 def test_partly_timed_runs_leave_the_train_seconds_mean_and_make_compute_minutes_a_lower_bound():

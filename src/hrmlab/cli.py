@@ -229,9 +229,7 @@ def cmd_study(args) -> int:
         if args.seeds < 1:
             raise UserError("--seeds must be at least 1")
         changes["seeds"] = args.seeds
-    if args.selection_seeds is not None:
-        if args.selection_seeds < 1:
-            raise UserError("--selection-seeds must be at least 1")
+    if args.selection_seeds is not None:  # its range (1 … seeds) is checked by run_study
         changes["selection_seeds"] = args.selection_seeds
     if args.episodes is not None:
         changes["episodes"] = args.episodes
