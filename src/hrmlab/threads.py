@@ -1,0 +1,63 @@
+"""CPU threads that behave on shared machines.
+
+PyTorch's OpenMP runtime (libgomp) keeps one thread per core and lets idle threads spin between parallel
+regions. When other processes share the cores, a spinning thread steals the time slice the working thread
+needs, and a small model's training step runs 36-60x slower (docs/benchmarks.md, "Training beside other
+work"). Passive waiting removes that collapse at no measurable cost on a quiet machine. The waiting policy
+is read once, when the OpenMP runtime loads, so `configure_process()` must run before torch is imported:
+the CLI calls it first, every pool worker, torchrun rank and Modal container inherits or repeats it.
+
+The number of threads a CPU training run uses changes its floating-point reductions and therefore its
+weights, so it is a stated setting (`train_<model>.cpu_threads`), resolved here to a number that enters the
+training stage's cache key: a shared cache never hands out a model trained under another thread count.
+"""
+
+from __future__ import annotations
+
+import os
+
+PROCESS_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""Environment defaults for OpenMP; a variable the user set in their own environment always wins."""
+
+
+def configure_process() -> dict[str, str]:
+    """Set the OpenMP defaults this process and its children start with (the user's own variables win).
+    Returns the variables it set. Call before torch (or numba) is first imported."""
+    applied = {}
+    for name, value in PROCESS_DEFAULTS.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            applied[name] = value
+    return applied
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: `taskset`, cgroups' cpusets), not the machine's."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without affinity
+        return max(1, os.cpu_count() or 1)
+
+
+def resolve_cpu_threads(requested: int) -> int:
+    """The intra-op thread count a CPU run uses: `requested` if positive; 0 means every CPU this process
+    may use, capped by OMP_NUM_THREADS when the user set it."""
+    if requested < 0:
+        raise ValueError(f"cpu_threads must be >= 0 (0 = every available CPU), got {requested}")
+    if requested:
+        return requested
+    cpus = available_cpus()
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return min(cpus, int(env))
+    return cpus
+
+
+def use_cpu_threads(requested: int) -> int:
+    """Make torch use the resolved thread count in this process; returns it."""
+    import torch
+
+    n = resolve_cpu_threads(requested)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
