@@ -306,12 +306,12 @@ def test_a_corrupt_diffusion_stage_is_redone_and_a_changed_setting_rekeys_it(tmp
     """The diffusion family on the one stage cache: a corrupt evaluation or planner is logged and redone (no
     traceback, the same numbers), a sampling change re-keys only the evaluation, results.json is written once."""
     from hrmlab.cli import main
-    from hrmlab.diffusion import experiment
     from hrmlab.diffusion.experiment import stage_keys
+    from hrmlab.report import rundir  # every family writes its run folder through rundir.write_run
 
     written = []
-    real_write = experiment.write_json_atomic
-    monkeypatch.setattr(experiment, "write_json_atomic", lambda path, data: (written.append(path), real_write(path, data)))
+    real_write = rundir.write_json_atomic
+    monkeypatch.setattr(rundir, "write_json_atomic", lambda path, data: (written.append(path), real_write(path, data)))
     args = ["run", "diffusion-cpu", "--smoke", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"),
             "--workers", "1", "--no-progress"]
 

@@ -240,3 +240,113 @@ def test_cli_bad_policy_is_one_line_exit_2(capsys, spec, message):
     assert len(err) == 1 and message in err[0]
     with pytest.raises(UserError):
         parse_policies([spec])
+
+
+# ------------------------------------------------------------------ issue 32: one clear line for every bad input
+@pytest.mark.parametrize("kwargs,error,needle", [
+    ({"num_obstacles": -1}, ValueError, "num_obstacles must be >= 0, got -1"),
+    ({"grid_size": 0}, ValueError, "grid_size must be >= 2, got 0"),
+    ({"speed": "fast"}, TypeError, "speed must be a number, got 'fast'"),
+    ({"turn_prob": 1.5}, ValueError, "turn_prob must be between 0.0 and 1.0"),
+    ({"history": 0}, ValueError, "history must be >= 1, got 0"),
+])
+def test_env_settings_are_checked_with_the_worlds_rules(kwargs, error, needle):
+    """The envs check keyword settings with the same rules as every config (hrmlab/validate.py): a ValueError or
+    TypeError naming the argument, Gymnasium's convention, which is also a UserError (one line in the CLI)."""
+    for make in (lambda: gym.make("hrmlab/BounceGrid-v0", **kwargs),
+                 lambda: gym.make_vec("hrmlab/BounceGrid-v0", num_envs=2, **kwargs)):
+        with pytest.raises(error, match=needle) as caught:
+            make()
+        assert isinstance(caught.value, UserError)
+    with pytest.raises(ValueError, match="num_envs must be >= 1, got 0"):
+        gym.make_vec("hrmlab/BounceGrid-v0", num_envs=0)
+
+
+@pytest.mark.parametrize("options,error,needle", [
+    (["protocol", "standard"], TypeError, "reset options must be a dict"),
+    ({"episode": "abc"}, TypeError, "'episode' must be an integer, got 'abc'"),
+    ({"episode": 2.5}, TypeError, "'episode' must be an integer"),
+    ({"episode": -1}, ValueError, "'episode' must be >= 0, got -1"),
+    ({"protocol": "standard", "episode": None}, ValueError, "needs options\\['episode'\\]"),
+])
+def test_bad_reset_options_name_the_option(options, error, needle):
+    for env in (gym.make("hrmlab/BounceGrid-v0"), gym.make_vec("hrmlab/BounceGrid-v0", num_envs=2)):
+        with pytest.raises(error, match=needle):
+            env.reset(options=options)
+    env = gym.make("hrmlab/BounceGrid-v0")  # integer-like indices still work
+    assert env.reset(options={"protocol": "standard", "episode": np.int64(3)})[1]["episode_index"] == 3
+    assert env.reset(options={"protocol": "standard", "episode": np.array([4])})[1]["episode_index"] == 4
+
+
+def raising_factory():
+    raise RuntimeError("weights not found")
+
+
+class FailsOnSecondCall:
+    """Unbatched: the second call (episode 1 of the chunk, step 0) raises."""
+
+    batched = False
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, obs):
+        self.calls += 1
+        if self.calls == 2:
+            raise ValueError("bad cell\nsecond line")
+        return 4
+
+
+class FailsAtStep2:
+    """Batched: raises at the third step of the closed loop."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, obs):
+        self.calls += 1
+        if self.calls == 3:
+            raise KeyError("obstacles")
+        return np.full(len(obs["agent"]), 4)
+
+
+def fails_on_second_call():
+    return FailsOnSecondCall()
+
+
+def fails_at_step_2():
+    return FailsAtStep2()
+
+
+@pytest.mark.parametrize("factory,needle", [
+    ("raising_factory", f"policy 'p' factory '{__name__}:raising_factory' raised RuntimeError: weights not found"),
+    ("fails_on_second_call", "policy 'p' raised ValueError: bad cell second line (episode 6, step 0)"),
+    ("fails_at_step_2", "policy 'p' raised KeyError: 'obstacles' (a batch of 4 episodes, 5…8, step 2)"),
+])
+def test_cli_policy_that_raises_is_one_line_naming_where(capsys, factory, needle):
+    args = ["evaluate", "--forecasters", "zero", "--start", "5", "--episodes", "4", "--policy", f"p={__name__}:{factory}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hrmlab: error: {needle}"]
+
+
+def test_verbose_logs_the_traceback_of_a_policy_that_raises(tmp_path):
+    """`hrmlab -v` also logs the traceback, from a worker process too (the error carries it across)."""
+    (tmp_path / "my_policy.py").write_text("def make():\n    return lambda obs: obs['nope']\n")
+    args = [sys.executable, "-m", "hrmlab.cli", "-v", "evaluate", "--forecasters", "zero", "--episodes", "4",
+            "--workers", "2", "--set", "eval.chunk_size=2", "--policy", "mine=my_policy:make"]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "hrmlab: error: policy 'mine' raised KeyError: 'nope' (a batch of 2 episodes, 0…1, step 0)" in proc.stderr \
+        or "hrmlab: error: policy 'mine' raised KeyError: 'nope' (a batch of 2 episodes, 2…3, step 0)" in proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "my_policy.py" in proc.stderr
+
+
+def test_policy_exceptions_reach_your_own_loop_unchanged():
+    """`act` (your Gymnasium loop) does not wrap the policy's exception: only the evaluator names episode and step."""
+    env = gym.make("hrmlab/BounceGrid-v0")
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(KeyError):
+        policy = FailsAtStep2()
+        for _ in range(3):
+            obs, *_ = env.step(act(policy, obs, env))

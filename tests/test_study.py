@@ -171,8 +171,8 @@ def test_study_a_diverging_candidate_rate_loses_the_selection_instead_of_ending_
     assert lstm["lr"] == 1e-3
     assert lstm["selection"]["1e+30"] is None and lstm["selection"]["0.001"] > 0
     assert "1e+30 → diverged" in (tmp_path / "study.md").read_text()
-    # every candidate diverging is one clear error (exit 2), not a traceback
-    assert main([a if a != "1e30,1e-3" else "1e30" for a in args]) == 2
+    # every candidate diverging is one clear error (exit 2), not a traceback (--force: other --lrs, same file)
+    assert main([a if a != "1e30,1e-3" else "1e30" for a in args] + ["--force"]) == 2
 
 
 def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):
@@ -193,7 +193,9 @@ def test_study_selects_on_the_mean_validation_loss_of_several_seeds_and_reuses_t
     one_seed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
     assert len(models()) == 3  # two selection runs (seed 0) + the chosen rate's seed 1
     assert "selection_per_seed" not in one_seed["models"]["lstm"] and "selection_seeds" not in one_seed
-    assert main(args + ["--selection-seeds", "2"]) == 0
+    assert main(args + ["--selection-seeds", "2"]) == 2  # another study's settings: the results file is kept
+    assert "holds another study's results (--selection-seeds 2 here, 1 there)" in capsys.readouterr().err
+    assert main(args + ["--selection-seeds", "2", "--force"]) == 0
     assert len(models()) == 4  # only the unchosen rate's seed 1 is new: every other run is a cached stage
     world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
     assert world["key"] != one_seed["key"] and world["selection_seeds"] == 2
@@ -374,3 +376,40 @@ def test_partly_timed_runs_leave_the_train_seconds_mean_and_make_compute_minutes
     assert none["models"]["m"]["train_seconds_timed"] == 0
     none.update(protocol="p", minutes=83.8, calls=2, compute_minutes=30.0, untimed_runs=3, machine="CPU, 2 cores")
     assert "| ≥ 177 |" in world_section("w", none)
+
+
+def test_a_smoke_study_never_writes_the_committed_results(tmp_path, monkeypatch, capsys):
+    """The lost-results bug: `hrmlab study --smoke --out check.md` rewrote docs/study.json with smoke summaries.
+    --json now defaults to beside --out, a smoke study's default files are under --runs, and a study with other
+    settings than a results file's refuses to write into it (without --force) before any work."""
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "docs").mkdir()
+    committed = {}
+    for name in ("study.json", "study.md"):
+        committed[name] = (root / "docs" / name).read_bytes()
+        (tmp_path / "docs" / name).write_bytes(committed[name])
+    monkeypatch.chdir(tmp_path)  # the default docs/study.json is now the copy
+    toy = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--lrs", "0.001", "--seeds", "1",
+           "--compute-scales", "", "--no-progress"]
+    unchanged = lambda: {n: (tmp_path / "docs" / n).read_bytes() for n in committed} == committed  # noqa: E731
+    assert main(toy + ["--out", str(tmp_path / "check.md")]) == 0
+    assert unchanged()
+    assert json.loads((tmp_path / "check.json").read_text())["smoke"] is True  # --json beside --out
+    assert len(list((tmp_path / ".hrmlab_cache" / "models").iterdir())) == 1  # it did run (one toy model)
+    # the same toy study without --out: its files go under the runs folder (its stages are all cached now)
+    assert main(toy) == 0
+    assert unchanged() and (tmp_path / "runs" / "study-smoke.json").is_file() and (tmp_path / "runs" / "study-smoke.md").is_file()
+    capsys.readouterr()
+    # other settings than the stored ones: refused up front, naming the difference; nothing is written
+    before = (tmp_path / "check.json").read_bytes()
+    assert main([a if a != "0.001" else "0.003" for a in toy] + ["--out", str(tmp_path / "check.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hrmlab: error: --json {tmp_path / 'check.json'} holds another study's results")
+    assert "--lrs 0.003 here, 0.001 there" in err and "--force" in err and "\n" not in err
+    assert (tmp_path / "check.json").read_bytes() == before
+    # pointed at the committed file, a smoke study or a side study is refused too
+    assert main(toy + ["--json", "docs/study.json", "--out", "docs/study.md"]) == 2
+    assert "--smoke here, not there" in capsys.readouterr().err
+    assert main(["study", "--only", "quick", "--models", "lstm"]) == 2
+    assert "--models lstm here, lstm,hrm,hrm-act,trm there" in capsys.readouterr().err
+    assert unchanged()

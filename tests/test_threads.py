@@ -60,12 +60,13 @@ def test_the_thread_count_is_part_of_the_training_key(monkeypatch):
     keys = {n: train_key(resolve("quick", [f"train_lstm.cpu_threads={n}", "device=cpu"], smoke=True), "lstm")
             for n in (1, 2)}
     assert keys[1] != keys[2]
-    auto = resolve("quick", ["device=cpu"], smoke=True)
+    assert cpu_training_threads(resolve("quick", ["device=cpu"], smoke=True), "lstm") == 1  # the default
+    auto = resolve("quick", ["train_lstm.cpu_threads=0", "device=cpu"], smoke=True)
     assert cpu_training_threads(auto, "lstm") == available_cpus()
     explicit = resolve("quick", [f"train_lstm.cpu_threads={available_cpus()}", "device=cpu"], smoke=True)
     assert train_key(auto, "lstm") == train_key(explicit, "lstm")  # the key holds the resolved number
     with pytest.raises(UserError, match="train_lstm.cpu_threads"):
-        train_key(resolve("quick", ["train_lstm.cpu_threads=-2", "device=cpu"], smoke=True), "lstm")
+        resolve("quick", ["train_lstm.cpu_threads=-2", "device=cpu"], smoke=True)
 
 
 def test_a_gpu_run_does_not_depend_on_the_cpu_thread_count():

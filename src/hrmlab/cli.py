@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from hrmlab.errors import UserError
+from hrmlab.validate import count_option, writable_dir, writable_file
 
 log = logging.getLogger("hrmlab")
 
@@ -40,6 +41,8 @@ def cmd_evaluate(args) -> int:
     from hrmlab.forecast.registry import parse_forecasters
     from hrmlab.evaluate.runner import EvaluateSettings
 
+    if args.json:
+        writable_file(args.json, "--json")
     settings = EvaluateSettings()
     if args.preset:
         from hrmlab.presets import load_preset
@@ -81,6 +84,8 @@ def _options(args, cfg):
 
     out = Path(args.out) if getattr(args, "out", None) else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
     cache = Path(args.cache) if getattr(args, "cache", None) else default_cache()
+    writable_dir(out, "--out" if getattr(args, "out", None) else "run folder")  # before any stage runs
+    writable_dir(cache, "--cache" if getattr(args, "cache", None) else "cache")
     return RunOptions(out=out, cache=cache, smoke=args.smoke, workers=getattr(args, "workers", None),
                       gpus=getattr(args, "gpus", None), allow_cpu=getattr(args, "allow_cpu", False),
                       progress=not getattr(args, "no_progress", False))
@@ -179,6 +184,7 @@ def cmd_render(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "results.json").is_file():
         raise UserError(f"{run_dir} has no results.json; run `hrmlab run` first")
+    writable_file(args.out, "--out")
     forecasters = args.forecasters.split(",") if args.forecasters else None
     path = render_episode(run_dir, args.episode, forecasters, Path(args.out), protocol=args.protocol)
     print(path)
@@ -190,11 +196,19 @@ def cmd_suites(args) -> int:
     from hrmlab.suites import run_suites
 
     cache = Path(args.cache) if args.cache else default_cache()
+    _check_multi_run_paths(args, cache)
     text = run_suites(Path(args.out), Path(args.runs), cache, smoke=args.smoke, workers=args.workers,
                       overrides=args.set or [], progress=not args.no_progress,
-                      only=[n.strip() for n in args.only.split(",") if n.strip()] if args.only else None)
+                      only=(_csv(args.only) or []) if args.only is not None else None)
     print(text)
     return 0
+
+
+def _check_multi_run_paths(args, cache: Path) -> None:
+    """`suites` / `study`: the document, the run folders and the cache are writable (before any run)."""
+    writable_file(args.out, "--out")
+    writable_dir(args.runs, "--runs")
+    writable_dir(cache, "--cache" if args.cache else "cache")
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -203,17 +217,17 @@ def _csv(text: str | None) -> list[str] | None:
 
 def cmd_study(args) -> int:
     from hrmlab.pipeline import default_cache
-    from hrmlab.study import StudyConfig, run_study, smoke_study_defaults
+    from hrmlab.study import StudyConfig, run_study, smoke_study_defaults, study_paths
 
     study = StudyConfig()
     changes = {}
-    if args.only:
-        changes["worlds"] = _csv(args.only)
-    if args.models:
-        changes["models"] = _csv(args.models)
-    if args.lrs:
+    if args.only is not None:  # given but naming nothing (`--only ,,`) is refused by run_study, not ignored
+        changes["worlds"] = _csv(args.only) or []
+    if args.models is not None:
+        changes["models"] = _csv(args.models) or []
+    if args.lrs is not None:
         try:
-            changes["lrs"] = [float(v) for v in _csv(args.lrs)]
+            changes["lrs"] = [float(v) for v in _csv(args.lrs) or []]
         except ValueError:
             raise UserError(f"--lrs takes comma-separated numbers, got {args.lrs!r}") from None
     if args.compute_scales is not None:
@@ -221,15 +235,11 @@ def cmd_study(args) -> int:
             changes["compute_scales"] = [float(v) for v in _csv(args.compute_scales) or []]
         except ValueError:
             raise UserError(f"--compute-scales takes comma-separated numbers, got {args.compute_scales!r}") from None
-        if any(not v > 0 for v in changes["compute_scales"]):
-            raise UserError(f"--compute-scales must be positive, got {args.compute_scales!r}")
     if args.compute_worlds is not None:
         changes["compute_worlds"] = _csv(args.compute_worlds) or []
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise UserError("--seeds must be at least 1")
+    if args.seeds is not None:  # the ranges of these three are checked by run_study (one place)
         changes["seeds"] = args.seeds
-    if args.selection_seeds is not None:  # its range (1 … seeds) is checked by run_study
+    if args.selection_seeds is not None:
         changes["selection_seeds"] = args.selection_seeds
     if args.episodes is not None:
         changes["episodes"] = args.episodes
@@ -238,9 +248,15 @@ def cmd_study(args) -> int:
             changes.setdefault(name, value)
     study = dataclasses.replace(study, **changes)
     cache = Path(args.cache) if args.cache else default_cache()
-    text = run_study(study, Path(args.out), Path(args.json), cache, Path(args.runs), smoke=args.smoke,
+    args.out, args.json = study_paths(args.out, args.json, args.smoke, Path(args.runs))
+    if args.tabulate_only:
+        writable_file(args.out, "--out")
+    else:
+        writable_file(args.json, "--json")
+        _check_multi_run_paths(args, cache)
+    text = run_study(study, args.out, args.json, cache, Path(args.runs), smoke=args.smoke,
                      overrides=args.set or [], workers=args.workers, progress=not args.no_progress,
-                     tabulate_only=args.tabulate_only)
+                     tabulate_only=args.tabulate_only, force=args.force)
     print(text)
     return 0
 
@@ -255,6 +271,8 @@ def cmd_bench(args) -> int:
         raise UserError("hrmlab bench needs the hrmlab_bench package (src/hrmlab_bench/), which is not "
                         "importable here; install the repository with `pip install -e .`") from None
 
+    if args.json:
+        writable_file(args.json, "--json")
     names = args.only.split(",") if args.only else ["closed_loop", "planner", "collect", "loader", "hrm_train",
                                                     "expert", "forecast"]
     for n in names:
@@ -267,8 +285,16 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error format: a bad option is one line (`hrmlab: error: ...`, exit code 2),
+    raised as a UserError so `main` prints it like every other user error."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hrmlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="hrmlab", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -278,25 +304,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. train_hrm.epochs=2")
         p.add_argument("--out", help="run directory (default runs/PRESET)")
         p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
-        p.add_argument("--workers", type=int, help="local processes for collection/evaluation (default: one per core)")
-        p.add_argument("--gpus", type=int, help="GPUs to train on (default: all visible, capped by the preset)")
+        p.add_argument("--workers", type=count_option(1),
+                       help="local processes for collection/evaluation (default: one per core)")
+        p.add_argument("--gpus", type=count_option(0),
+                       help="GPUs to train on (default: all visible, capped by the preset)")
         p.add_argument("--allow-cpu", action="store_true", help="run a GPU preset full size on CPU anyway")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    def add_multi_run_args(p, out: str, runs_of: str, presets: str):
+    def add_multi_run_args(p, out: str | None, runs_of: str, presets: str, out_help: str = ""):
         """The options of `suites` and `study`: both run many presets into run directories and write one
         markdown document, so they take the same options (only the defaults and wording differ)."""
-        p.add_argument("--out", default=out, help="markdown file to write")
+        p.add_argument("--out", default=out, help=f"markdown file to write (default {out_help or out})")
         p.add_argument("--runs", default="runs", help=f"where the {runs_of} run directories go")
         p.add_argument("--cache", help="stage cache (default $HRMLAB_CACHE or .hrmlab_cache)")
         p.add_argument("--smoke", action="store_true", help="toy sizes")
-        p.add_argument("--workers", type=int, help="local processes for collection/evaluation")
+        p.add_argument("--workers", type=count_option(1), help="local processes for collection/evaluation")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help=f"override for every {presets}")
         p.add_argument("--no-progress", action="store_true", help="no progress bars (progress lines go to the log)")
 
     p = sub.add_parser("run", help="the whole experiment: collect → train → evaluate → report (default preset quick)")
     add_run_args(p)
-    p.add_argument("--backend", default="local", help="local (default) or modal")
+    p.add_argument("--backend", default="local", choices=("local", "modal"), help="local (default) or modal")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("presets", help="list presets with parameter counts, data size and hardware")
@@ -330,8 +358,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: quick; "
                                             "about 5-6x a world's main evaluation)")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
-    add_multi_run_args(p, out="docs/study.md", runs_of="study", presets="world preset")
-    p.add_argument("--json", default="docs/study.json", help="compact results file (finished worlds are reused)")
+    add_multi_run_args(p, out=None, runs_of="study", presets="world preset",
+                       out_help="docs/study.md; with --smoke RUNS/study-smoke.md, never the committed document")
+    p.add_argument("--json", help="compact results file (finished worlds are reused); default: beside --out, "
+                                  "same name with .json (docs/study.json for the default --out)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a results file that holds another study's settings (its worlds of the same "
+                        "name are replaced); without it such a study stops with an error before any work")
     p.add_argument("--tabulate-only", action="store_true",
                    help="rewrite the document from the results file's finished worlds; train and evaluate nothing")
     p.set_defaults(func=cmd_study)
@@ -360,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, help="episodes per forecaster (default 1000)")
     p.add_argument("--start", type=int, help="first episode index (seed protocols: original episode s)")
     p.add_argument("--preset", help="take world/planner/eval settings from this preset")
-    p.add_argument("--workers", type=int, default=1, help="processes (1 = this process)")
+    p.add_argument("--workers", type=count_option(1), default=1, help="processes (1 = this process)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override, e.g. planner.time_index=seed")
     p.add_argument("--policy", action="append", metavar="NAME=MODULE:FACTORY",
                    help="also run an outside policy on the same episodes (repeatable), e.g. "
@@ -375,9 +408,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error(exc: UserError) -> int:
+    """One line on stderr, exit code 2; the traceback of outside code that raised (a --policy) with -v."""
+    detail = getattr(exc, "detail", "")
+    if detail:
+        log.debug("traceback:\n%s", detail.rstrip())
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines()) or type(exc).__name__
+    print(f"hrmlab: error: {text}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    from hrmlab.threads import configure_process
+
+    configure_process()  # before torch loads: OpenMP threads that wait passively (hrmlab/threads.py)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UserError as exc:
+        return _user_error(exc)
     _setup_logging(getattr(args, "verbose", False))
     if not getattr(args, "func", None):
         parser.print_help()
@@ -385,8 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"hrmlab: error: {exc}", file=sys.stderr)
-        return 2
+        return _user_error(exc)
     except BrokenPipeError:  # output piped into `head` and the like
         return 0
     except KeyboardInterrupt:

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from hrmlab.errors import UserError
+from hrmlab.errors import InvalidType, InvalidValue, UserError
+from hrmlab.validate import check_config
 
 
 def to_dict(cfg: Any) -> Any:
@@ -101,22 +102,23 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if value is None:
         if optional:
             return None
-        raise UserError(f"config key {where} may not be null")
+        raise InvalidValue(f"config key {where} may not be null")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise UserError(f"config key {where} must be a mapping, got {value!r}")
+            raise InvalidType(f"config key {where} must be a mapping, got {value!r}")
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key {where} must be a list, got {value!r}")
+            raise InvalidType(f"config key {where} must be a list, got {value!r}")
         (item_tp, *_) = typing.get_args(tp) or (Any,)
         items = [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
-            raise UserError(f"config key {where}={value!r} is invalid; valid choices: {', '.join(map(str, allowed))}")
+            raise InvalidValue(f"config key {where}={value!r} is invalid; valid choices: "
+                               f"{', '.join(map(str, allowed))}")
         return value
     if tp is bool:
         if isinstance(value, str):
@@ -126,22 +128,22 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 return False
         if isinstance(value, bool):
             return value
-        raise UserError(f"config key {where} must be true/false, got {value!r}")
+        raise InvalidType(f"config key {where} must be true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
-            raise UserError(f"config key {where} must be an integer, got {value!r}")
+            raise InvalidType(f"config key {where} must be an integer, got {value!r}")
         try:
             as_float = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"config key {where} must be an integer, got {value!r}") from None
+            raise InvalidType(f"config key {where} must be an integer, got {value!r}") from None
         if not as_float.is_integer():
-            raise UserError(f"config key {where} must be an integer, got {value!r}")
+            raise InvalidType(f"config key {where} must be an integer, got {value!r}")
         return int(as_float)
     if tp is float:
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise UserError(f"config key {where} must be a number, got {value!r}") from None
+            raise InvalidType(f"config key {where} must be a number, got {value!r}") from None
     if tp is str:
         return str(value)
     return value
@@ -159,7 +161,9 @@ def from_dict(cls, data: dict, where: str = "") -> Any:
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}" if where else name)
-    return cls(**kwargs)
+    cfg = cls(**kwargs)
+    check_config(cfg, where)  # value ranges (hrmlab/validate.py): every resolved config is checked here
+    return cfg
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,3 +16,24 @@ def choose(kind: str, value: str, choices) -> str:
     if value not in choices:
         raise UserError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
     return value
+
+
+class InvalidValue(UserError, ValueError):
+    """A value out of its range (a config key, an env argument): one line in the CLI, and a ValueError to a
+    Python caller such as a Gymnasium user (the convention for a bad argument)."""
+
+
+class InvalidType(UserError, TypeError):
+    """A value of the wrong kind: one line in the CLI, and a TypeError to a Python caller."""
+
+
+class RaisedError(UserError):
+    """Outside code (a `--policy`) raised: one line naming where; `detail` (its traceback) is logged with
+    `hrmlab -v`. It pickles with its detail, so a worker process's traceback reaches the CLI."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (str(self), self.detail)

@@ -18,8 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hrmlab.fileio import write_json_atomic
-from hrmlab.config import config_hash, save_yaml
+from hrmlab.config import config_hash
 from hrmlab.errors import UserError
 from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
@@ -94,6 +93,18 @@ def stage_data(cfg: ExperimentConfig, opts: RunOptions, backend):
 
 
 # ------------------------------------------------------------------------------------------- training
+def cpu_training_threads(cfg: ExperimentConfig, model: str) -> int | None:
+    """The intra-op thread count `model` trains with on this machine's CPU, else None (a GPU run does not
+    depend on it). Several CPU processes (gloo DDP, tests only) use one thread each; the key still names
+    the setting's resolution, which is harmless there."""
+    from hrmlab.threads import resolve_cpu_threads
+    from hrmlab.train.distributed import pick_device
+
+    if pick_device(cfg.device).type != "cpu":
+        return None
+    return resolve_cpu_threads(cfg.train_config(model).cpu_threads)  # its range: validate.py
+
+
 def train_key(cfg: ExperimentConfig, model: str) -> str:
     from hrmlab.data.collect import store_config
 
@@ -102,6 +113,9 @@ def train_key(cfg: ExperimentConfig, model: str) -> str:
     # window and stateful train the same one-step model (one cached checkpoint); direct its K-step head
     trained = TRAINED_FOR[cfg.forecast.rollout]
     extra = {} if trained == "window" else {"trained_for": trained}
+    threads = cpu_training_threads(cfg, model)
+    if threads is not None:  # the thread count changes a CPU run's weights (hrmlab/threads.py)
+        extra["cpu_threads"] = threads
     return config_hash({"model": model, "arch": cfg.model_config(model),
                         "train": cfg.train_config(model), "data": store_config(cfg.world, cfg.data),
                         "history": cfg.data.history, **extra})
@@ -138,14 +152,25 @@ def run_train_job(job: TrainJob) -> dict:
                             rollout=job.rollout, horizon=job.horizon)
 
 
+def model_dir(cache: Path, model: str, key: str) -> Path:
+    """The cache folder of one trained model (checkpoint, metrics), by its training key."""
+    return cache / "models" / f"{model}-{key}"
+
+
+def link_model(opts: RunOptions, model: str, summary: dict) -> None:
+    """Point OUT/train/<model> at the trained model's cache folder (its checkpoint and training logs)."""
+    _link(model_dir(opts.cache, model, summary["key"]), opts.out / "train" / model)
+
+
 def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions, gpus: int = 0,
-                train_runner=run_train_job) -> dict:
+                train_runner=run_train_job, link: bool = True) -> dict:
     """Train one learned model (or reuse the cached one). Returns its summary (checkpoint path etc.).
 
     `train_runner(job)` does the work: in this process by default, in a GPU container on Modal. The
-    stage's done marker holds the checkpoint's checksum: a corrupt checkpoint is retrained."""
+    stage's done marker holds the checkpoint's checksum: a corrupt checkpoint is retrained.
+    link: link OUT/train/<model> now; a whole run links its models when it writes its folder, at its end."""
     key = train_key(cfg, model)
-    stage_dir = opts.cache / "models" / f"{model}-{key}"
+    stage_dir = model_dir(opts.cache, model, key)
     stage = Stage(f"train/{model}", stage_dir / "summary.json", key, folder=stage_dir)
 
     def train() -> dict:
@@ -161,7 +186,8 @@ def stage_train(cfg: ExperimentConfig, model: str, data_paths, opts: RunOptions,
         return summary
 
     summary = cached(stage, train, files=lambda summary: [summary["checkpoint"]])
-    _link(stage_dir, opts.out / "train" / model)
+    if link:
+        link_model(opts, model, summary)
     return summary
 
 
@@ -210,18 +236,19 @@ def seed_protocol_specs(cfg: ExperimentConfig, specs: list[ForecasterSpec]) -> l
 def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_runner=None) -> RunResult:
     """The whole pipeline for a grid preset. Returns the run's results, also written to results.json.
 
-    backend: where collection and evaluation fan out (`map`); train_runner: where training runs."""
+    The run folder is written only at the end (`rundir.write_run`): a run that fails leaves the folder of the
+    previous run as it was. backend: where collection and evaluation fan out (`map`); train_runner: where
+    training runs."""
     from hrmlab.backends.local import make_backend
+    from hrmlab.report.rundir import write_run
 
     backend = backend or make_backend(opts.workers)
     train_runner = train_runner or run_train_job
-    opts.out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, opts.out / "config.yaml")
     gpus = check_hardware(cfg, opts)
     t_start = time.perf_counter()
 
     data_paths = stage_data(cfg, opts, backend) if cfg.models else None
-    trained = {m: stage_train(cfg, m, data_paths, opts, gpus, train_runner) for m in cfg.models}
+    trained = {m: stage_train(cfg, m, data_paths, opts, gpus, train_runner, link=False) for m in cfg.models}
 
     learned = [ForecasterSpec(m, trained[m]["checkpoint"], precision=cfg.forecast.precision,
                               rollout=cfg.forecast.rollout) for m in cfg.models]
@@ -244,7 +271,7 @@ def run_experiment(cfg: ExperimentConfig, opts: RunOptions, backend=None, train_
                      if s.checkpoint else {"checkpoint": None} for s in specs},
         training={m: trained[m] for m in cfg.models}, primary_protocol=cfg.eval.protocol, evaluations=evaluations,
         seconds=round(time.perf_counter() - t_start, 1))
-    write_json_atomic(opts.out / "results.json", results.to_json())
+    write_run(opts.out, cfg, results.to_json(), files=lambda: [link_model(opts, m, trained[m]) for m in cfg.models])
     _write_report(opts.out, animations=0 if opts.smoke else 2)
     return results
 

@@ -31,11 +31,12 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
-from hrmlab.errors import UserError
+from hrmlab.errors import RaisedError, UserError
 from hrmlab.forecast.base import Forecaster, Observation
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster, parse_forecasters
 from hrmlab.planning.spacetime_astar import MOVES, PlannerConfig, plan
@@ -49,23 +50,48 @@ def observation(agent: np.ndarray, goal: np.ndarray, walls: np.ndarray, history:
             "walls": np.array(walls, dtype=np.int8), "obstacles": np.array(history, dtype=np.float64)}
 
 
+def policy_raised(what: str, exc: BaseException, where: str = "") -> RaisedError:
+    """The one line for outside code that raised: `WHAT raised ExcType: message (where)`; its traceback goes
+    along as the error's detail (logged with `hrmlab -v`)."""
+    message = " ".join(str(exc).split())
+    return RaisedError(f"{what} raised {type(exc).__name__}{': ' + message if message else ''}"
+                       f"{f' ({where})' if where else ''}", "".join(traceback.format_exception(exc)))
+
+
 def call_policy(policy, obs: dict, world: Observation | None, name: str = "policy",
-                n_actions: int | None = len(MOVES)) -> np.ndarray:
+                n_actions: int | None = len(MOVES), episodes=None, step: int | None = None) -> np.ndarray:
     """(B,) int64 actions from `policy` on a batched observation, honouring `batched` / `privileged`;
-    actions of the wrong shape, or outside [0, n_actions) when given, are a UserError."""
+    actions of the wrong shape, or outside [0, n_actions) when given, are a UserError.
+
+    `episodes` (B,) and `step`, given by the evaluator, say where the call is: an exception the policy raises
+    then becomes one line naming the policy, the exception and the episode and step. Without them (your own
+    loop, `act`) the policy's exception reaches the caller unchanged."""
     privileged = getattr(policy, "privileged", False)
     batch = len(obs["agent"])
+
+    def run(call, rows):
+        if episodes is None:
+            return call()
+        try:
+            return call()
+        except UserError:
+            raise
+        except Exception as exc:
+            ids = [int(episodes[r]) for r in rows]
+            where = (f"episode {ids[0]}" if len(ids) == 1 else f"a batch of {len(ids)} episodes, {ids[0]}…{ids[-1]}")
+            raise policy_raised(f"policy {name!r}", exc, f"{where}, step {step}") from exc
+
     if getattr(policy, "batched", True):
-        actions = policy(obs, world=world) if privileged else policy(obs)
+        actions = run(lambda: policy(obs, world=world) if privileged else policy(obs), range(batch))
     else:
         actions = []
         for b in range(batch):
             one = {k: v[b] for k, v in obs.items()}
             if privileged:
                 one_world = Observation(world.history[b:b + 1], world.state.subset([b]), world.world)
-                actions.append(policy(one, world=one_world))
+                actions.append(run(lambda: policy(one, world=one_world), [b]))
             else:
-                actions.append(policy(one))
+                actions.append(run(lambda: policy(one), [b]))
     actions = np.asarray(actions)
     if actions.shape != (batch,) or not np.issubdtype(actions.dtype, np.integer):
         raise UserError(f"{name} returned actions of shape {actions.shape} and dtype {actions.dtype}; "
@@ -195,8 +221,15 @@ def parse_policies(items: list[str] | None) -> list[PolicySpec]:
 
 
 def build_policy(spec: PolicySpec):
-    """Call the spec's factory; the result must be callable."""
-    policy = _resolve(spec.target)()
+    """Call the spec's factory; the result must be callable. A factory that raises is one line naming the
+    policy and the exception (the traceback is logged with `hrmlab -v`)."""
+    factory = _resolve(spec.target)
+    try:
+        policy = factory()
+    except UserError:
+        raise
+    except Exception as exc:
+        raise policy_raised(f"policy {spec.name!r} factory {spec.target!r}", exc) from exc
     if not callable(policy):
         raise UserError(f"policy factory {spec.target!r} returned {type(policy).__name__}, which is not callable")
     return policy

@@ -303,7 +303,8 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
         each, so a 2-core machine trains two small models at once. The costliest models go first (longest
         processing time first), so no core idles while the last long run finishes alone."""
         runs = longest_first(runs)
-        jobs = [TrainRun(with_recipe(cfg, m, lr=lr, seed=s), m, data_paths,
+        # cpu_threads=1: what a pool worker uses; stated, so it is part of each run's cache key
+        jobs = [TrainRun(with_recipe(cfg, m, lr=lr, seed=s, cpu_threads=1), m, data_paths,
                          dataclasses.replace(opts, out=opts.out / "train" / f"{m}-lr{lr:g}-s{s}", progress=False))
                 for m, lr, s in runs]
         done = dict(zip(runs, backend.map(train_run, jobs)))
@@ -499,21 +500,103 @@ def world_key(preset: str, study: StudyConfig, overrides, smoke: bool) -> str:
                         **({"selection_seeds": study.selection_seeds} if study.selection_seeds != 1 else {})})
 
 
+def study_paths(out=None, json_path=None, smoke: bool = False, runs_dir: Path = Path("runs")) -> tuple[Path, Path]:
+    """(document, results file) of a study. The document defaults to docs/study.md — for a smoke study to
+    RUNS/study-smoke.md, so a toy run never touches the committed results — and the results file to the
+    document's name with .json (docs/study.json for the default), so `--out` alone never writes elsewhere."""
+    out_md = Path(out) if out else (Path(runs_dir) / "study-smoke.md" if smoke else DEFAULT_OUT)
+    return out_md, Path(json_path) if json_path else out_md.with_suffix(".json")
+
+
+def check_study(study: StudyConfig) -> None:
+    """The study's settings, before any work (named by their `hrmlab study` options)."""
+    from hrmlab.forecast.models import get_kind
+    from hrmlab.presets import preset_names
+
+    for flag, values in (("--only", study.worlds), ("--models", study.models), ("--lrs", study.lrs)):
+        if not values:
+            raise UserError(f"{flag} names nothing; give at least one (comma-separated)")
+    worlds = [p for p in preset_names() if not p.startswith(("diffusion", "hrm-cloud"))]
+    for world in [*study.worlds, *study.compute_worlds]:
+        choose("world preset", world, worlds)
+    for model in study.models:
+        get_kind(model)  # an unknown kind is a UserError naming the valid ones
+    for flag, values in (("--lrs", study.lrs), ("--compute-scales", study.compute_scales)):
+        if any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise UserError(f"{flag} must be positive numbers, got {_option_text(values)}")
+    for flag, value in (("--seeds", study.seeds), ("--episodes", study.episodes)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1, got {value}")
+    if not 1 <= study.selection_seeds <= study.seeds:
+        raise UserError(f"--selection-seeds must be between 1 and --seeds ({study.seeds}), got {study.selection_seeds}")
+
+
+RESULT_SETTINGS = (("--models", "models"), ("--lrs", "lrs"), ("--seeds", "seeds"),
+                   ("--selection-seeds", "selection_seeds"), ("--episodes", "episodes"),
+                   ("--compute-scales", "compute_scales"), ("rollout", "rollout"))
+"""The StudyConfig settings that give a world's figures their meaning (`--only` and `--compute-worlds` only
+select worlds): a results file holding other values of these is another study's."""
+
+
+def read_results(out_json: Path) -> dict | None:
+    """The results file `out_json` (None when there is none); anything else is a one-line error naming it,
+    never silently treated as empty (a run would overwrite it, --tabulate-only would show nothing)."""
+    path = Path(out_json)
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--json {path} is not a study results file: not JSON ({exc.msg}, line {exc.lineno})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--json {path} cannot be read as a study results file ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("worlds"), dict):
+        raise UserError(f"--json {path} is not a study results file (no \"worlds\" mapping)")
+    return data
+
+
+def settings_conflicts(stored: dict, study: StudyConfig, smoke: bool, overrides) -> list[str]:
+    """How this study's settings differ from those a results file was written with, in `hrmlab study`'s terms
+    (empty: the same study). A smoke study and `--set` overrides are stored only when present, so results
+    files of ordinary studies (docs/study.json) keep their shape."""
+    if stored.get("format") != STUDY_FORMAT:
+        return [f"format {stored.get('format')!r} (this version writes {STUDY_FORMAT}; its worlds would be dropped)"]
+    settings = stored.get("study") if isinstance(stored.get("study"), dict) else {}
+    default = StudyConfig()
+    out = []
+    for flag, name in RESULT_SETTINGS:
+        here, was = getattr(study, name), settings.get(name, getattr(default, name))
+        if here != was:
+            out.append(f"{flag} {_option_text(here)} here, {_option_text(was)} there")
+    if bool(stored.get("smoke")) != smoke:
+        out.append("--smoke here, not there" if smoke else "--smoke there, not here")
+    here, there = list(overrides or []), list(stored.get("overrides") or [])
+    if here != there:
+        out.append(f"--set {' '.join(here) or 'none'} here, {' '.join(there) or 'none'} there")
+    return out
+
+
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
-              overrides=(), workers: int | None = None, progress: bool = True, tabulate_only: bool = False) -> str:
+              overrides=(), workers: int | None = None, progress: bool = True, tabulate_only: bool = False,
+              force: bool = False) -> str:
     """Run (or reuse) every world; after each one, rewrite the results file and the document.
 
     tabulate_only: rewrite the document from the stored world summaries (`out_json`) of this study's
-    settings and run nothing (a fresh machine re-tabulates without retraining)."""
+    settings and run nothing (a fresh machine re-tabulates without retraining). A results file written by
+    another study's settings (`settings_conflicts`) is not written into unless `force`: its worlds would be
+    replaced by this study's (as a smoke study once replaced docs/study.json's)."""
     from hrmlab.backends.local import make_backend
     from hrmlab.pipeline import RunOptions
-    from hrmlab.presets import preset_names
 
-    if not 1 <= study.selection_seeds <= study.seeds:
-        raise UserError(f"--selection-seeds must be between 1 and --seeds ({study.seeds}), got {study.selection_seeds}")
-    for world in study.worlds:
-        choose("world preset", world, [p for p in preset_names() if not p.startswith(("diffusion", "hrm-cloud"))])
-    stored = _read_json(out_json) or {}
+    check_study(study)
+    stored = read_results(out_json)
+    if tabulate_only and stored is None:
+        raise UserError(f"--json {out_json} does not exist: --tabulate-only has no results to tabulate")
+    conflicts = settings_conflicts(stored, study, smoke, overrides) if stored and not tabulate_only else []
+    if conflicts and not force:
+        raise UserError(f"--json {out_json} holds another study's results ({'; '.join(conflicts)}); give a new --json "
+                        "(or --out) for this study, or --force to write into it")
+    stored = stored or {}
     # every stored world stays in the results file, whichever worlds this call selects (`--only`)
     kept = dict(stored.get("worlds", {})) if stored.get("format") == STUDY_FORMAT else {}
     results = {}
@@ -536,8 +619,8 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
             wall.finish()
         summary.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls)
         results[world] = kept[world] = {"key": key, **summary}
-        _write_results(out_json, out_md, study, kept, results, smoke)
-    return _write_results(out_json, out_md, study, kept, results, smoke, write_json=not tabulate_only)
+        _write_results(out_json, out_md, study, kept, results, smoke, overrides)
+    return _write_results(out_json, out_md, study, kept, results, smoke, overrides, write_json=not tabulate_only)
 
 
 def _read_json(path: Path):
@@ -548,11 +631,14 @@ def _read_json(path: Path):
 
 
 def _write_results(out_json: Path, out_md: Path, study: StudyConfig, kept: dict, results: dict,
-                   smoke: bool, write_json: bool = True) -> str:
-    """The results file holds every stored world (`kept`); the document shows this study's (`results`)."""
+                   smoke: bool, overrides=(), write_json: bool = True) -> str:
+    """The results file holds every stored world (`kept`) and the settings that made them (a smoke study and
+    `--set` overrides only when present); the document shows this study's worlds (`results`)."""
     if write_json:
         ordered = {**{w: kept[w] for w in study.worlds if w in kept}, **kept}
-        write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), "worlds": ordered})
+        extra = {**({"smoke": True} if smoke else {}), **({"overrides": list(overrides)} if overrides else {})}
+        write_json_atomic(Path(out_json), {"format": STUDY_FORMAT, "study": to_dict(study), **extra,
+                                           "worlds": ordered})
     text = study_document(study, {w: results[w] for w in study.worlds if w in results}, smoke, out_md, out_json)
     Path(out_md).parent.mkdir(parents=True, exist_ok=True)
     Path(out_md).write_text(text)
@@ -772,12 +858,18 @@ def changed_options(study: StudyConfig, smoke: bool = False) -> list[tuple[str, 
     default = StudyConfig()
     if smoke:
         default = dataclasses.replace(default, **smoke_study_defaults())
-    csv = lambda values: ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "''"  # noqa: E731
-    options = [("--only", "worlds", csv), ("--models", "models", csv), ("--lrs", "lrs", csv),
-               ("--seeds", "seeds", str), ("--selection-seeds", "selection_seeds", str), ("--episodes", "episodes", str),
-               ("--compute-scales", "compute_scales", csv), ("--compute-worlds", "compute_worlds", csv)]
-    return [(flag, text(getattr(study, name))) for flag, name, text in options
+    options = [("--only", "worlds"), ("--models", "models"), ("--lrs", "lrs"), ("--seeds", "seeds"),
+               ("--selection-seeds", "selection_seeds"), ("--episodes", "episodes"),
+               ("--compute-scales", "compute_scales"), ("--compute-worlds", "compute_worlds")]
+    return [(flag, _option_text(getattr(study, name))) for flag, name in options
             if getattr(study, name) != getattr(default, name)]
+
+
+def _option_text(value) -> str:
+    """A setting as `hrmlab study` spells it: lists comma-separated ('' when empty), floats in %g."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) or "''"
+    return str(value)
 
 
 SIDE_STUDY_OPTIONS = ("--models", "--lrs", "--seeds", "--selection-seeds", "--episodes", "--compute-scales")

@@ -183,11 +183,13 @@ def suites_document(runs: dict[str, RunResult], smoke: bool = False, recipes: di
 def run_suites(out_md: Path, runs_dir: Path, cache: Path, smoke: bool = False, workers: int | None = None,
                overrides=(), progress: bool = True, only: list[str] | None = None) -> str:
     """Run every suite preset, or those in `only` (cached stages are reused), and write the table to `out_md`."""
-    from hrmlab.errors import choose
+    from hrmlab.errors import UserError, choose
     from hrmlab.pipeline import RunOptions, run_experiment
     from hrmlab.presets import resolve
 
     runs, recipes = {}, {}
+    if only is not None and not only:  # `--only ,,`: naming nothing is a mistake, not "every suite"
+        raise UserError(f"--only names no suite; valid choices: {', '.join(SUITE_WORLDS)}")
     selected = [choose("suite", name, SUITE_WORLDS) for name in only] if only else list(SUITE_WORLDS)
     for protocol in selected:
         cfg = resolve(protocol, overrides, smoke=smoke)

@@ -8,8 +8,11 @@ is read once, when the OpenMP runtime loads, so `configure_process()` must run b
 the CLI calls it first, every pool worker, torchrun rank and Modal container inherits or repeats it.
 
 The number of threads a CPU training run uses changes its floating-point reductions and therefore its
-weights, so it is a stated setting (`train_<model>.cpu_threads`), resolved here to a number that enters the
-training stage's cache key: a shared cache never hands out a model trained under another thread count.
+weights, so it is a stated setting (`train_<model>.cpu_threads`, one by default), resolved here to a number
+that enters the training stage's cache key: a shared cache never hands out a model trained under another
+thread count. One thread is the default because on a small model a second one buys little on a quiet
+machine and costs the most on a busy one, where every parallel region waits for a thread that another
+process holds.
 """
 
 from __future__ import annotations

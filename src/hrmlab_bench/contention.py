@@ -2,10 +2,10 @@
 
 `bench_contention` times real training steps (forward, MSE, backward, clip, AdamW) of the `quick` preset's
 LSTM and HRM, each in a fresh child process started the way `hrmlab` starts (hrmlab/threads.py: its
-OpenMP defaults in the environment, the training thread count resolved from `train.cpu_threads`):
+OpenMP defaults in the environment, the training thread count of the default `train.cpu_threads`):
 first on the quiet machine, then beside one busy process per available CPU, which the bench starts and
-stops itself. For contrast it also times torch's own default (no OpenMP waiting policy set) beside the
-same busy processes, capped in time because that is where steps collapse.
+stops itself. For contrast it also times torch's own default (one spinning OpenMP thread per core) quiet
+and beside the same busy processes.
 
 Each child process measures for a fixed time after one warm-up step and reports the median step.
 """
@@ -34,7 +34,7 @@ def _train_steps(kind: str, seconds: float, threads_setting: int) -> dict:
     from hrmlab.presets import resolve
     from hrmlab.threads import use_cpu_threads
 
-    threads = use_cpu_threads(threads_setting)
+    threads = torch.get_num_threads() if threads_setting < 0 else use_cpu_threads(threads_setting)
     cfg = resolve("quick")
     model = build_model(cfg.model_config(kind), seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
@@ -60,7 +60,9 @@ def _train_steps(kind: str, seconds: float, threads_setting: int) -> dict:
             "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}
 
 
-def _child(kind: str, seconds: float, env: dict, threads_setting: int = 0) -> dict:
+def _child(kind: str, seconds: float, env: dict, threads_setting: int) -> dict:
+    """One measurement in a fresh process. threads_setting: a `cpu_threads` value, or -1 for torch's own
+    default (one thread per core)."""
     cmd = [sys.executable, "-m", "hrmlab_bench.contention", "--child", kind, "--seconds", str(seconds),
            "--threads", str(threads_setting)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds * 20 + 120)
@@ -91,21 +93,24 @@ def bench_contention(seconds: float = 8.0, default_seconds: float = 8.0, models=
     """Median training-step time of each model quiet and beside one busy process per CPU, with hrmlab's
     threading, plus torch's default threading beside the same load. Figures: contention_<kind>_* ."""
     from hrmlab.threads import PROCESS_DEFAULTS, available_cpus, configure_process
+    from hrmlab.train.trainer import TrainConfig
 
     configure_process()
+    setting = TrainConfig().cpu_threads
     ours = dict(os.environ)
     torch_default = {k: v for k, v in os.environ.items() if k not in PROCESS_DEFAULTS}
     cpus = available_cpus()
     figures: dict = {"contention_busy_processes": cpus, "contention_cpus": cpus,
                      "contention_process_defaults": ", ".join(f"{k}={v}" for k, v in PROCESS_DEFAULTS.items())}
     for kind in models:
-        quiet = _child(kind, seconds, ours)
+        quiet = _child(kind, seconds, ours, setting)
         with BusyCores(cpus):
-            busy = _child(kind, seconds, ours)
-            default_busy = _child(kind, default_seconds, torch_default)
-        default_quiet = _child(kind, seconds, torch_default)
+            busy = _child(kind, seconds, ours, setting)
+            default_busy = _child(kind, default_seconds, torch_default, -1)
+        default_quiet = _child(kind, seconds, torch_default, -1)
         figures.update({
             f"contention_{kind}_threads": quiet["threads"],
+            f"contention_{kind}_torch_default_threads": default_quiet["threads"],
             f"contention_{kind}_quiet_ms": round(quiet["median_ms"], 1),
             f"contention_{kind}_busy_ms": round(busy["median_ms"], 1),
             f"contention_{kind}_slowdown": round(busy["median_ms"] / quiet["median_ms"], 2),

@@ -11,6 +11,9 @@ from typing import Callable, Iterable, Iterator
 def _init_worker() -> None:
     """One thread per worker: the pool provides the parallelism. Torch reads these variables when it
     is first imported, so a worker that never needs torch does not pay ~3 s and 250 MB to load it."""
+    from hrmlab.threads import configure_process
+
+    configure_process()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ[var] = "1"
     torch = sys.modules.get("torch")

@@ -23,6 +23,7 @@ import modal
 from hrmlab.cloud import orchestrate
 from hrmlab.evaluate import runner as eval_runner
 from hrmlab.pipeline import default_cache
+from hrmlab.threads import PROCESS_DEFAULTS
 
 APP_NAME = "hrmlab"
 VOLUME_NAME = orchestrate.VOLUME_NAME
@@ -47,7 +48,9 @@ image = (
     modal.Image.debian_slim(python_version=PYTHON_VERSION)
     .pip_install(f"torch=={TORCH_VERSION}", index_url=TORCH_INDEX_URL)
     .pip_install_from_pyproject(str(PYPROJECT))  # torch>=… is already met by the CUDA build above
-    .env({"PYTHONPATH": "/root"})  # torchrun's worker processes import hrmlab from where the source is added
+    # torchrun's worker processes import hrmlab from where the source is added; OpenMP waits passively
+    # in every container process, as it does locally (hrmlab/threads.py)
+    .env({"PYTHONPATH": "/root", **PROCESS_DEFAULTS})
     .add_local_python_source("hrmlab", ignore=lambda path: not is_shipped_source(Path(path)))
 )
 cache_volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)

@@ -26,8 +26,7 @@ from typing import Callable, Literal
 
 import torch
 
-from hrmlab.fileio import write_json_atomic
-from hrmlab.config import apply_overrides, config_hash, from_dict, save_yaml, to_dict
+from hrmlab.config import apply_overrides, config_hash, from_dict, to_dict
 from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion.evaluate import DiffusionEvalConfig
 from hrmlab.diffusion.expert import (ExpertConfig, ExpertDataConfig, expert_data_key, generate_expert_data,
@@ -211,7 +210,8 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
                   progress: bool = True, train_runner: Callable[[DiffusionTrainTask], str] | None = None,
                   shrunk: bool = False) -> RunResult:
     """Expert data → training → evaluation; returns the run's results, written once to run_dir/results.json
-    (with the resolved config in run_dir/config.yaml).
+    (with the resolved config in run_dir/config.yaml and the episode records in run_dir/records), at the end
+    (`rundir.write_run`): a run that fails leaves the folder of the previous run as it was.
 
     `evaluations` maps each protocol to its `EvaluationResult` (methods diffusion, diffusion-raw, line,
     line+refine, oracle); the headline protocol is eval.protocols[0] (`primary_protocol`). `records` lists
@@ -224,8 +224,6 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         raise UserError("eval.protocols is empty; valid protocols: seed, standard")
     t_start = time.perf_counter()
     run_dir, cache = Path(run_dir), Path(cache_root) / "diffusion"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, run_dir / "config.yaml")
     keys = stage_keys(cfg)
     old_threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
@@ -251,10 +249,7 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
         eval_dir = cache / "eval" / keys["eval"]
         for protocol in cfg.eval.protocols:
             result = stage_evaluate(cfg, protocol, planner, eval_dir, keys["eval"], progress)
-            for name in result.records:
-                (run_dir / "records").mkdir(exist_ok=True)
-                shutil.copyfile(eval_dir / "records" / name, run_dir / "records" / name)
-                records.append(f"records/{name}")
+            records += [f"records/{name}" for name in result.records]  # copied into run_dir at the end
             log.info("%s\n%s", cfg.name, evaluation.format_table(result))
             evaluations[protocol] = result
         timings["eval_s"] = round(time.perf_counter() - t0, 1)
@@ -270,7 +265,15 @@ def run_diffusion(cfg: DiffusionExperimentConfig, run_dir, cache_root, backend, 
                  "model": {"architecture": model_cfg.architecture, "conditioning": model_cfg.conditioning,
                            "parameters": count_parameters(planner.denoiser), "checkpoint": str(planner_path)},
                  "noise": to_dict(cfg.noise), "expert_paths": int(len(data["paths"])), "timings": timings})
-    write_json_atomic(run_dir / "results.json", results.to_json())
+
+    def copy_records() -> None:
+        for rel in records:
+            (run_dir / "records").mkdir(exist_ok=True)
+            shutil.copyfile(eval_dir / rel, run_dir / rel)
+
+    from hrmlab.report.rundir import write_run
+
+    write_run(run_dir, cfg, results.to_json(), files=copy_records)
     return results
 
 

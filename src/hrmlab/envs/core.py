@@ -104,11 +104,15 @@ def suite_env_id(protocol: str) -> str:
 
 
 def world_config(kind: WorldKind, settings: dict):
-    """The kind's config from keyword settings; an unknown key is a UserError naming the valid ones."""
+    """The kind's config from keyword settings; an unknown key is a UserError naming the valid ones. Values are
+    coerced and range-checked as every config is (`config.from_dict`, `hrmlab/validate.py`): a bad one is a
+    ValueError or TypeError naming the argument (`num_obstacles must be >= 0, got -1`), also a UserError."""
+    from hrmlab.config import from_dict
+
     valid = [f.name for f in dataclasses.fields(kind.config)]
     for key in settings:
         choose(f"{kind.name} setting", key, valid)
-    return kind.config(**settings)
+    return from_dict(kind.config, settings)
 
 
 def get_rules(kind: WorldKind, name: str) -> Protocol:

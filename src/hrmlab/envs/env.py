@@ -24,13 +24,16 @@ keep it. (`info` carries plain data only: episode source and index, moves made, 
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
+
 import numpy as np
 import gymnasium as gym
 from gymnasium import spaces
 
 from hrmlab.envs import core
 from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, LiveEpisodes, WorldKind
-from hrmlab.errors import UserError
+from hrmlab.errors import InvalidType, InvalidValue, UserError
 from hrmlab.evaluate.protocols import Protocol
 from hrmlab.worlds import OBSERVED_HISTORY
 
@@ -71,18 +74,49 @@ def check_rules(kind: WorldKind, config, name: str) -> Protocol:
     return rules
 
 
+def history_length(history) -> int:
+    """The `history` argument of the envs: positions per obstacle in an observation (an integer >= 1)."""
+    try:
+        history = operator.index(history)
+    except TypeError:
+        raise InvalidType(f"history must be an integer, got {history!r}") from None
+    if history < 1:
+        raise InvalidValue(f"history must be >= 1, got {history}")
+    return history
+
+
+def episode_index(value) -> int | None:
+    """options['episode']: a non-negative integer (a one-element integer array too), or None (draw one)."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(-1)[0]
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidType(f"reset option 'episode' must be an integer, got {value!r}")
+    try:
+        index = operator.index(value)
+    except TypeError:
+        raise InvalidType(f"reset option 'episode' must be an integer, got {value!r}") from None
+    if index < 0:
+        raise InvalidValue(f"reset option 'episode' must be >= 0, got {index}")
+    return index
+
+
 def episode_options(options: dict | None, default_rules: Protocol, kind: WorldKind, config):
-    """(rules, source, index or None) from reset options; None index = draw one."""
+    """(rules, source, index or None) from reset options; None index = draw one. Bad options are a ValueError
+    or TypeError naming the option (also a UserError)."""
+    if options is not None and not isinstance(options, Mapping):
+        raise InvalidType(f"reset options must be a dict (keys {', '.join(OPTION_KEYS)}), got {type(options).__name__}")
     options = dict(options or {})
-    unknown = sorted(set(options) - set(OPTION_KEYS))
+    unknown = sorted(set(options) - set(OPTION_KEYS), key=str)
     if unknown:
-        raise UserError(f"unknown reset option(s) {', '.join(unknown)}; valid: {', '.join(OPTION_KEYS)}")
-    index = options.get("episode")
+        raise InvalidValue(f"unknown reset option(s) {', '.join(map(str, unknown))}; valid: {', '.join(OPTION_KEYS)}")
+    index = episode_index(options.get("episode"))
     if "protocol" in options:
         if "split" in options:
-            raise UserError("give either a protocol (its own episodes) or a split, not both")
+            raise InvalidValue("give either a protocol (its own episodes) or a split, not both")
         if index is None:
-            raise UserError("a protocol episode needs options['episode'] (its index)")
+            raise InvalidValue("a protocol episode needs options['episode'] (its index)")
         return check_rules(kind, config, options["protocol"]), "protocol", index
     return default_rules, options.get("split", "train"), index
 
@@ -99,7 +133,7 @@ class HrmlabEnv(gym.Env):
             raise UserError(f"unknown render_mode {render_mode!r}; valid choices: rgb_array")
         self.render_mode = render_mode
         self.rules, self.world = make_world(self.kind, protocol, world_settings)
-        self.history_len = history
+        self.history_len = history = history_length(history)
         self.observation_space = observation_space(self.kind, self.world, history)
         self.action_space = spaces.Discrete(len(self.kind.moves))
         self.live = LiveEpisodes(self.kind, self.world, 1, history)
@@ -111,7 +145,6 @@ class HrmlabEnv(gym.Env):
         rules, source, index = episode_options(options, self.rules, self.kind, self.world)
         if index is None:
             index = int(core.draw_indices(self.np_random, 1)[0])
-        index = int(np.asarray(index).reshape(-1)[0])
         self.live.load(np.arange(1), rules, source, [index])
         self._over = False
         self._outcome = None

@@ -23,8 +23,8 @@ from gymnasium.vector.utils import batch_space
 
 from hrmlab.envs import core
 from hrmlab.envs.core import BLOB_WORLD, BOUNCE_GRID, EpisodeQueue, LiveEpisodes, WorldKind
-from hrmlab.envs.env import episode_options, make_world, observation_space
-from hrmlab.errors import UserError
+from hrmlab.envs.env import episode_options, history_length, make_world, observation_space
+from hrmlab.errors import InvalidValue, UserError
 from hrmlab.worlds import OBSERVED_HISTORY
 
 
@@ -39,6 +39,9 @@ class HrmlabVectorEnv(VectorEnv):
         if render_mode is not None:
             raise UserError("the vector env does not render; render a single env (render_mode='rgb_array')")
         self.num_envs = int(num_envs)
+        if self.num_envs < 1:
+            raise InvalidValue(f"num_envs must be >= 1, got {num_envs!r}")
+        history = history_length(history)
         self.rules, self.world = make_world(self.kind, protocol, world_settings)
         self.single_observation_space = observation_space(self.kind, self.world, history)
         self.single_action_space = spaces.Discrete(len(self.kind.moves))
@@ -56,7 +59,6 @@ class HrmlabVectorEnv(VectorEnv):
         if first is None:
             indices, next_index = core.draw_indices(self.np_random, self.num_envs), None
         else:
-            first = int(np.asarray(first).reshape(-1)[0])
             indices, next_index = first + np.arange(self.num_envs), first + self.num_envs
         self.live.load(np.arange(self.num_envs), rules, source, indices)
         self._queue = EpisodeQueue(self.kind, self.world, rules, source, self.history_len, self.np_random,

@@ -121,7 +121,7 @@ def observed_history(forecaster: Forecaster | None, shown: int = OBSERVED_HISTOR
 def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner: PlannerConfig,
                     forecaster: Forecaster, indices: np.ndarray, *, history_len: int = OBSERVED_HISTORY,
                     forecast_error: bool = True, policy=None, plan_fn=None, recorder=None,
-                    split: str = "test") -> EpisodeRecords:
+                    split: str = "test", policy_name: str = "policy") -> EpisodeRecords:
     """Run `forecaster` + planner on the protocol's episodes `indices` (one batch) in `world` (None: the
     protocol's default world; `split` picks non-seed episodes).
 
@@ -130,6 +130,7 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
     indices in this batch, and `planner.horizon` still sets how far the forecast reaches. With `policy`
     (see `hrmlab.policies`), the policy chooses the moves from the observation instead and `forecaster`
     is not used. `history_len` positions are shown to a policy; a forecaster gets at least its own window.
+    An exception the policy raises is one line naming `policy_name`, the episode and the step.
 
     `recorder(idx, agent, forecast, moves)`, if given, sees every planning step of the forecaster loop:
     the positions `idx` of the episodes still running, their cells before the move (b, 2), the forecast
@@ -160,11 +161,13 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
         rec.outcome[:] = np.where(status == STATUS_GOAL, SUCCESS, TIMEOUT)
         return rec
 
-    for idx, sub in running_episodes(state, active, protocol.max_steps):
+    episode_ids = np.asarray(indices).reshape(-1)
+    for t, (idx, sub) in enumerate(running_episodes(state, active, protocol.max_steps)):
         obs = Observation(history[idx], sub, world)
         if policy is not None:
             t0 = time.perf_counter()
-            actions = call_policy(policy, observation(agent[idx], sub.goal, walls_obs[idx], obs.history), obs)
+            actions = call_policy(policy, observation(agent[idx], sub.goal, walls_obs[idx], obs.history), obs,
+                                  policy_name, episodes=episode_ids[idx], step=t)
             agent[idx] = apply_actions(sub.walls, agent[idx], actions)
             rec.plan_seconds += time.perf_counter() - t0
         else:

@@ -61,6 +61,8 @@ class ChunkResult:
 def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
     """Run every forecaster of `spec` on the chunk's episodes (top-level: picklable for any backend)."""
     protocol = get_protocol(spec.protocol)
+    # policies are built first: a factory that raises stops the evaluation before any episode runs
+    policies = [(pspec.name, build_policy(pspec)) for pspec in spec.policies]
     warm_up_compiled()  # keep JIT compilation out of the planning-time figures
     indices = np.asarray(spec.indices)
     result = ChunkResult(list(spec.indices))
@@ -69,10 +71,10 @@ def evaluate_chunk(spec: ChunkSpec) -> ChunkResult:
         rec = run_closed_loop(protocol, spec.world, spec.planner, forecaster, indices,
                               forecast_error=spec.forecast_error)
         result.per_forecaster[fspec.name] = chunk_record(rec)
-    for pspec in spec.policies:
+    for name, policy in policies:
         rec = run_closed_loop(protocol, spec.world, spec.planner, None, indices,
-                              forecast_error=False, policy=build_policy(pspec))
-        result.per_forecaster[pspec.name] = chunk_record(rec)
+                              forecast_error=False, policy=policy, policy_name=name)
+        result.per_forecaster[name] = chunk_record(rec)
     return result
 
 

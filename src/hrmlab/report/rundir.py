@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from hrmlab.config import from_dict
+from hrmlab.config import from_dict, to_dict
 from hrmlab.errors import UserError
 from hrmlab.evaluate.result import EvaluationResult, RunResult
+from hrmlab.fileio import write_json_atomic, write_text_atomic
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
 from hrmlab.forecast.registry import ForecasterSpec
 from hrmlab.planning.spacetime_astar import PlannerConfig
@@ -28,6 +29,24 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 CONFIG_FILE = "config.yaml"
+REPORT_FILES = ("report.md", "report.html")
+
+
+def write_run(run_dir, config, results: dict, files=None) -> None:
+    """Write a finished run into `run_dir`: `files()` (the run's other outputs: links to its checkpoints,
+    copied records), config.yaml and results.json. Every family calls it once all stages have succeeded, so a
+    run that fails leaves the folder as the previous run left it (its config beside its results), never a new
+    config.yaml beside old results. The old results and report go first and results.json comes last, so a
+    kill in between leaves a folder without results (`hrmlab report` says so), not a mix of two runs; the
+    caller then writes the report."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in (RESULTS_FILE, *REPORT_FILES):
+        (run_dir / name).unlink(missing_ok=True)
+    if files is not None:
+        files()
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(config), sort_keys=False))
+    write_json_atomic(run_dir / RESULTS_FILE, results)
 
 
 @dataclass

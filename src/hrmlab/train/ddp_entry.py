@@ -29,15 +29,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.distributed as dist
+from hrmlab.threads import PROCESS_DEFAULTS, configure_process
 
-from hrmlab.config import from_dict, load_yaml
-from hrmlab.data.base import ArraySource
-from hrmlab.errors import UserError
-from hrmlab.forecast.models import build_model
-from hrmlab.train import distributed as dist_utils
+configure_process()  # a rank started by a user's own torchrun: OpenMP waits passively (before torch loads)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from hrmlab.config import from_dict, load_yaml  # noqa: E402
+from hrmlab.data.base import ArraySource  # noqa: E402
+from hrmlab.errors import UserError  # noqa: E402
+from hrmlab.forecast.models import build_model  # noqa: E402
+from hrmlab.train import distributed as dist_utils  # noqa: E402
 from hrmlab.train.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -130,7 +134,7 @@ def launch_torchrun(spec_path, nproc: int, *, timeout: float | None = None, env:
     Raises RuntimeError (with the tail of the output when captured) if any rank fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
            "-m", "hrmlab.train.ddp_entry", "--spec", str(spec_path)]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**PROCESS_DEFAULTS, **os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, env=full_env, timeout=timeout, capture_output=capture, text=True)
     if proc.returncode != 0:
         tail = "\n".join(((proc.stdout or "") + (proc.stderr or "")).splitlines()[-30:]) if capture else ""

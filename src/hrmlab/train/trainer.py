@@ -44,6 +44,7 @@ from hrmlab.train import distributed as dist_utils
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from hrmlab.train.optim import make_optimizer, make_scheduler
 from hrmlab.train.precision import Precision, make_precision
+from hrmlab.threads import use_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class TrainConfig:
     """Abort with a clear error after this many consecutive steps with a non-finite loss."""
     device: str = "auto"
     """auto (cuda:LOCAL_RANK if available, else cpu) or an explicit torch device string."""
+    cpu_threads: int = field(default=1, metadata=NOT_IN_KEY)
+    """Intra-op threads of a single-process CPU run; 0 = every CPU this process may use (hrmlab/threads.py).
+    One by default: the study's models gain little from a second thread, and one thread neither collapses
+    beside other work nor makes the weights depend on the machine's core count (docs/benchmarks.md,
+    "Training beside other work"). The count changes the weights' last bits, so the training stage's key
+    holds the resolved number (pipeline.train_key), not this field. DDP ranks on CPU use one thread each."""
     compile: bool = field(default=False, metadata=NOT_IN_KEY)
     """Wrap the model in torch.compile (GPU runs; needs a working compiler toolchain)."""
 
@@ -286,6 +293,8 @@ class _Trainer:
         self.train_source, self.val_source = train_source, val_source
         self.info = dist_utils.init_distributed(cfg.device)
         self.device = self.info.device
+        if self.device.type == "cpu" and not self.info.distributed:
+            use_cpu_threads(cfg.cpu_threads)
         if self.info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_utils.barrier()

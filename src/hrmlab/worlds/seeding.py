@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hrmlab.errors import UserError
+from hrmlab.errors import InvalidValue
 
 SPLIT_CODES = {"seed": 0, "train": 1, "val": 2, "test": 3}
 INDEX_BITS = 40
@@ -27,10 +27,10 @@ _M2 = np.uint64(0x94D049BB133111EB)
 def episode_ids(split: str, indices) -> np.ndarray:
     """64-bit ids of episodes `indices` of `split` ('train', 'val', 'test' or 'seed')."""
     if split not in SPLIT_CODES:
-        raise UserError(f"unknown split {split!r}; valid choices: {', '.join(SPLIT_CODES)}")
+        raise InvalidValue(f"unknown split {split!r}; valid choices: {', '.join(SPLIT_CODES)}")
     idx = np.asarray(indices, dtype=np.int64)
     if idx.size and (idx.min() < 0 or idx.max() > MAX_INDEX):
-        raise UserError(f"episode index out of range [0, {MAX_INDEX}] for split {split!r}")
+        raise InvalidValue(f"episode index out of range [0, {MAX_INDEX}] for split {split!r}")
     return (np.uint64(SPLIT_CODES[split]) << np.uint64(INDEX_BITS)) | idx.astype(np.uint64)
 
 

@@ -24,9 +24,8 @@ from typing import Literal
 
 import torch
 
-from hrmlab.config import apply_overrides, config_hash, from_dict, save_yaml, to_dict
+from hrmlab.config import apply_overrides, config_hash, from_dict, to_dict
 from hrmlab.data.collect import DataConfig
-from hrmlab.fileio import write_json_atomic
 from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime import data as st_data
 from hrmlab.diffusion.spacetime.closed_loop import (ABLATIONS, STEvalConfig, evaluate_rows, format_rows, make_chunks,
@@ -216,34 +215,36 @@ def stage_train(examples: dict, cfg: STExperimentConfig, train_dir: Path, key: s
 
 
 def _train_lstm(cfg: STExperimentConfig, opts, backend) -> dict:
-    """Train (or reuse) the LSTM forecaster through the grid pipeline's stages; returns its summary."""
+    """Train (or reuse) the LSTM forecaster through the grid pipeline's stages; returns its summary (the run
+    links it into its folder at the end, `run_st`)."""
     from hrmlab.experiment import ExperimentConfig
     from hrmlab.pipeline import stage_data, stage_train
 
     grid_cfg = ExperimentConfig(name=cfg.name, world=cfg.grid, data=cfg.lstm.data, lstm=cfg.lstm.model,
                                 train_lstm=cfg.lstm.train, models=["lstm"], device=cfg.device)
-    return stage_train(grid_cfg, "lstm", stage_data(grid_cfg, opts, backend), opts)
+    return stage_train(grid_cfg, "lstm", stage_data(grid_cfg, opts, backend), opts, link=False)
 
 
 def run_st(cfg: STExperimentConfig, opts, backend=None) -> RunResult:
-    """The whole experiment; returns the run's results, written once to OUT/results.json.
+    """The whole experiment; returns the run's results, written once to OUT/results.json with OUT/config.yaml at
+    the end (`rundir.write_run`): a run that fails leaves the folder of the previous run as it was.
 
     `opts` is the pipeline's RunOptions (out, cache, smoke, workers, progress); `cfg` is already shrunk
     for a smoke run."""
     from hrmlab.backends.local import make_backend
+    from hrmlab.pipeline import link_model
+    from hrmlab.report.rundir import write_run
     from hrmlab.train.distributed import pick_device
 
     backend = backend or make_backend(opts.workers)
     out, cache = Path(opts.out), Path(opts.cache) / "diffusion-st"
-    out.mkdir(parents=True, exist_ok=True)
-    save_yaml(cfg, out / "config.yaml")
     t_start = time.perf_counter()
     timings = {}
     old_threads = torch.get_num_threads()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     try:
-        checkpoints, forecaster_keys = {}, {}
+        checkpoints, forecaster_keys, summary = {}, {}, None  # summary: the LSTM's training, if trained
         if "lstm" in {*cfg.eval.forecasters, *cfg.eval.ablation_forecasters}:
             t0 = time.perf_counter()
             summary = _train_lstm(cfg, opts, backend)
@@ -292,7 +293,12 @@ def run_st(cfg: STExperimentConfig, opts, backend=None) -> RunResult:
                  "model": {"parameters": count_parameters(model), "checkpoint": str(planner_path),
                            "horizon": model.horizon},
                  "expert_trajectories": int(len(examples["path"])), "timings": timings})
-    write_json_atomic(out / "results.json", results.to_json())
+
+    def link_lstm() -> None:
+        if summary is not None:  # the LSTM forecaster's checkpoint and logs, beside the results
+            link_model(opts, "lstm", summary)
+
+    write_run(out, cfg, results.to_json(), files=link_lstm)
     return results
 
 
