@@ -196,7 +196,7 @@ def test_a_study_never_overwrites_a_file_that_is_not_its_results(tmp_path, capsy
 def test_a_failed_run_leaves_the_previous_run_folder_untouched(tmp_path, monkeypatch, capsys):
     """config.yaml, results.json, the report and the checkpoint links are written when a run succeeds, together:
     a later run that fails midway (here after training a different LSTM) changes nothing in the folder."""
-    import hrmlab.pipeline
+    import hrmlab.experiments.grid.stages
     from hrmlab.errors import UserError
 
     out = tmp_path / "run"
@@ -210,7 +210,7 @@ def test_a_failed_run_leaves_the_previous_run_folder_untouched(tmp_path, monkeyp
     def fail(*args, **kwargs):
         raise UserError("evaluation failed (test)")
 
-    monkeypatch.setattr(hrmlab.pipeline, "stage_evaluate", fail)
+    monkeypatch.setattr(hrmlab.experiments.grid.stages, "stage_evaluate", fail)
     capsys.readouterr()
     assert main(base + ["--set", "train_lstm.lr=0.002", "--set", "eval.episodes=6"]) == 2
     assert "evaluation failed (test)" in one_error_line(capsys)

@@ -19,7 +19,7 @@ from hrmlab.forecast.base import Observation
 from hrmlab.forecast.learned import LearnedForecaster
 from hrmlab.forecast.models import build_model
 from hrmlab.presets import resolve
-from hrmlab.study import StudyConfig
+from hrmlab.experiments.study import StudyConfig
 from hrmlab.train.checkpoint import load_checkpoint
 from hrmlab.train.distributed import pick_device
 from hrmlab.train.trainer import TrainConfig, read_metrics, train
@@ -158,7 +158,7 @@ def test_more_processes_than_gpus_is_one_clear_error():
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL needs one GPU per rank: 2 GPUs")
 def test_two_process_nccl_ddp_keeps_ranks_identical(tmp_path):
-    from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun
+    from hrmlab.experiments.grid.torchrun_entry import RESULT_FILE, launch_torchrun
 
     x, y = tracks(768, 10)
     for name, arr in (("tx", x[:640]), ("ty", y[:640]), ("vx", x[640:]), ("vy", y[640:])):

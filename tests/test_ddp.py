@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
+from hrmlab.experiments.grid.torchrun_entry import RESULT_FILE, launch_torchrun, run_spec
 from hrmlab.train.trainer import read_metrics
 
 

@@ -12,9 +12,11 @@ from hrmlab.config import from_dict, to_dict
 from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion import expert as expert_mod
 from hrmlab.diffusion import train as train_mod
-from hrmlab.diffusion.expert import ExpertConfig, ExpertDataConfig
+from hrmlab.diffusion.expert import ExpertDataConfig
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.presets import load_preset
-from hrmlab.diffusion.experiment import (DIFFUSION_PRESETS, DiffusionExperimentConfig,
+from hrmlab.experiments.diffusion import (DIFFUSION_PRESETS, DiffusionExperimentConfig,
                                          run_diffusion, smoke_config)
 from hrmlab.diffusion.noise import NoiseConfig, PathDiffusion
 from hrmlab.diffusion.refine import distance_field, path_penalty, refine_paths
@@ -36,7 +38,7 @@ WORLD = BlobWorldConfig()
 def test_expert_reproduces_the_fixture_oracle(fixture_path, forecast_clip):
     data = json.loads(fixture_path("blob_world_seed_episodes.json").read_text())
     state = blob_world.reset_seed_exact(WORLD, [ep["seed"] for ep in data["episodes"]])
-    paths = expert_mod.plan_episodes(WORLD, state, ExpertConfig(forecast_clip=forecast_clip))
+    paths = blob_astar.plan_episodes(WORLD, state, ExpertConfig(forecast_clip=forecast_clip))
     for ep, path in zip(data["episodes"], paths):
         assert (path is not None) == ep["oracle_plan_exists"], ep["seed"]
         if path is not None:
@@ -59,7 +61,7 @@ def test_numba_expert_equals_the_python_reference(wait_cost):
     state = blob_world.reset_split(WORLD, "val", np.arange(6))
     traj = blob_world.trajectory(WORLD, state, cfg.max_steps)
     for e in range(state.batch):
-        fast = expert_mod.plan(state.static[e], traj[e], state.start[e], state.goal[e], cfg)
+        fast = blob_astar.plan(state.static[e], traj[e], state.start[e], state.goal[e], cfg)
         slow = plan_reference(state.static[e], traj[e], state.start[e], state.goal[e], cfg.max_steps, wait_cost,
                               cfg.clearance, cfg.goal_tolerance)
         assert (fast is None) == (slow is None)
@@ -107,15 +109,15 @@ def test_seed_protocol_baselines_and_oracle():
 def test_standard_execution_outcomes():
     state = blob_world.reset_split(WORLD, "test", np.arange(3))
     cfg = ExpertConfig()
-    oracle = expert_mod.plan_episodes(WORLD, state, cfg)
-    outcome, steps = evaluation.execute_standard(oracle, WORLD, state, 2.0, cfg.goal_tolerance)
+    oracle = blob_astar.plan_episodes(WORLD, state, cfg)
+    outcome, steps = blob_world.execute_standard(oracle, WORLD, state, 2.0, cfg.goal_tolerance)
     assert [o for o, p in zip(outcome, oracle) if p is not None] == ["success"] * sum(p is not None for p in oracle)
     jumpy = line_paths(state.start, state.goal, 64)
     jumpy[:, 10:] += 3.0  # a teleport at point 10 (and a wrong end)
     jumpy[:, -1] = state.goal
-    outcome, _ = evaluation.execute_standard(list(jumpy), WORLD, state, 2.0, cfg.goal_tolerance)
+    outcome, _ = blob_world.execute_standard(list(jumpy), WORLD, state, 2.0, cfg.goal_tolerance)
     assert set(outcome) <= {"infeasible", "static", "collision", "off_map"}
-    outcome, _ = evaluation.execute_standard([None] * 3, WORLD, state, 2.0, cfg.goal_tolerance)
+    outcome, _ = blob_world.execute_standard([None] * 3, WORLD, state, 2.0, cfg.goal_tolerance)
     assert list(outcome) == ["no_plan"] * 3
 
 
@@ -240,7 +242,7 @@ def test_configs_round_trip_through_plain_dicts():
         assert from_dict(DiffusionExperimentConfig, to_dict(cfg)) == cfg
     assert load_preset("diffusion-v2").model.conditioning == "seed"
     assert load_preset("diffusion-cpu").noise.formulation == "interpolation"
-    from hrmlab.diffusion.experiment import stage_keys
+    from hrmlab.experiments.diffusion import stage_keys
 
     base = load_preset("diffusion-cpu")
     resampled = load_preset("diffusion-cpu")
@@ -284,10 +286,10 @@ def test_smoke_run_of_the_seed_presets(tmp_path, name):
 
 
 def test_preset_loading_and_the_cli_pipeline_entry(tmp_path):
-    from hrmlab.diffusion.experiment import (describe_diffusion, load_diffusion_experiment, print_diffusion_summary,
+    from hrmlab.experiments.diffusion import (describe_diffusion, load_diffusion_experiment, print_diffusion_summary,
                                              run_diffusion_pipeline, smoke)
     from hrmlab.errors import UserError
-    from hrmlab.pipeline import RunOptions
+    from hrmlab.experiments.grid.stages import RunOptions
 
     data = {k: v for k, v in to_dict(load_preset("diffusion-v2")).items() if k != "name"}
     cfg = load_diffusion_experiment(data, "diffusion-v2", ["model.conditioning=full"])
@@ -306,7 +308,7 @@ def test_a_corrupt_diffusion_stage_is_redone_and_a_changed_setting_rekeys_it(tmp
     """The diffusion family on the one stage cache: a corrupt evaluation or planner is logged and redone (no
     traceback, the same numbers), a sampling change re-keys only the evaluation, results.json is written once."""
     from hrmlab.cli import main
-    from hrmlab.diffusion.experiment import stage_keys
+    from hrmlab.experiments.diffusion import stage_keys
     from hrmlab.report import rundir  # every family writes its run folder through rundir.write_run
 
     written = []

@@ -9,23 +9,21 @@ import torch
 
 from hrmlab.backends.local import SerialBackend
 from hrmlab.cli import main
-from hrmlab.diffusion import evaluate as blob_eval
-from hrmlab.diffusion import expert as expert_mod
-from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime import data as st_data
 from hrmlab.diffusion.spacetime import trajectory as tr
-from hrmlab.diffusion.spacetime.closed_loop import (ExpertPolicy, STEvalConfig, blob_closed_loop, evaluate_rows,
-                                                    format_rows, make_chunks, make_rows, paired_with_astar)
+from hrmlab.diffusion.spacetime.closed_loop import (ExpertPolicy, STEvalConfig, evaluate_rows, format_rows, make_chunks,
+                                                    make_rows, paired_with_astar)
 from hrmlab.diffusion.spacetime.model import STDenoiser, STModelConfig, clearance_field
 from hrmlab.diffusion.spacetime.planner import DiffusionSTPolicy, STPlannerConfig
 from hrmlab.diffusion.spacetime.sampler import STSamplingConfig, cost_gradient, guide, guide_fields, sample
 from hrmlab.diffusion.spacetime.train import STTrainConfig, load_st_planner, train_st
-from hrmlab.diffusion.spacetime.worlds import (BlobOracleForecaster, blob_rules, grid_rules, obstacles_ahead,
-                                               rewound_history)
-from hrmlab.evaluate.episodes import SUCCESS, run_closed_loop
+from hrmlab.diffusion.spacetime.worlds import BlobOracleForecaster, blob_rules, grid_rules, obstacles_ahead
+from hrmlab.evaluate.episodes import SUCCESS, run_blob_closed_loop, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.result import RunResult
 from hrmlab.forecast.physics import ConstantVelocityForecaster, OracleForecaster
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.planning.spacetime_astar import PlannerConfig, plan
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -67,7 +65,7 @@ def test_projection_gives_legal_paths_padded_at_the_goal(moves):
 
 
 def test_check_is_the_evaluators_collision_test():
-    """check_paths against the true future = diffusion/evaluate.py's `standard` execution, path by path."""
+    """check_paths against the true future = BlobWorld's `standard` path execution, path by path."""
     state = blob_world.reset_split(BLOB, "test", np.arange(8))
     traj = blob_world.trajectory(BLOB, state, 63)  # (B, 64, N, 2): index = steps from t = 0
     lines = np.linspace(state.start, state.goal, 64).transpose(1, 0, 2).astype(np.float64)
@@ -75,7 +73,7 @@ def test_check_is_the_evaluators_collision_test():
     cells, arrival = tr.project_paths(lines, which, state.start, state.goal, state.static, tr.KING_MOVES, 2.0)
     hit, _ = tr.check_paths(cells, which, arrival, traj, 2.0, 3.0)
     executed = [c[:a + 1] for c, a in zip(cells, np.minimum(arrival, 63))]
-    outcome, _ = blob_eval.execute_standard(executed, BLOB, state, 2.0, 2.0)
+    outcome, _ = blob_world.execute_standard(executed, BLOB, state, 2.0, 2.0)
     expected = np.where(hit < 64, "collision", np.where(arrival < 64, "success", "not_at_goal"))
     assert list(outcome) == list(expected)
     assert {"collision", "success"} <= set(outcome)  # both kinds occur in these 8 episodes
@@ -103,7 +101,7 @@ def test_evade_moves_away_and_never_onto_static_cells():
 
 def test_rewound_history_ends_now_and_moves_at_the_velocity():
     state = blob_world.reset_split(BLOB, "test", np.arange(4))
-    history = rewound_history(BLOB, state, 20)
+    history = blob_world.rewound_history(BLOB, state, 20)
     assert history.shape == (4, BLOB.num_obstacles, 20, 2)
     assert np.array_equal(history[:, :, -1], state.pos)
     step = history[:, :, -1] - history[:, :, -2]
@@ -211,10 +209,10 @@ def test_training_writes_an_ema_planner_that_loads(tmp_path):
 def test_blob_astar_with_the_oracle_executes_whatever_the_expert_can_plan():
     indices = np.arange(6)
     state = blob_world.reset_split(BLOB, "test", indices)
-    open_loop = expert_mod.plan_episodes(BLOB, state, ExpertConfig())
-    cfg = STEvalConfig(test_episodes=6, max_steps=80)
+    open_loop = blob_astar.plan_episodes(BLOB, state, ExpertConfig())
     rules = blob_rules(BLOB, 2.0, 2.0)
-    rec = blob_closed_loop(BLOB, ExpertPolicy(ExpertConfig(), rules), BlobOracleForecaster(BLOB), indices, cfg, 2.0, 64)
+    rec = run_blob_closed_loop(BLOB, ExpertPolicy(ExpertConfig(), rules), BlobOracleForecaster(BLOB), indices,
+                               horizon=64, max_steps=80)
     assert [o == SUCCESS for o in rec.outcome] == [p is not None for p in open_loop]
 
 
@@ -242,8 +240,8 @@ def test_diffusion_policy_moves_legally_in_both_worlds(world_kind):
     if world_kind == "blob":
         rules = blob_rules(BLOB, 2.0, 2.0)
         policy = DiffusionSTPolicy(model, rules, sampling, STPlannerConfig(replan_every=3))
-        cfg = STEvalConfig(test_episodes=4, max_steps=8)
-        rec = blob_closed_loop(BLOB, _Recorder(policy, rules), BlobOracleForecaster(BLOB), np.arange(4), cfg, 2.0, 64)
+        rec = run_blob_closed_loop(BLOB, _Recorder(policy, rules), BlobOracleForecaster(BLOB), np.arange(4), horizon=64,
+                                   max_steps=8)
     else:
         protocol = get_protocol("standard")
         rules = grid_rules(GRID, protocol.goal_radius, protocol.crash_radius)
@@ -260,14 +258,13 @@ def test_diffusion_policy_admits_episodes_whenever_they_first_appear():
     policy = DiffusionSTPolicy(model, blob_rules(BLOB, 2.0, 2.0), STSamplingConfig(candidates=2, steps=1),
                                STPlannerConfig())
     state = blob_world.reset_split(BLOB, "test", np.arange(3))
-    history = rewound_history(BLOB, state, 5)
+    history = blob_world.rewound_history(BLOB, state, 5)
     oracle = BlobOracleForecaster(BLOB)
-    from hrmlab.diffusion.spacetime.worlds import blob_view
     from hrmlab.forecast.base import Observation
 
     for idx in (np.array([1, 2]), np.array([0, 1, 2])):
         sub = state.subset(idx)
-        obs = Observation(history[idx], sub, blob_view(BLOB))
+        obs = Observation(history[idx], sub, blob_world.forecaster_view(BLOB))
         moves = policy(obs, sub.start if idx[0] == 1 else state.start, oracle.forecast(obs, 63), idx)
         assert moves.shape == (len(idx), 2)
     assert np.array_equal(policy.static, state.static)

@@ -23,7 +23,7 @@ from hrmlab.data import shards  # noqa: E402
 from hrmlab.data.collect import make_shard, plan_shards  # noqa: E402
 from hrmlab.errors import UserError  # noqa: E402
 from hrmlab.evaluate.runner import make_chunks  # noqa: E402
-from hrmlab.experiment import smoke  # noqa: E402
+from hrmlab.experiments.grid.config import smoke  # noqa: E402
 from hrmlab.forecast.registry import ForecasterSpec  # noqa: E402
 from hrmlab.presets import PRESET_DIR, load_preset  # noqa: E402
 
@@ -163,7 +163,7 @@ def ddp_pipeline(tmp_path_factory):
         return modal_app.train.local(job, commit_every_s)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("hrmlab.pipeline._write_report", _skip_report)
+        patch.setattr("hrmlab.experiments.grid.stages._write_report", _skip_report)
         # device cpu: two gloo ranks on any machine (device auto would want two GPUs for the two ranks)
         results = orchestrate.run_pipeline_with("quick", ["device=cpu"], True, map_collect, map_eval, train_remote,
                                                 cache_root=cache, sync=sync)
@@ -196,7 +196,7 @@ def test_whole_smoke_pipeline_with_ddp_inside_the_training_function(ddp_pipeline
 def test_entrypoint_runs_the_orchestrator_function_and_reuses_the_cache(ddp_pipeline, monkeypatch, capsys):
     cache, first, _, _ = ddp_pipeline
     monkeypatch.setenv("HRMLAB_CACHE", str(cache))  # where functions run under .local()
-    monkeypatch.setattr("hrmlab.pipeline._write_report", _skip_report)
+    monkeypatch.setattr("hrmlab.experiments.grid.stages._write_report", _skip_report)
     returned = []
 
     class LocalOrchestrator:  # stands in for modal_app.run_pipeline inside a running app
@@ -230,7 +230,7 @@ def test_diffusion_preset_on_modal_trains_in_the_gpu_container(tmp_path, monkeyp
     sync = CountingSync()
     results = orchestrate.run_pipeline_with("diffusion-cpu", ["cloud.train_gpu=A10G"], True, unused, unused,
                                             unused, cache_root=tmp_path, sync=sync, map_task=map_task)
-    trained = [(refs, res) for refs, res in tasks if refs == ["hrmlab.diffusion.experiment:run_train_task"]]
+    trained = [(refs, res) for refs, res in tasks if refs == ["hrmlab.experiments.diffusion:run_train_task"]]
     assert len(trained) == 1 and trained[0][1]["gpu"] == "A10G"
     assert any(res["cpu"] == 2.0 and "gpu" not in res for refs, res in tasks if refs != trained[0][0])
     assert Path(results.details["model"]["checkpoint"]).is_file() and results.family == "diffusion"
@@ -247,7 +247,7 @@ def test_modal_run_help_works_without_a_token(tmp_path):
 
 
 def test_core_and_cli_do_not_import_modal():
-    code = ("import sys, hrmlab.pipeline, hrmlab.cli, hrmlab.cloud, hrmlab.cloud.orchestrate, hrmlab.cloud.launcher; "
+    code = ("import sys, hrmlab.experiments.grid.stages, hrmlab.cli, hrmlab.cloud, hrmlab.cloud.orchestrate, hrmlab.cloud.launcher; "
             "assert 'modal' not in sys.modules, 'modal imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hrmlab.evaluate.result import RunResult
-from hrmlab.pipeline import RunOptions, run_experiment
+from hrmlab.experiments.grid.stages import RunOptions, run_experiment
 from hrmlab.presets import preset_names, resolve
 
 
@@ -31,7 +31,7 @@ GRID_PRESETS = [name for name in preset_names() if not name.startswith("diffusio
 def test_every_grid_preset_runs_end_to_end_at_smoke_size(name, cache, tmp_path, monkeypatch):
     # the oracle stands for the physics forecasters and the report is skipped here: both are covered by
     # the CLI run below and by tests/test_report.py; this test is about every preset's own wiring
-    monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    monkeypatch.setattr("hrmlab.experiments.grid.stages._write_report", lambda run_dir, animations=0: None)
     cfg = resolve(name, ["physics_forecasters=[oracle]"], smoke=True)
     results = run_experiment(cfg, RunOptions(out=tmp_path / name, cache=cache, smoke=True, workers=1, progress=False))
     main = results.primary
@@ -110,7 +110,7 @@ def test_presets_command_lists_exact_counts():
 
 
 def test_suites_command_tabulates_every_suite(cache, tmp_path):
-    from hrmlab.suites import gap_closed, run_suites
+    from hrmlab.experiments.suites import gap_closed, run_suites
 
     text = run_suites(tmp_path / "suites.md", tmp_path / "runs", cache, smoke=True, workers=1)
     assert (tmp_path / "suites.md").read_text() == text
@@ -123,7 +123,7 @@ def test_suites_command_tabulates_every_suite(cache, tmp_path):
     best, share = gap_closed({"oracle": _row(0.99), "constant-velocity": _row(0.69), "lstm": _row(0.90),
                               "hrm": _row(0.80)})
     assert best == "lstm" and share == pytest.approx(0.7)
-    from hrmlab.suites import meets_bar
+    from hrmlab.experiments.suites import meets_bar
 
     rows = {"oracle": _row(0.99, (0.98, 0.995)), "constant-velocity": _row(0.69, (0.66, 0.72)),
             "lstm": _row(0.90, (0.88, 0.92))}
@@ -156,7 +156,7 @@ def test_without_progress_bars_evaluation_progress_goes_to_the_log(caplog):
 
 def test_suites_only_runs_the_named_suites_and_refuses_unknown_ones(cache, tmp_path):
     from hrmlab.errors import UserError
-    from hrmlab.suites import run_suites
+    from hrmlab.experiments.suites import run_suites
 
     with pytest.raises(UserError, match="unknown suite 'suite-nope'; valid choices: suite-clockwork, suite-mixed"):
         run_suites(tmp_path / "x.md", tmp_path / "runs", cache, smoke=True, only=["suite-nope"])
@@ -168,7 +168,7 @@ def test_suites_only_runs_the_named_suites_and_refuses_unknown_ones(cache, tmp_p
 
 def test_an_fp16_lstm_recipe_trains_in_fp32_on_cpu(cache, tmp_path, monkeypatch, caplog):
     # the 8gpu presets train their LSTM in fp16; CPU has no fp16 LSTM kernel, so the recipe falls back
-    monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    monkeypatch.setattr("hrmlab.experiments.grid.stages._write_report", lambda run_dir, animations=0: None)
     cfg = resolve("quick", ["physics_forecasters=[oracle]", "train_lstm.precision=fp16", "eval.episodes=2",
                             "seed_protocol="], smoke=True)
     with caplog.at_level("WARNING", logger="hrmlab.train"):

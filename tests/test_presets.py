@@ -68,12 +68,13 @@ def test_a_preset_extends_a_base_and_overrides_nested_keys(tmp_path, monkeypatch
 
     from hrmlab import presets
     from hrmlab.errors import UserError
+    from hrmlab.presets import store
 
     (tmp_path / "_base.yaml").write_text("hrm: {d_model: 64, block: gated}\ndata: {train_episodes: 10}\n")
     (tmp_path / "child.yaml").write_text("extends: _base\nhrm: {d_model: 32}\n")
     (tmp_path / "loop.yaml").write_text("extends: loop2\n")
     (tmp_path / "loop2.yaml").write_text("extends: loop\n")
-    monkeypatch.setattr(presets, "PRESET_DIR", tmp_path)
+    monkeypatch.setattr(store, "PRESET_DIR", tmp_path)
     assert presets.preset_names() == ["child", "loop", "loop2"]  # `_base` is not an experiment
     assert presets.preset_data("child") == {"hrm": {"d_model": 32, "block": "gated"}, "data": {"train_episodes": 10}}
     with pytest.raises(UserError, match="extends itself"):
@@ -87,8 +88,10 @@ def test_suite_worlds_are_defined_once_in_their_preset_files():
     from hrmlab.evaluate.protocols import SUITE_WORLDS, get_protocol
     from hrmlab.presets import PRESET_DIR
 
+    from hrmlab.presets import suite_names
+
     suites = [n for n in preset_names() if n.startswith("suite-")]
-    assert sorted(SUITE_WORLDS) == suites and len(suites) == 5
+    assert sorted(SUITE_WORLDS) == suites == suite_names() and len(suites) == 5
     for name in suites:
         raw = load_yaml(PRESET_DIR / f"{name}.yaml")
         assert raw["extends"] == "_suite" and "hrm" not in raw and "world" in raw

@@ -68,7 +68,7 @@ def test_seed_recipes():
 
 def test_seed_protocol_evaluates_the_hrm_at_the_recipes_precision():
     from hrmlab.forecast.registry import ForecasterSpec
-    from hrmlab.pipeline import seed_protocol_specs
+    from hrmlab.experiments.grid.stages import seed_protocol_specs
 
     specs = [ForecasterSpec("hrm", "h.pt"), ForecasterSpec("lstm", "l.pt"), ForecasterSpec("oracle")]
     seed = seed_protocol_specs(load_preset("hrm-cloud-robustfix"), specs)

@@ -257,10 +257,10 @@ def test_the_one_trainer_trains_them_and_validates_on_plain_mse(cfg, tmp_path):
 
 
 def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
-    from hrmlab.pipeline import RunOptions, run_experiment
+    from hrmlab.experiments.grid.stages import RunOptions, run_experiment
     from hrmlab.presets import resolve
 
-    monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    monkeypatch.setattr("hrmlab.experiments.grid.stages._write_report", lambda run_dir, animations=0: None)
     # the recursive kinds are not recurrent over time: they roll out directly (a K-step head), not statefully
     cfg = resolve("quick", ["physics_forecasters=[oracle]", "models=[hrm-act,trm]", "eval.episodes=4",
                             "seed_protocol=", "forecast.rollout=direct"], smoke=True)
@@ -283,7 +283,7 @@ def test_pipeline_trains_and_evaluates_the_new_kinds(tmp_path, monkeypatch):
 def test_two_process_ddp_trains_them_through_the_target_forward(model, tmp_path):
     import json
 
-    from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
+    from hrmlab.experiments.grid.torchrun_entry import RESULT_FILE, launch_torchrun, run_spec
     from hrmlab.train.trainer import read_metrics
 
     x, y = batch(320)

@@ -12,7 +12,7 @@ from hrmlab.data.collect import DataConfig, collect
 from hrmlab.forecast.hrm import HRMConfig
 from hrmlab.forecast.models import build_model
 from hrmlab.forecast.lstm import LSTMConfig
-from hrmlab.train.forecaster import train_forecaster
+from hrmlab.experiments.grid.training import train_forecaster
 from hrmlab.train.trainer import TrainConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 

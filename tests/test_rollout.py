@@ -185,7 +185,7 @@ def test_mode_errors_reach_the_cli_as_one_line(tmp_path):
 
 
 def test_mode_settings_in_presets():
-    from hrmlab.pipeline import train_key
+    from hrmlab.experiments.grid.stages import train_key
     from hrmlab.presets import preset_names, resolve
 
     for name in preset_names():
@@ -207,10 +207,10 @@ def test_mode_settings_in_presets():
 @pytest.mark.parametrize("rollout", ["stateful", "direct"])
 def test_pipeline_trains_and_evaluates_each_mode_at_smoke_size(rollout, tmp_path, monkeypatch):
     from hrmlab.forecast.loading import read_metadata
-    from hrmlab.pipeline import RunOptions, run_experiment
+    from hrmlab.experiments.grid.stages import RunOptions, run_experiment
     from hrmlab.presets import resolve
 
-    monkeypatch.setattr("hrmlab.pipeline._write_report", lambda run_dir, animations=0: None)
+    monkeypatch.setattr("hrmlab.experiments.grid.stages._write_report", lambda run_dir, animations=0: None)
     cfg = resolve("quick", ["physics_forecasters=[oracle]", "seed_protocol=", f"forecast.rollout={rollout}"],
                   smoke=True)
     results = run_experiment(cfg, RunOptions(out=tmp_path / "run", cache=tmp_path / "cache", smoke=True, workers=1,

@@ -8,7 +8,7 @@ from hrmlab.cli import main
 from hrmlab.evaluate.episodes import make_episodes
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.errors import UserError
-from hrmlab.pipeline import train_key
+from hrmlab.experiments.grid.stages import train_key
 from hrmlab.presets import resolve
 
 

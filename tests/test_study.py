@@ -1,8 +1,11 @@
-"""`hrmlab study`: equal budgets, recipe selection on validation, seeds, paired statistics, resumption."""
+"""`hrmlab study`: equal recipes, rate selection on selection seeds that are never evaluated (grid extended at
+an edge), fresh evaluated seeds, verdicts from rate differences with Holm, every outcome kept, resumption."""
 
 import dataclasses
 import json
 import math
+import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -10,139 +13,331 @@ import numpy as np
 import pytest
 
 from hrmlab.cli import main
-from hrmlab.evaluate.result import summarize
 from hrmlab.errors import UserError
+from hrmlab.experiments.study import StudyConfig, equal_recipes, study_command, study_document, tabulate, world_key
+from hrmlab.experiments.study.config import Arm, train_field
+from hrmlab.experiments.study.run import (WallLedger, choose_rate, episodes_text, extend_rate, longest_first,
+                                          next_rate, partly_timed, read_episodes, read_results, select_rates)
+from hrmlab.experiments.study.summary import OUTLIER_FACTOR, outlier_ratios, summarize_world
 from hrmlab.presets import resolve
-from hrmlab.study import (StudyConfig, WallLedger, beyond_seed_noise, choose_rate, equal_budget, grid_edge_models, longest_first,
-                          sign_test, study_command, study_document, summarize_world, train_field, world_key,
-                          partly_timed, seed_stability_lines, world_section)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_equal_budget_gives_every_model_the_same_recipe():
-    cfg = equal_budget(resolve("suite-mixed"), ["lstm", "hrm"])
-    assert cfg.train_hrm == cfg.train_lstm  # same optimiser, schedule, batch, epochs → same optimiser steps
+def _study_args(tmp_path, *extra, workers="1"):
+    """A smoke study of `quick` into tmp_path. One worker: toy runs train faster in process than a pool starts
+    (the pool path is covered by the divergence test)."""
+    return ["study", "--smoke", "--only", "quick", *extra, "--out", str(tmp_path / "study.md"),
+            "--json", str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"),
+            "--runs", str(tmp_path / "runs"), "--no-progress", *(["--workers", workers] if workers else [])]
+
+
+def _models(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "models").iterdir())
+
+
+# ------------------------------------------------------------------------------------------ config and recipes
+def test_equal_recipes_give_every_model_the_lstm_recipe_and_no_weight_ema():
+    cfg = equal_recipes(resolve("suite-mixed"), ["lstm", "hrm", "trm"])
+    assert cfg.train_hrm == cfg.train_lstm == cfg.train_trm  # same optimiser, schedule, batch, epochs → same steps
+    assert resolve("suite-mixed").trm.ema_decay > 0 and cfg.trm.ema_decay == 0  # trm's EMA is off, as for the rest
     assert train_field("hrm-act") == "train_hrm_act"
 
 
-def test_sign_test_counts_and_p_value():
-    a = np.array([1, 1, 1, 0.5, 0, 1])
-    b = np.array([0, 0, 0, 0.5, 0, 1])
-    out = sign_test(a, b)
-    assert (out["a_better"], out["b_better"]) == (3, 0)
-    assert out["p_value"] == pytest.approx(0.25)  # exact: 2 · 0.5³
+def test_arms_are_the_direct_models_then_the_stateful_ones_and_evaluated_seeds_follow_the_selection_seeds():
+    study = StudyConfig()
+    assert [(a.name, a.model, a.rollout) for a in study.arms()] == [
+        ("lstm", "lstm", "direct"), ("hrm", "hrm", "direct"), ("hrm-act", "hrm-act", "direct"),
+        ("trm", "trm", "direct"), ("lstm-stateful", "lstm", "stateful")]
+    assert study.selection_seed_ids() == [0] and study.evaluated_seeds() == [1, 2, 3]  # never a selection run
+    assert StudyConfig(selection_seeds=3, seeds=2).evaluated_seeds() == [3, 4]
+    assert Arm("trm", "trm", "direct").label(2, 4.0) == "trm@s2*4"
 
 
-def _evaluation(outcomes: dict[str, list[str]]):
-    evaluation = summarize(outcomes, protocol="standard", indices=range(len(next(iter(outcomes.values())))),
-                           vocabulary=("success", "crash", "timeout"))
-    for row in evaluation.rows.values():
-        row.forecast_ms_per_step = 1.0
-    return evaluation
+def test_the_grid_extends_one_step_beyond_the_edge_the_choice_sits_at():
+    assert extend_rate(1e-2, 3e-3) == 3e-2 and extend_rate(1e-3, 3e-3) == 3e-4
+    grid = [1e-3, 3e-3, 1e-2]
+    assert next_rate(grid, 1e-2) == 3e-2 and next_rate(grid, 1e-3) == 3e-4
+    assert next_rate(grid, 3e-3) is None and next_rate([1e-3], 1e-3) is None  # inside; a one-point grid has no edge
 
 
-def test_summary_picks_the_strongest_physics_yardstick_and_seed_noise():
-    S, C = "success", "crash"
-    ev = _evaluation({
-        "m@s0": [S] * 8 + [C] * 2, "m@s1": [S] * 6 + [C] * 4,
-        "k@s0": [S] * 5 + [C] * 5, "k@s1": [S] * 5 + [C] * 5,
-        "constant-velocity": [S] * 4 + [C] * 6, "bounce-aware": [S] * 7 + [C] * 3, "oracle": [S] * 10,
-    })
-    s = summarize_world(ev, ["m", "k"], 2, {}, {})
-    assert s["best_physics"] == "bounce-aware"  # the best rule other than the oracle, not constant velocity
-    m = s["models"]["m"]
-    assert m["mean"] == pytest.approx(0.7) and m["sd"] == pytest.approx(np.std([0.8, 0.6], ddof=1))
-    assert m["vs_best_physics"]["per_seed"]["m@s0"] == {"a_only": 1, "b_only": 0, "p_value": 1.0}
-    (between,) = s["between"]
-    assert between["margin"] == pytest.approx(0.2)
-    assert between["beyond_seed_noise"] == (0.2 > 2 * np.std([0.8, 0.6], ddof=1))  # 0.2 < 0.283: within noise
-    assert between["beyond_seed_noise"] is False
+class _FakeTrainer:
+    """Validation loss as a function of the rate (a bowl around `best`); seeds add nothing."""
+
+    def __init__(self, best: dict):
+        self.best, self.calls = best, []
+
+    def train(self, runs):
+        self.calls.append(sorted((arm.name, lr, s) for arm, lr, s in runs))
+        return {(arm, lr, s): ({"diverged": "nan", "best_val_loss": None} if lr > 0.05 else
+                               {"best_val_loss": 1 + abs(math.log10(lr / self.best[arm.name]))})
+                for arm, lr, s in runs}
 
 
-def test_grid_edge_models_flag_learning_rates_at_the_ends_of_the_grid():
-    sel = {"0.0003": 3.0, "0.001": 2.0, "0.003": 1.0}
-    s = {"models": {"a": {"lr": 0.003, "selection": sel}, "b": {"lr": 0.001, "selection": sel},
-                    "c": {"lr": 0.0003, "selection": sel}, "d": {"lr": 0.003, "selection": {"0.003": 1.0}}}}
-    assert grid_edge_models(s) == [("a", 0.003), ("c", 0.0003)]  # a one-point grid has no edge to speak of
+def test_selection_extends_an_edge_choice_redoes_it_and_stops_at_the_limit():
+    arms = [Arm("a", "lstm", "direct"), Arm("b", "trm", "direct"), Arm("c", "hrm", "direct")]
+    study = StudyConfig(lrs=[1e-3, 3e-3, 1e-2], grid_extensions=1)
+    trainer = _FakeTrainer({"a": 0.02, "b": 2e-3, "c": 1e-5})
+    sel = select_rates(arms, study, trainer)
+    assert sel["a"]["extended"] == [3e-2] and sel["a"]["chosen"] == 3e-2  # top edge → 3e-2 trained, chosen
+    assert sel["b"]["extended"] == [] and sel["b"]["chosen"] == 3e-3      # inside: no extension
+    assert sel["c"]["extended"] == [3e-4] and sel["c"]["chosen"] == 3e-4  # still at an edge: the limit is 1
+    assert list(sel["a"]["val_loss"]) == ["0.001", "0.003", "0.01", "0.03"] and sel["a"]["seeds"] == [0]
+    assert trainer.calls[1] == [("a", 3e-2, 0), ("c", 3e-4, 0)]  # the second round trains only the extensions
+    twice = select_rates(arms, dataclasses.replace(study, grid_extensions=2), _FakeTrainer({"a": 0.02, "b": 2e-3,
+                                                                                             "c": 1e-5}))
+    assert twice["c"]["extended"] == [3e-4, 9e-5] and twice["c"]["chosen"] == 9e-5
+    assert twice["a"]["extended"] == [3e-2, 9e-2] and twice["a"]["chosen"] == 3e-2  # 9e-2 diverged: 3e-2 stays
+    assert twice["a"]["val_loss"]["0.09"] == [None]
+    fixed = select_rates(arms, dataclasses.replace(study, grid_extensions=0), _FakeTrainer({"a": 0.02, "b": 2e-3,
+                                                                                             "c": 1e-5}))
+    assert all(s["extended"] == [] for s in fixed.values()) and fixed["a"]["chosen"] == 1e-2
+
+
+def test_choose_rate_skips_diverged_candidates_and_refuses_when_all_diverged():
+    assert choose_rate("lstm", {1e-3: 2e-4, 3e-3: math.inf, 1e-2: 5e-5}) == 1e-2
+    assert choose_rate("lstm", {1e-2: math.inf, 1e-3: 2e-4}) == 1e-3  # a diverged candidate never wins
+    with pytest.raises(UserError, match="every candidate"):
+        choose_rate("lstm", {1e-3: math.inf, 1e-2: math.inf})
 
 
 def test_training_runs_are_scheduled_costliest_model_first():
-    runs = [(m, lr, 0) for m in ("lstm", "hrm", "hrm-act", "trm", "new-model") for lr in (3e-4, 3e-3)]
+    arms = [Arm(m, m, "direct") for m in ("lstm", "hrm", "hrm-act", "trm")] + [Arm("new", "new-model", "direct"),
+                                                                              Arm("lstm-stateful", "lstm", "stateful")]
+    runs = [(arm, lr, 0) for arm in arms for lr in (3e-4, 3e-3)]
     order = longest_first(runs)
-    assert sorted(order) == sorted(runs)  # a reordering: nothing lost, nothing added
-    assert [m for m, _, _ in order] == ["trm", "trm", "hrm-act", "hrm-act", "hrm", "hrm", "lstm", "lstm",
-                                        "new-model", "new-model"]
-    assert [lr for m, lr, _ in order if m == "trm"] == [3e-4, 3e-3]  # stable within a model
+    assert sorted(order, key=str) == sorted(runs, key=str)  # a reordering: nothing lost, nothing added
+    assert [a.name for a, _, _ in order] == ["trm", "trm", "hrm-act", "hrm-act", "hrm", "hrm", "lstm", "lstm",
+                                             "lstm-stateful", "lstm-stateful", "new", "new"]
+    assert [lr for a, lr, _ in order if a.name == "trm"] == [3e-4, 3e-3]  # stable within a model
 
 
-def test_study_smoke_runs_selects_on_validation_and_resumes(tmp_path, capsys):
-    args = ["study", "--smoke", "--only", "quick", "--models", "lstm,hrm", "--out", str(tmp_path / "study.md"), "--json",
-            str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"),
-            "--no-progress"]
+def test_a_seed_is_flagged_when_its_validation_loss_is_ten_times_its_siblings_median():
+    ratios = outlier_ratios({"a@s1": 1e-4, "a@s2": 1.2e-4, "a@s3": 2.2e-3, "a@s4": None})
+    assert list(ratios) == ["a@s3"] and ratios["a@s3"] == pytest.approx(2.2e-3 / 1.1e-4)
+    assert outlier_ratios({"a@s1": 1e-4, "a@s2": OUTLIER_FACTOR * 1e-4}) == {"a@s2": OUTLIER_FACTOR}
+    assert outlier_ratios({"a@s1": 1e-4}) == {}  # no sibling: nothing to compare
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def _synthetic_world() -> tuple[dict, dict]:
+    """A world record and its episodes as `run.study_world` stores them, made with numpy: the yardstick at 90%,
+    an arm with exactly its rate on every seed (failing elsewhere), one 6 points above, one 6 points below."""
+    rng = np.random.default_rng(7)
+    n = 1000
+
+    def outcomes(successes: int) -> str:
+        hits = np.zeros(n, bool)
+        hits[rng.choice(n, successes, replace=False)] = True
+        return "".join("s" if h else "c" for h in hits)
+
+    def run(seed, k, val_loss):
+        return {"seed": seed, "val_loss": val_loss, "parameters": 1000, "train_seconds": 10.0, "successes": k,
+                "ade": 0.5, "fde": 0.9, "forecast_ms_per_step": 0.2}
+
+    rows, arms = {}, {}
+    for name, k in (("same", 900), ("plus", 960), ("minus", 840)):
+        runs = {}
+        for seed in (1, 2, 3):
+            rows[f"{name}@s{seed}"] = outcomes(k)
+            runs[f"{name}@s{seed}"] = run(seed, k, 2e-3 if (name, seed) == ("minus", 3) else 1e-4)
+        arms[name] = {"model": "lstm", "rollout": "direct", "lr": 0.01, "runs": runs,
+                      "selection": {"seeds": [0], "extended": [0.03],
+                                    "val_loss": {"0.001": [3e-4], "0.003": [2e-4], "0.01": [1e-4], "0.03": [None]}}}
+    physics = {"bounce-aware": 900, "constant-velocity": 700, "oracle": 990}
+    for name, k in physics.items():
+        rows[name] = outcomes(k)
+    record = {"format": 2, "key": "k", "preset": "w", "protocol": "standard", "episodes": n, "selection_seeds": 1,
+              "seeds": [1, 2, 3], "arms": arms,
+              "physics": {name: {"successes": k, "ade": 0.1, "fde": 0.2, "forecast_ms_per_step": 0.01}
+                          for name, k in physics.items()},
+              "compute_minutes": 1.0, "machine": "CPU, 2 cores", "minutes": 1.5, "calls": 1}
+    episodes = {"key": "k", "indices": {"start": 0, "count": n},
+                "rows": {lab: {"outcomes": text, "steps": [40] * n} for lab, text in rows.items()}}
+    return record, episodes
+
+
+def test_verdicts_on_a_synthetic_world_and_tabulation_survives_a_json_round_trip(tmp_path):
+    record, episodes = _synthetic_world()
+    s = summarize_world(record, episodes)
+    assert s["yardstick"] == "bounce-aware"  # the best rule other than the oracle
+    verdicts = {a: m["vs_yardstick"]["verdict"] for a, m in s["arms"].items()}
+    assert verdicts == {"same": "no significant difference", "plus": "better", "minus": "worse"}
+    plus = s["arms"]["plus"]["vs_yardstick"]
+    assert plus["estimate"] == pytest.approx(0.06) and 0 < plus["low"] < 0.06 < plus["high"]
+    assert plus["p_adjusted"] >= plus["p_value"] and plus["replicates"] == 10_000
+    assert [m["seed"] for m in s["arms"]["same"]["mcnemar"]] == [1, 2, 3]
+    assert {(t["a"], t["b"]): t["verdict"] for t in s["between"]} == {
+        ("same", "plus"): "worse", ("same", "minus"): "better", ("plus", "minus"): "better"}
+    assert s["arms"]["minus"]["outliers"] == ["minus@s3"] and s["arms"]["same"]["outliers"] == []
+    plus_arm = s["arms"]["plus"]
+    assert plus_arm["selection"]["0.03"] is None and plus_arm["extended"] == [0.03]
+    assert not plus_arm["at_edge"]  # the extension beyond 0.01 diverged: 0.01 is no longer the grid's edge
+
+    study = StudyConfig(worlds=["w"], models=["same", "plus", "minus"], stateful_arms=[])
+    doc = tabulate(study, {"w": record}, {"w": episodes})
+    assert "| `w` | 90.0 ± 0.0 | 96.0 ± 0.0 | 84.0 ± 0.0 | bounce-aware 90.0 | 99.0 | plus +6.0 [" in doc
+    assert "| plus | minus |" in doc  # better / worse than the best physics rule
+    assert "minus@s3 (×20.0)" in doc and "0.03 (extension) → diverged" in doc
+    assert "sign test" not in doc
+    # the files as run.py writes them, read back: the same document, figure for figure
+    (tmp_path / "s.json").write_text(json.dumps({"format": 2, "worlds": {"w": record}}, indent=2))
+    (tmp_path / "s-episodes.json").write_text(episodes_text({"w": episodes}))
+    back = read_results(tmp_path / "s.json")["worlds"]["w"]
+    assert tabulate(study, {"w": back}, read_episodes(tmp_path / "s-episodes.json")) == doc
+
+
+# ------------------------------------------------------------------------------------------ the command
+def test_study_smoke_runs_end_to_end_keeps_every_outcome_and_resumes(tmp_path):
+    args = _study_args(tmp_path, "--models", "lstm,trm")  # + lstm-stateful (default), compute scale ×2 (smoke)
+    cache = tmp_path / "cache"
     assert main(args) == 0
     data = json.loads((tmp_path / "study.json").read_text())
+    assert data["format"] == 2 and data["episodes_file"] == "study-episodes.json"
     world = data["worlds"]["quick"]
-    for model in ("lstm", "hrm"):
-        m = world["models"][model]
-        assert len(m["seeds"]) == 2  # --smoke: two training seeds
-        losses = {float(lr): v for lr, v in m["selection"].items()}
-        assert m["lr"] == min(losses, key=losses.get)  # chosen on validation loss, never on test
-        assert all(r["episodes"] == world["episodes"] for r in m["seeds"].values())
-    assert world["best_physics"] != "oracle"
-    assert world["machine"].endswith(" cores")  # wall times are per machine: each world says where it ran
+    assert list(world["arms"]) == ["lstm", "trm", "lstm-stateful"]
+    assert world["arms"]["lstm-stateful"]["rollout"] == "stateful" and world["arms"]["trm"]["rollout"] == "direct"
+    for arm in world["arms"].values():
+        assert [r["seed"] for r in arm["runs"].values()] == [1, 2]  # fresh seeds: seed 0 only selects
+        sel = arm["selection"]
+        assert sel["seeds"] == [0] and len(sel["extended"]) == 1  # two rates: the choice is always at an edge
+        means = {float(lr): v[0] for lr, v in sel["val_loss"].items()}
+        assert arm["lr"] == min(means, key=means.get)  # chosen on validation loss, never on test
+    assert world["machine"].endswith(" cores")
+    assert len(_models(cache)) == 3 * (2 + 1 + 2)  # per arm: 2 rates + 1 extension (seed 0), 2 evaluated seeds
+    episodes = json.loads((tmp_path / "study-episodes.json").read_text())
+    rows = episodes["worlds"]["quick"]["rows"]
+    assert episodes["worlds"]["quick"]["key"] == world["key"]
+    assert {"lstm@s1", "lstm-stateful@s2", "trm@s1*2", "bounce-aware", "oracle"} <= set(rows)
+    assert all(len(r["outcomes"]) == world["episodes"] == len(r["steps"]) for r in rows.values())
+    assert sorted(world["test_time_compute"]["trm"]["2"]) == ["trm@s1*2", "trm@s2*2"]
     doc = (tmp_path / "study.md").read_text()
-    assert f"wall time on {world['machine']}" in doc
-    assert "hrmlab study --smoke" in doc and "Best learned model" in doc
-    trained = sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())
-    assert len(trained) == 2 * (2 + 1)  # per model: 2 selection runs + 1 extra seed
-    assert "## Overview" in doc and "| `quick` |" in doc  # the one-row-per-world table README copies
-    assert main(args) == 0  # the stored summary is reused: nothing new trained
-    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
-    # interrupted before the world's summary was written: the cached stages resume it, nothing retrains
+    assert "hrmlab study --smoke --only quick --models lstm,trm" in doc and "Best arm" in doc
+    assert "| **lstm-stateful** | stateful |" in doc and "Test-time compute" in doc
+    assert f"wall time on {world['machine']}" in doc and "| `quick` |" in doc
+    assert main(args) == 0  # the stored record is reused: nothing new trained
+    assert len(_models(cache)) == 15
+    # interrupted before the world's record was written: the cached stages resume it, nothing retrains
     (tmp_path / "study.json").unlink()
     assert main(args) == 0
-    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
+    assert len(_models(cache)) == 15
     resumed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
-    assert resumed["models"] == world["models"] and resumed["key"] == world["key"]
-    # the world was finished by the first call: its closed wall ledger, not the re-summarising call, gives the time
-    assert (resumed["minutes"], resumed["calls"]) == (world["minutes"], 1)
-    world = resumed
+    assert resumed["arms"] == world["arms"] and resumed["key"] == world["key"]
+    assert (resumed["minutes"], resumed["calls"]) == (world["minutes"], 1)  # the closed wall ledger's time
     doc = (tmp_path / "study.md").read_text()
-    assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["key"] == world["key"]
     # another world, tabulated only: nothing runs, the stored quick world stays in the results file
     other = [a if a != "quick" else "suite-rush" for a in args] + ["--tabulate-only"]
     assert main(other) == 0
-    assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == trained
     assert "Not yet run: `suite-rush`" in (tmp_path / "study.md").read_text()
-    assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"] == world
-    assert main(args + ["--tabulate-only"]) == 0  # the document again from the results file alone
-    assert (tmp_path / "study.md").read_text() == doc
+    assert json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"] == resumed
+    # the document from the results and episodes files alone: no cache at all
+    shutil.rmtree(cache)
+    assert main(args + ["--tabulate-only"]) == 0
+    assert (tmp_path / "study.md").read_text() == doc and not cache.exists()
+    (tmp_path / "study-episodes.json").unlink()
+    assert main(args + ["--tabulate-only"]) == 2  # the outcomes are gone: no figure is made up
 
 
-def test_seed_noise_verdict_needs_two_seeds_per_model():
-    a = {"mean": 0.95, "sd": 0.01, "seeds": {"a@s0": {}, "a@s1": {}, "a@s2": {}}}
-    b = {"mean": 0.90, "sd": 0.02, "seeds": {"b@s0": {}, "b@s1": {}, "b@s2": {}}}
-    assert beyond_seed_noise(a, b) is True  # 5 points > 2 × 2
-    assert beyond_seed_noise(a, {**b, "mean": 0.92}) is False  # 3 points < 4
-    one = {"mean": 0.80, "sd": 0.0, "seeds": {"c@s0": {}}}  # sd 0 of one seed is not "no noise"
-    assert beyond_seed_noise(a, one) is None
+def test_study_a_diverging_candidate_rate_loses_the_selection_instead_of_ending_the_study(tmp_path):
+    # lr 1e30: Adam moves every weight by ~1e30 on the first step, so the next loss overflows float32;
+    # with max_consecutive_nonfinite=1 the trainer gives up at once (the real TrainingDiverged path)
+    args = _study_args(tmp_path, "--models", "lstm", "--stateful-arms", "", "--lrs", "1e30,1e-3", "--seeds", "1",
+                       "--grid-extensions", "0", "--compute-scales", "",
+                       "--set", "train_lstm.max_consecutive_nonfinite=1",
+                       workers=None)  # the process pool: a diverged run comes back from a worker as a result
+    assert main(args) == 0
+    lstm = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["arms"]["lstm"]
+    assert lstm["lr"] == 1e-3
+    assert lstm["selection"]["val_loss"]["1e+30"] == [None] and lstm["selection"]["val_loss"]["0.001"][0] > 0
+    assert "1e+30 → diverged" in (tmp_path / "study.md").read_text()
+    # every candidate diverging is one clear error (exit 2), not a traceback (--force: other --lrs, same file)
+    assert main([a if a != "1e30,1e-3" else "1e30" for a in args] + ["--force"]) == 2
+
+
+def test_selection_seeds_are_never_evaluated_and_reuse_their_cached_runs(tmp_path, capsys):
+    args = _study_args(tmp_path, "--models", "lstm", "--stateful-arms", "", "--grid-extensions", "0",
+                       "--compute-scales", "")
+    cache = tmp_path / "cache"
+    assert main(args) == 0
+    assert len(_models(cache)) == 2 + 2  # seed 0 at both rates, seeds 1-2 at the chosen one
+    one = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    assert main(args + ["--selection-seeds", "2"]) == 2  # another study's settings: the results file is kept
+    assert "holds another study's results (--selection-seeds 2 here, 1 there)" in capsys.readouterr().err
+    assert main(args + ["--selection-seeds", "2", "--force"]) == 0
+    world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
+    m = world["arms"]["lstm"]
+    assert world["key"] != one["key"] and world["selection_seeds"] == 2 and m["selection"]["seeds"] == [0, 1]
+    assert all(len(v) == 2 for v in m["selection"]["val_loss"].values())
+    means = {float(lr): sum(v) / 2 for lr, v in m["selection"]["val_loss"].items()}
+    assert m["lr"] == min(means, key=means.get)
+    assert sorted(m["runs"]) == ["lstm@s2", "lstm@s3"]  # fresh: the selection seeds 0-1 are not among them
+    # new: seed 1 at the rates it did not train at, seeds 2-3 at the chosen rate where not trained before
+    assert len(_models(cache)) == 4 + (2 if one["arms"]["lstm"]["lr"] == m["lr"] else 3)
+    doc = (tmp_path / "study.md").read_text()
+    assert "--selection-seeds 2" in doc and "mean over training seeds 0–1" in doc and "seeds 2–3" in doc
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--only", "nowhere"], "valid choices"), (["--models", "gpt"], "gpt"),
+    (["--stateful-arms", "trm"], "trm is not recurrent"), (["--grid-extensions", "-1"], "--grid-extensions must be"),
+    (["--selection-seeds", "0"], "--selection-seeds must be >= 1"),
+])
+def test_study_rejects_bad_settings_before_any_work(extra, needle, tmp_path, capsys):
+    assert main(_study_args(tmp_path, *extra)) == 2
+    assert needle in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_smoke_study_never_writes_the_committed_results(tmp_path, monkeypatch, capsys):
+    """`hrmlab study --smoke --out check.md` once rewrote docs/study.json with smoke summaries. --json defaults to
+    beside --out, a smoke study's default files are under --runs, and a study with other settings than a
+    results file's refuses to write into it (without --force) before any work."""
+    (tmp_path / "docs").mkdir()
+    committed = {p.name: p.read_bytes() for p in (ROOT / "docs").glob("study*") if p.name.startswith(("study.",
+                                                                                                   "study-episodes"))}
+    for name, data in committed.items():
+        (tmp_path / "docs" / name).write_bytes(data)
+    monkeypatch.chdir(tmp_path)  # the default docs/study.json is now the copy
+    toy = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--stateful-arms", "", "--lrs", "0.001",
+           "--seeds", "1", "--compute-scales", "", "--no-progress", "--workers", "1"]
+    unchanged = lambda: {n: (tmp_path / "docs" / n).read_bytes() for n in committed} == committed  # noqa: E731
+    assert main(toy + ["--out", str(tmp_path / "check.md")]) == 0
+    assert unchanged() and (tmp_path / "check-episodes.json").is_file()
+    assert json.loads((tmp_path / "check.json").read_text())["smoke"] is True  # --json beside --out
+    assert len(_models(tmp_path / ".hrmlab_cache")) == 2  # it did run (selection seed 0, evaluated seed 1)
+    assert main(toy) == 0  # without --out: under the runs folder (its stages are all cached now)
+    assert unchanged() and (tmp_path / "runs" / "study-smoke.json").is_file()
+    capsys.readouterr()
+    before = (tmp_path / "check.json").read_bytes()
+    assert main([a if a != "0.001" else "0.003" for a in toy] + ["--out", str(tmp_path / "check.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hrmlab: error: --json {tmp_path / 'check.json'} holds another study's results")
+    assert "--lrs 0.003 here, 0.001 there" in err and "--force" in err and "\n" not in err
+    assert (tmp_path / "check.json").read_bytes() == before
+    assert main(toy + ["--json", "docs/study.json", "--out", "docs/study.md"]) == 2
+    assert "--smoke here, not there" in capsys.readouterr().err
+    assert main(["study", "--only", "quick", "--models", "lstm"]) == 2
+    assert "--models lstm here, lstm,hrm,hrm-act,trm there" in capsys.readouterr().err
+    assert unchanged()
 
 
 def test_the_document_names_the_command_that_regenerates_it():
     assert study_command(StudyConfig()) == "hrmlab study"
-    side = dataclasses.replace(StudyConfig(), worlds=["quick"], lrs=[3e-4, 1e-3], seeds=1, compute_scales=[])
+    side = dataclasses.replace(StudyConfig(), worlds=["quick"], lrs=[3e-4, 1e-3], seeds=1, compute_scales=[],
+                               stateful_arms=[], grid_extensions=0)
     command = study_command(side, Path("docs/side.md"), Path("docs/side.json"))
-    assert command == ("hrmlab study --only quick --lrs 0.0003,0.001 --seeds 1 --compute-scales '' "
-                       "--out docs/side.md --json docs/side.json")
+    assert command == ("hrmlab study --only quick --stateful-arms '' --lrs 0.0003,0.001 --grid-extensions 0 --seeds 1 "
+                       "--compute-scales '' --out docs/side.md --json docs/side.json")
     doc = study_document(side, {}, out_md=Path("docs/side.md"), out_json=Path("docs/side.json"))
     assert f"`{command}`" in doc and "**A side study**" in doc and "`docs/side.json` holds" in doc
     assert "side study" not in study_document(StudyConfig(), {})
-    # --only and --compute-worlds select worlds; they do not change a world's figures
-    picked = dataclasses.replace(StudyConfig(), worlds=["quick"], compute_worlds=[])
+    picked = dataclasses.replace(StudyConfig(), worlds=["quick"], compute_worlds=[])  # selects worlds only
     assert "side study" not in study_document(picked, {})
-    robust = dataclasses.replace(StudyConfig(), selection_seeds=3)  # a different selection: a side study
+    robust = dataclasses.replace(StudyConfig(), selection_seeds=3)
     assert study_command(robust) == "hrmlab study --selection-seeds 3"
     doc = study_document(robust, {})
     assert "**A side study** (--selection-seeds differ" in doc and "mean over training seeds 0–2" in doc
+    assert "seeds 3–5" in doc  # the evaluated seeds follow the selection seeds
 
 
 def test_study_help_states_the_default_grid(capsys):
@@ -152,119 +347,38 @@ def test_study_help_states_the_default_grid(capsys):
     assert f"(default {grid})" in " ".join(capsys.readouterr().out.split())
 
 
-def test_choose_rate_skips_diverged_candidates_and_refuses_when_all_diverged():
-    assert choose_rate("lstm", {1e-3: 2e-4, 3e-3: math.inf, 1e-2: 5e-5}) == 1e-2
-    assert choose_rate("lstm", {1e-2: math.inf, 1e-3: 2e-4}) == 1e-3  # a diverged first candidate never wins
-    with pytest.raises(UserError, match="every candidate"):
-        choose_rate("lstm", {1e-3: math.inf, 1e-2: math.inf})
-
-
-def test_study_a_diverging_candidate_rate_loses_the_selection_instead_of_ending_the_study(tmp_path):
-    # lr 1e30: Adam moves every weight by ~1e30 on the first step, so the next loss overflows float32;
-    # with max_consecutive_nonfinite=1 the trainer gives up at once (the real TrainingDiverged path)
-    args = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--lrs", "1e30,1e-3", "--seeds", "1",
-            "--compute-scales", "", "--set", "train_lstm.max_consecutive_nonfinite=1",
-            "--out", str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"),
-            "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"), "--no-progress"]
-    assert main(args) == 0
-    lstm = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["models"]["lstm"]
-    assert lstm["lr"] == 1e-3
-    assert lstm["selection"]["1e+30"] is None and lstm["selection"]["0.001"] > 0
-    assert "1e+30 → diverged" in (tmp_path / "study.md").read_text()
-    # every candidate diverging is one clear error (exit 2), not a traceback (--force: other --lrs, same file)
-    assert main([a if a != "1e30,1e-3" else "1e30" for a in args] + ["--force"]) == 2
-
-
-def test_study_rejects_unknown_worlds_and_models(tmp_path, capsys):
-    base = ["study", "--smoke", "--out", str(tmp_path / "s.md"), "--json", str(tmp_path / "s.json"),
-            "--cache", str(tmp_path / "c"), "--runs", str(tmp_path / "r")]
-    assert main(base + ["--only", "nowhere"]) == 2
-    assert "valid choices" in capsys.readouterr().err
-    assert main(base + ["--only", "quick", "--models", "gpt"]) == 2
-    assert "gpt" in capsys.readouterr().err
-
-
-def test_study_selects_on_the_mean_validation_loss_of_several_seeds_and_reuses_the_seed_0_runs(tmp_path, capsys):
-    args = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--compute-scales", "", "--out",
-            str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"), "--cache", str(tmp_path / "cache"),
-            "--runs", str(tmp_path / "runs"), "--no-progress"]
-    models = lambda: sorted(p.name for p in (tmp_path / "cache" / "models").iterdir())  # noqa: E731
-    assert main(args) == 0
-    one_seed = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
-    assert len(models()) == 3  # two selection runs (seed 0) + the chosen rate's seed 1
-    assert "selection_per_seed" not in one_seed["models"]["lstm"] and "selection_seeds" not in one_seed
-    assert main(args + ["--selection-seeds", "2"]) == 2  # another study's settings: the results file is kept
-    assert "holds another study's results (--selection-seeds 2 here, 1 there)" in capsys.readouterr().err
-    assert main(args + ["--selection-seeds", "2", "--force"]) == 0
-    assert len(models()) == 4  # only the unchosen rate's seed 1 is new: every other run is a cached stage
-    world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
-    assert world["key"] != one_seed["key"] and world["selection_seeds"] == 2
-    m = world["models"]["lstm"]
-    for lr, per_seed in m["selection_per_seed"].items():
-        assert len(per_seed) == 2 and m["selection"][lr] == pytest.approx(sum(per_seed) / 2, rel=1e-12)
-    assert m["lr"] == min((float(lr) for lr in m["selection"]), key=lambda lr: m["selection"][f"{lr:g}"])
-    assert sorted(m["seeds"]) == ["lstm@s0", "lstm@s1"]  # the selection runs at the chosen rate are the seeds
-    doc = (tmp_path / "study.md").read_text()
-    assert "hrmlab study --smoke --only quick --models lstm --selection-seeds 2" in doc  # the command that made it
-    assert "mean over training seeds 0–1" in doc and "(validation loss per candidate lr, mean over seeds 0–1)" in doc
-    capsys.readouterr()
-    assert main(args + ["--selection-seeds", "3"]) == 2  # more than the study's 2 training seeds
-    assert "--selection-seeds must be between 1 and --seeds (2)" in capsys.readouterr().err
-    assert main(args + ["--selection-seeds", "0"]) == 2
-    assert len(models()) == 4
-
-
-def test_study_smoke_tabulates_test_time_compute_of_recursive_models(tmp_path):
-    args = ["study", "--smoke", "--only", "quick", "--models", "lstm,trm", "--compute-scales", "0.5,2",
-            "--out", str(tmp_path / "study.md"), "--json", str(tmp_path / "study.json"),
-            "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs"), "--no-progress"]
-    assert main(args) == 0
-    world = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]
-    ttc = world["test_time_compute"]
-    assert list(ttc) == ["trm"]  # the LSTM has no recursion to scale
-    assert sorted(ttc["trm"], key=float) == ["0.5", "1", "2"]
-    assert ttc["trm"]["1"]["mean"] == world["models"]["trm"]["mean"]  # ×1 is the main evaluation itself
-    for scale in ("0.5", "2"):
-        entry = ttc["trm"][scale]
-        assert 0.0 <= entry["mean"] <= 1.0 and math.isfinite(entry["ade"])
-        test = entry["vs_trained"]
-        assert test["a_better"] + test["b_better"] <= world["episodes"] and 0.0 <= test["p_value"] <= 1.0
-    assert "Test-time compute" in (tmp_path / "study.md").read_text()
-
-
+# ------------------------------------------------------------------------------------------ keys and ledgers
 def test_world_key_ignores_settings_at_their_defaults_and_prose():
-    """A stored world survives a new setting added with a behaviour-keeping default (and prose edits),
-    but any changed result-relevant value rekeys it."""
-    import dataclasses as dc
-
+    """A stored world survives a new setting added with a behaviour-keeping default (and prose edits), but any
+    changed result-relevant value rekeys it."""
     from hrmlab.config import changed_dict, config_hash
 
-    @dc.dataclass
+    @dataclasses.dataclass
     class Old:
         a: int = 1
         b: float = 0.5
 
-    @dc.dataclass
+    @dataclasses.dataclass
     class New(Old):
         c: str = "added later"
 
     assert changed_dict(Old(a=2)) == changed_dict(New(a=2)) == {"a": 2}
     assert config_hash(changed_dict(New(a=2, c="other"))) != config_hash(changed_dict(Old(a=2)))
     base = resolve("quick")
-    prose = dc.replace(base, description="reworded", provenance="reworded")
+    prose = dataclasses.replace(base, description="reworded", provenance="reworded")
     assert changed_dict(prose) == changed_dict(base)
-    assert changed_dict(dc.replace(base, data=dc.replace(base.data, train_episodes=7))) != changed_dict(base)
+    fewer = dataclasses.replace(base, data=dataclasses.replace(base.data, train_episodes=7))
+    assert changed_dict(fewer) != changed_dict(base)
 
 
-def test_test_time_compute_runs_only_in_its_worlds_and_keys_only_them():
-    from hrmlab.study import StudyConfig, world_key
-
+def test_world_key_follows_the_arms_the_grid_and_the_compute_worlds():
     study = StudyConfig()
     assert study.scales_for("quick") == study.compute_scales and study.scales_for("suite-rush") == []
-    assert StudyConfig(compute_worlds=["suite-clockwork"]).scales_for("suite-clockwork") == study.compute_scales
+    key = world_key("quick", study, [], False)
+    for other in (StudyConfig(compute_scales=[2.0]), StudyConfig(stateful_arms=[]), StudyConfig(grid_extensions=0)):
+        assert world_key("quick", other, [], False) != key
     # the compute scales key the worlds that evaluate them, and no others
     fewer = StudyConfig(compute_scales=[2.0])
-    assert world_key("quick", study, [], False) != world_key("quick", fewer, [], False)
     assert world_key("suite-rush", study, [], False) == world_key("suite-rush", fewer, [], False)
 
 
@@ -280,8 +394,7 @@ def test_wall_ledger_sums_the_calls_of_an_interrupted_world_and_closes_when_it_f
         time.sleep(0.05)
         wall.finish()
     assert wall.calls == 2 and wall.seconds >= 0.1 - 1e-9
-    closed = json.loads(path.read_text())
-    assert closed["finished"] is True and len(closed["calls"]) == 2
+    assert json.loads(path.read_text())["finished"] is True
     with WallLedger(path, "k1") as again:  # re-summarising a finished world adds nothing
         time.sleep(0.02)
         again.finish()
@@ -300,116 +413,74 @@ def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):
     wall._stop_heartbeat()
 
 
-def test_committed_study_document_is_rendered_from_its_results_and_readme_copies_its_overview():
-    """docs/study.md must be exactly what this code tabulates from docs/study.json (every figure from the final
-    code, every stored world still matching this code's world key), and README's study table its overview."""
-    root = Path(__file__).resolve().parents[1]
-    study = StudyConfig()
-    stored = json.loads((root / "docs" / "study.json").read_text())["worlds"]
-    current = {w: stored[w] for w in study.worlds if w in stored and stored[w]["key"] == world_key(w, study, [], False)}
-    assert list(current) == [w for w in study.worlds if w in stored]  # no stored world went stale
-    doc = (root / "docs" / "study.md").read_text()
-    assert doc == study_document(study, current)
-    overview = doc.split("## Overview", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in overview.splitlines() if line.startswith("| `")]
-    assert len(rows) == len(current) >= 1
-    readme = (root / "README.md").read_text()
-    section = readme.split("### The fair comparison", 1)[1].split("\n### ", 1)[0]
-    assert [line for line in section.splitlines() if line.startswith("| `")] == rows
-
-
-def test_committed_selection_side_study_is_rendered_from_its_results_by_its_own_command():
-    """docs/study-selection.md (the three-seed selection in suite-patrol) is this code's tabulation of its
-    results file under the settings its command names, and its world is current under those settings."""
-    root = Path(__file__).resolve().parents[1]
-    out_md, out_json = Path("docs/study-selection.md"), Path("docs/study-selection.json")
-    study = dataclasses.replace(StudyConfig(), worlds=["suite-patrol"], models=["lstm", "hrm", "hrm-act"],
-                                selection_seeds=3)
-    stored = json.loads((root / out_json).read_text())["worlds"]
-    assert stored["suite-patrol"]["key"] == world_key("suite-patrol", study, [], False)
-    assert stored["suite-patrol"]["selection_seeds"] == 3
-    doc = (root / out_md).read_text()
-    assert doc == study_document(study, stored, out_md=out_md, out_json=out_json)
-    assert f"`{study_command(study, out_md, out_json)}`" in doc
-
-
-def test_seed_stability_counts_failed_seeds_per_chosen_rate_without_the_selection_seeds():
-    def model(lr, *rates):
-        return {"lr": lr, "seeds": {f"m@s{i}": {"rate": x} for i, x in enumerate(rates)}}
-    worlds = {"a": {"models": {"x": model(0.01, 0.95, 0.70, 0.94),    # seed 1 failed: 25 points below seed 0
-                               "y": model(0.003, 0.60, 0.95, 0.95),   # seed 0 is the selection run: not counted
-                               "z": model(0.003, 0.90)}},              # one seed: nothing to compare
-              "b": {"selection_seeds": 2, "models": {"x": model(0.01, 0.99, 0.98, 0.86)}}}  # 13 points: kept
-    text = "\n".join(seed_stability_lines(worlds))
-    assert "| 0.003 | 2 | 0 |" in text and "| 0.01 | 3 | 1 |" in text
-    assert "Failed: `a` x@s1 at 0.01 (-25.0 points)." in text
-    assert "Largest gap of a seed that did not fail: 13.0 points (`b` x@s2 at 0.01)" in text
-    assert text.endswith("between the two rates: p = 1.\n")  # Fisher exact on [[1, 2], [0, 2]]
-    assert seed_stability_lines({"a": {"models": {"z": model(0.003, 0.9)}}}) == []
-
-
 def test_partly_timed_runs_leave_the_train_seconds_mean_and_make_compute_minutes_a_lower_bound():
     """A run resumed from a checkpoint that predates the training-time record knows only the resuming call's
-    seconds (suite-rush's first trm seeds: 177 s of ~880): averaging it in would understate the model's cost."""
-    assert partly_timed({"resumed_from_step": 2000, "seconds": 177.0})  # cached before earlier_seconds existed
-    assert partly_timed({"resumed_from_step": 2000, "earlier_seconds": None, "seconds": 177.0})
+    seconds: averaging it in would understate the arm's cost."""
+    assert partly_timed({"resumed_from_step": 2000, "seconds": 177.0})
     assert not partly_timed({"resumed_from_step": 2000, "earlier_seconds": 700.0, "seconds": 880.0})
     assert not partly_timed({"resumed_from_step": None, "earlier_seconds": 0.0, "seconds": 880.0})
-    S, C = "success", "crash"
-    ev = _evaluation({"m@s0": [S] * 8 + [C] * 2, "m@s1": [S] * 7 + [C] * 3, "m@s2": [S] * 9 + [C],
-                      "bounce-aware": [S] * 7 + [C] * 3, "oracle": [S] * 10})
-    labels, selection = ("m@s0", "m@s1", "m@s2"), {"m": {"chosen": 0.003, "val_loss": {"0.003": 1e-4}}}
-    training = {"m@s0": {"parameters": 10, "seconds": 177.0, "seconds_partial": True},
-                "m@s1": {"parameters": 10, "seconds": 882.0}, "m@s2": {"parameters": 10, "seconds": 878.0}}
-    s = summarize_world(ev, ["m"], 3, training, selection)
-    assert s["models"]["m"]["train_seconds"] == pytest.approx(880.0) and s["models"]["m"]["train_seconds_timed"] == 2
-    s.update(protocol="p", minutes=83.8, calls=2, compute_minutes=130.5, untimed_runs=2, machine="CPU, 2 cores")
-    text = world_section("w", s)
-    assert "| 880 (2 of 3 seeds) |" in text and "≥ 130.5 compute-minutes" in text
-    assert "2 training runs of this world resumed" in text
-    whole = summarize_world(ev, ["m"], 3, {lab: {"parameters": 10, "seconds": 880.0} for lab in labels}, selection)
-    assert "train_seconds_timed" not in whole["models"]["m"]  # worlds trained without interruption keep their shape
-    whole.update(protocol="p", minutes=83.8, calls=1, compute_minutes=150.0, machine="CPU, 2 cores")
-    assert "| 880 |" in world_section("w", whole) and "Timing:" not in world_section("w", whole)
-    none = summarize_world(ev, ["m"], 3, {lab: {"parameters": 10, "seconds": 177.0, "seconds_partial": True}
-                                          for lab in labels}, selection)
-    assert none["models"]["m"]["train_seconds_timed"] == 0
-    none.update(protocol="p", minutes=83.8, calls=2, compute_minutes=30.0, untimed_runs=3, machine="CPU, 2 cores")
-    assert "| ≥ 177 |" in world_section("w", none)
+    record, episodes = _synthetic_world()
+    runs = record["arms"]["same"]["runs"]
+    runs["same@s1"].update(train_seconds=177.0, seconds_partial=True)
+    runs["same@s2"]["train_seconds"], runs["same@s3"]["train_seconds"] = 882.0, 878.0
+    record["untimed_runs"] = 1
+    s = summarize_world(record, episodes)
+    assert s["arms"]["same"]["train_seconds"] == pytest.approx(880.0) and s["arms"]["same"]["train_seconds_timed"] == 2
+    assert "train_seconds_timed" not in s["arms"]["plus"]
+    doc = tabulate(StudyConfig(worlds=["w"], models=["same"], stateful_arms=[]), {"w": record}, {"w": episodes})
+    assert "| 880 (2 of 3 seeds) |" in doc and "≥ 1.0 compute-minutes" in doc and "1 training run of this" in doc
 
 
-def test_a_smoke_study_never_writes_the_committed_results(tmp_path, monkeypatch, capsys):
-    """The lost-results bug: `hrmlab study --smoke --out check.md` rewrote docs/study.json with smoke summaries.
-    --json now defaults to beside --out, a smoke study's default files are under --runs, and a study with other
-    settings than a results file's refuses to write into it (without --force) before any work."""
-    root = Path(__file__).resolve().parents[1]
+# ------------------------------------------------------------------------------------------ committed documents
+def _committed(out_md: str, out_json: str, study: StudyConfig, tmp_path, monkeypatch) -> tuple[str, str]:
+    """(committed document, what its own command with --tabulate-only writes from copies of the committed results
+    and episodes files alone, in a folder with no cache: a fresh clone)."""
+    from hrmlab.experiments.study.run import episodes_path
+    from hrmlab.experiments.study.summary import is_format_1
+
+    stored = read_results(ROOT / out_json)["worlds"]
+    episodes = read_episodes(episodes_path(ROOT / out_json))
+    for w in study.worlds:  # no stored world went stale, and its outcomes are in the repository
+        if w in stored and not is_format_1(stored[w]):
+            assert stored[w]["key"] == world_key(w, study, [], False) == episodes[w]["key"]
     (tmp_path / "docs").mkdir()
-    committed = {}
-    for name in ("study.json", "study.md"):
-        committed[name] = (root / "docs" / name).read_bytes()
-        (tmp_path / "docs" / name).write_bytes(committed[name])
-    monkeypatch.chdir(tmp_path)  # the default docs/study.json is now the copy
-    toy = ["study", "--smoke", "--only", "quick", "--models", "lstm", "--lrs", "0.001", "--seeds", "1",
-           "--compute-scales", "", "--no-progress"]
-    unchanged = lambda: {n: (tmp_path / "docs" / n).read_bytes() for n in committed} == committed  # noqa: E731
-    assert main(toy + ["--out", str(tmp_path / "check.md")]) == 0
-    assert unchanged()
-    assert json.loads((tmp_path / "check.json").read_text())["smoke"] is True  # --json beside --out
-    assert len(list((tmp_path / ".hrmlab_cache" / "models").iterdir())) == 1  # it did run (one toy model)
-    # the same toy study without --out: its files go under the runs folder (its stages are all cached now)
-    assert main(toy) == 0
-    assert unchanged() and (tmp_path / "runs" / "study-smoke.json").is_file() and (tmp_path / "runs" / "study-smoke.md").is_file()
-    capsys.readouterr()
-    # other settings than the stored ones: refused up front, naming the difference; nothing is written
-    before = (tmp_path / "check.json").read_bytes()
-    assert main([a if a != "0.001" else "0.003" for a in toy] + ["--out", str(tmp_path / "check.md")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"hrmlab: error: --json {tmp_path / 'check.json'} holds another study's results")
-    assert "--lrs 0.003 here, 0.001 there" in err and "--force" in err and "\n" not in err
-    assert (tmp_path / "check.json").read_bytes() == before
-    # pointed at the committed file, a smoke study or a side study is refused too
-    assert main(toy + ["--json", "docs/study.json", "--out", "docs/study.md"]) == 2
-    assert "--smoke here, not there" in capsys.readouterr().err
-    assert main(["study", "--only", "quick", "--models", "lstm"]) == 2
-    assert "--models lstm here, lstm,hrm,hrm-act,trm there" in capsys.readouterr().err
-    assert unchanged()
+    for path in (Path(out_json), episodes_path(Path(out_json))):
+        if (ROOT / path).exists():
+            shutil.copy(ROOT / path, tmp_path / path)
+    monkeypatch.chdir(tmp_path)
+    command = study_command(study, Path(out_md), Path(out_json))
+    assert main(shlex.split(command)[1:] + ["--tabulate-only"]) == 0
+    assert not (tmp_path / ".hrmlab_cache").exists()
+    return (ROOT / out_md).read_text(), (tmp_path / out_md).read_text()
+
+
+def test_committed_study_document_is_the_tabulation_of_its_results_and_readme_copies_its_overview(tmp_path,
+                                                                                                  monkeypatch):
+    """docs/study.md is exactly what `hrmlab study --tabulate-only` makes of docs/study.json (and its episodes file):
+    every figure and verdict from the final code; README's answer holds its overview table verbatim."""
+    doc, text = _committed("docs/study.md", "docs/study.json", StudyConfig(), tmp_path, monkeypatch)
+    assert doc == text
+    assert "sign test" not in doc.split("## Measured under the previous design", 1)[0]  # no verdict from it
+    overview = doc.split("## Overview", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in overview.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| world |") and len(table) == 2 + len(StudyConfig().worlds)
+    answer = (ROOT / "README.md").read_text().split("## The answer", 1)[1].split("\n## ", 1)[0]
+    assert "\n".join(table) in answer
+
+
+@pytest.mark.parametrize("out_md,out_json,changes", [
+    ("docs/study-selection.md", "docs/study-selection.json",
+     dict(worlds=["suite-patrol"], models=["lstm", "hrm", "hrm-act"], selection_seeds=3)),
+    ("docs/study-lowgrid.md", "docs/study-lowgrid.json",
+     dict(worlds=["quick", "suite-clockwork", "suite-patrol"], lrs=[3e-4, 1e-3, 3e-3])),
+    ("docs/study-lr-check.md", "docs/study-lr-check.json",
+     dict(worlds=["quick"], lrs=[3e-3, 1e-2], seeds=1, compute_scales=[])),
+])
+def test_committed_side_studies_are_the_tabulation_of_their_results_by_their_own_command(out_md, out_json, changes,
+                                                                                         tmp_path, monkeypatch):
+    """The side studies (three-seed selection in suite-patrol; the lower grid; the 1e-2 check) are this code's
+    tabulation of their results files under the settings their command names."""
+    study = dataclasses.replace(StudyConfig(), **changes)
+    doc, text = _committed(out_md, out_json, study, tmp_path, monkeypatch)
+    assert doc == text
+    assert f"`{study_command(study, Path(out_md), Path(out_json))}`" in doc

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from hrmlab.errors import UserError
-from hrmlab.pipeline import cpu_training_threads, train_key
+from hrmlab.experiments.grid.stages import cpu_training_threads, train_key
 from hrmlab.presets import resolve
 from hrmlab.threads import available_cpus, configure_process, resolve_cpu_threads, use_cpu_threads
 

@@ -47,7 +47,7 @@ def cmd_evaluate(args) -> int:
     if args.preset:
         from hrmlab.presets import load_preset
 
-        from hrmlab.families import family_of
+        from hrmlab.experiments.families import family_of
 
         exp = load_preset(args.preset)
         family_of(exp).require("evaluate", args.preset)
@@ -80,7 +80,8 @@ def _resolve(args):
 
 
 def _options(args, cfg):
-    from hrmlab.pipeline import RunOptions, default_cache
+    from hrmlab.experiments.grid.stages import RunOptions
+    from hrmlab.stage_cache import default_cache
 
     out = Path(args.out) if getattr(args, "out", None) else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
     cache = Path(args.cache) if getattr(args, "cache", None) else default_cache()
@@ -94,7 +95,7 @@ def _options(args, cfg):
 def cmd_run(args) -> int:
     cfg = _resolve(args)
     opts = _options(args, cfg)
-    from hrmlab.families import family_of
+    from hrmlab.experiments.families import family_of
 
     family = family_of(cfg)
     if args.backend == "modal":
@@ -103,17 +104,17 @@ def cmd_run(args) -> int:
         from hrmlab.cloud.launcher import run_on_modal
 
         return run_on_modal(args.preset or "quick", args.set or [], smoke=args.smoke, out=opts.out)
-    results = family.call("run", cfg, opts)
-    family.call("print_summary", results, cfg)
+    results = family.run(cfg, opts)
+    family.print_summary(results, cfg)
     print(f"\nrun directory: {opts.out}  (results.json, report.md, report.html) · {results.seconds:.0f}s")
     return 0
 
 
 def cmd_collect(args) -> int:
     from hrmlab.backends.local import make_backend
-    from hrmlab.pipeline import stage_data
+    from hrmlab.experiments.grid.stages import stage_data
 
-    from hrmlab.families import family_of
+    from hrmlab.experiments.families import family_of
 
     cfg = _resolve(args)
     family_of(cfg).require("collect", cfg.name)
@@ -125,9 +126,9 @@ def cmd_collect(args) -> int:
 
 def cmd_train(args) -> int:
     from hrmlab.backends.local import make_backend
-    from hrmlab.pipeline import check_hardware, stage_data, stage_train
+    from hrmlab.experiments.grid.stages import check_hardware, stage_data, stage_train
 
-    from hrmlab.families import family_of
+    from hrmlab.experiments.families import family_of
 
     cfg = _resolve(args)
     family_of(cfg).require("train", cfg.name)
@@ -148,13 +149,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from hrmlab.families import family_of
+    from hrmlab.experiments.families import family_of
     from hrmlab.presets import preset_names, preset_data, load_preset
 
     for name in preset_names():
         cfg = load_preset(name)
         data = preset_data(name)
-        detail = family_of(cfg).call("describe", cfg)
+        detail = family_of(cfg).describe(cfg)
         print(f"{name:<22} {data.get('description', '')}")
         print(f"{'':<22} {detail}")
     return 0
@@ -192,8 +193,8 @@ def cmd_render(args) -> int:
 
 
 def cmd_suites(args) -> int:
-    from hrmlab.pipeline import default_cache
-    from hrmlab.suites import run_suites
+    from hrmlab.stage_cache import default_cache
+    from hrmlab.experiments.suites import run_suites
 
     cache = Path(args.cache) if args.cache else default_cache()
     _check_multi_run_paths(args, cache)
@@ -216,8 +217,8 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_study(args) -> int:
-    from hrmlab.pipeline import default_cache
-    from hrmlab.study import StudyConfig, run_study, smoke_study_defaults, study_paths
+    from hrmlab.stage_cache import default_cache
+    from hrmlab.experiments.study import StudyConfig, run_study, smoke_study_defaults, study_paths
 
     study = StudyConfig()
     changes = {}
@@ -237,10 +238,14 @@ def cmd_study(args) -> int:
             raise UserError(f"--compute-scales takes comma-separated numbers, got {args.compute_scales!r}") from None
     if args.compute_worlds is not None:
         changes["compute_worlds"] = _csv(args.compute_worlds) or []
-    if args.seeds is not None:  # the ranges of these three are checked by run_study (one place)
+    if args.stateful_arms is not None:
+        changes["stateful_arms"] = _csv(args.stateful_arms) or []
+    if args.seeds is not None:  # the ranges of these four are checked by run_study (one place)
         changes["seeds"] = args.seeds
     if args.selection_seeds is not None:
         changes["selection_seeds"] = args.selection_seeds
+    if args.grid_extensions is not None:
+        changes["grid_extensions"] = args.grid_extensions
     if args.episodes is not None:
         changes["episodes"] = args.episodes
     if args.smoke:
@@ -347,12 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", help="every learned model vs physics over training seeds at equal budget "
                                      "(docs/study.md)")
     p.add_argument("--only", help="comma-separated world presets (default: quick and every suite, the suites with most room above physics first)")
-    p.add_argument("--models", help="comma-separated learned models (default: lstm,hrm,hrm-act,trm)")
+    p.add_argument("--models", help="comma-separated learned models, rolled out direct (default: lstm,hrm,hrm-act,trm)")
+    p.add_argument("--stateful-arms", help="recurrent models also trained one-step and rolled out stateful, each "
+                                           "an arm of its own, e.g. lstm-stateful (default: lstm; '' for none)")
     p.add_argument("--lrs", help="candidate learning rates, chosen on validation (default 0.001,0.003,0.01)")
-    p.add_argument("--seeds", type=int, help="training seeds per model (default 3)")
+    p.add_argument("--grid-extensions", type=int,
+                   help="times an arm's rate grid may grow by one step beyond the edge its choice sits at "
+                        "(default 1; 0 keeps the grid)")
+    p.add_argument("--seeds", type=int, help="evaluated training seeds per arm, trained fresh at the chosen rate "
+                                             "(default 3)")
     p.add_argument("--selection-seeds", type=int,
-                   help="seeds trained at every candidate rate; the lowest mean validation loss wins "
-                        "(default 1: seed 0; 3 trains 36 runs per world instead of 20)")
+                   help="seeds trained at every candidate rate, never evaluated; the lowest mean validation loss "
+                        "wins (default 1: runs per arm = rates x 1 + seeds, 6)")
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
     p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: quick; "
@@ -366,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write into a results file that holds another study's settings (its worlds of the same "
                         "name are replaced); without it such a study stops with an error before any work")
     p.add_argument("--tabulate-only", action="store_true",
-                   help="rewrite the document from the results file's finished worlds; train and evaluate nothing")
+                   help="recompute the document from the results file and its episodes file (-episodes.json "
+                        "beside it) alone; train and evaluate nothing")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("results", help="put several runs side by side")

@@ -33,6 +33,14 @@ log = logging.getLogger("hrmlab.stage")
 
 T = TypeVar("T")
 
+CACHE_ENV = "HRMLAB_CACHE"
+"""The environment variable naming the cache folder of every command (`--cache` wins over it)."""
+
+
+def default_cache() -> Path:
+    """Where stages are cached when no `--cache` is given: $HRMLAB_CACHE, else .hrmlab_cache here."""
+    return Path(os.environ.get(CACHE_ENV, ".hrmlab_cache"))
+
 MARKER_SUFFIX = ".done"
 LOCK_SUFFIX = ".lock"
 

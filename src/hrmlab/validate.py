@@ -131,7 +131,7 @@ RULES: dict[str, Callable[[object], Iterator[Problem]]] = {
     "hrmlab.train.trainer.TrainConfig": _train,
     "hrmlab.diffusion.train.DiffusionTrainConfig": lambda t: _steps_trainer(t, 0),  # 0 = full batch
     "hrmlab.diffusion.spacetime.train.STTrainConfig": lambda t: _steps_trainer(t, 1),
-    "hrmlab.experiment.ExperimentConfig": _experiment,
+    "hrmlab.experiments.grid.config.ExperimentConfig": _experiment,
 }
 """Class path → the checks of that config section (fields of nested sections are checked by their own)."""
 

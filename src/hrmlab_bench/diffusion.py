@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 
-from hrmlab.diffusion import expert as expert_mod
-from hrmlab.diffusion.expert import ExpertConfig
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab_bench.reference.expert_astar import plan_reference, plan_seed_style
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -37,7 +37,7 @@ def bench_expert(episodes: int = 20, seed_style_episodes: int = 3, first_seed: i
     items = [(state.static[e], traj[e], state.start[e], state.goal[e]) for e in range(episodes)]
 
     def fast(static, tr, start, goal):
-        return expert_mod.plan(static, tr, start, goal, cfg)
+        return blob_astar.plan(static, tr, start, goal, cfg)
 
     def reference(static, tr, start, goal):
         return plan_reference(static, tr, start, goal, cfg.max_steps, cfg.wait_cost, cfg.clearance,

@@ -18,7 +18,7 @@ import torch
 def bench_st_planner(replans: int = 60, preset: str = "diffusion-st-cpu", overrides=()) -> dict:
     from hrmlab.diffusion.spacetime.model import STDenoiser
     from hrmlab.diffusion.spacetime.planner import DiffusionSTPolicy
-    from hrmlab.diffusion.spacetime.worlds import BlobOracleForecaster, blob_view, rewound_history
+    from hrmlab.diffusion.spacetime.worlds import BlobOracleForecaster, blob_rules
     from hrmlab.forecast.base import Observation
     from hrmlab.presets import load_preset
     from hrmlab.worlds import OBSERVED_HISTORY, blob_world
@@ -30,20 +30,18 @@ def bench_st_planner(replans: int = 60, preset: str = "diffusion-st-cpu", overri
     try:
         torch.manual_seed(0)
         model = STDenoiser(cfg.model, world.map_size, cfg.data.horizon).eval()
-        from hrmlab.diffusion.spacetime.worlds import blob_rules
-
         rules = blob_rules(world, cfg.expert.goal_tolerance, cfg.eval.collision_radius)
         state = blob_world.reset_split(world, "test", np.arange(20))
-        history = rewound_history(world, state, OBSERVED_HISTORY)
-        forecast = BlobOracleForecaster(world).forecast(Observation(history, state, blob_view(world)),
-                                                        cfg.data.horizon - 1)
+        history = blob_world.rewound_history(world, state, OBSERVED_HISTORY)
+        view = blob_world.forecaster_view(world)
+        forecast = BlobOracleForecaster(world).forecast(Observation(history, state, view), cfg.data.horizon - 1)
         times, cpu = [], []
         for i in range(replans + 3):
             e = np.array([i % state.batch])
             sub = state.subset(e)
             policy = DiffusionSTPolicy(model, rules, cfg.sampling, cfg.planner)  # fresh: every call replans
             t0, c0 = time.perf_counter(), time.process_time()
-            policy(Observation(history[e], sub, blob_view(world)), sub.start, forecast[e], np.array([0]))
+            policy(Observation(history[e], sub, view), sub.start, forecast[e], np.array([0]))
             if i >= 3:  # the first calls compile and warm up
                 times.append(time.perf_counter() - t0)
                 cpu.append(time.process_time() - c0)

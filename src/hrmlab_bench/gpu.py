@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from hrmlab.errors import UserError
-from hrmlab.study import StudyConfig, train_field
+from hrmlab.experiments.study import StudyConfig, train_field
 
 STUDY_MODELS = StudyConfig().models
 

@@ -22,7 +22,7 @@ import modal
 
 from hrmlab.cloud import orchestrate
 from hrmlab.evaluate import runner as eval_runner
-from hrmlab.pipeline import default_cache
+from hrmlab.stage_cache import default_cache
 from hrmlab.threads import PROCESS_DEFAULTS
 
 APP_NAME = "hrmlab"

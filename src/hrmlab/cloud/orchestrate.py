@@ -30,10 +30,10 @@ from hrmlab.data import shards
 from hrmlab.data.collect import make_shard
 from hrmlab.errors import UserError
 from hrmlab.evaluate.runner import evaluate_chunk
-from hrmlab.experiment import CloudConfig, HardwareConfig
-from hrmlab.families import family_of
+from hrmlab.experiments.grid.config import CloudConfig, HardwareConfig
+from hrmlab.experiments.families import family_of
 from hrmlab.backends.routed import RoutedBackend, function_ref
-from hrmlab.pipeline import RunOptions, TrainJob, run_train_job
+from hrmlab.experiments.grid.stages import RunOptions, TrainJob, run_train_job
 
 VOLUME_NAME = "hrmlab-cache"
 """The Modal Volume holding the stage cache and run directories."""
@@ -226,9 +226,9 @@ def run_pipeline_with(preset: str, overrides, smoke: bool, map_collect: Mapper, 
 def _run_family(cfg, opts: RunOptions, backend: RoutedBackend, train_runner, map_task: Mapper | None,
                 train_resources: dict, sync: VolumeSync):
     family = family_of(cfg)
-    if family.remote_training == "job":
-        return family.call("run", cfg, opts, backend=backend, train_runner=train_runner)
-    run_train_task = family.ref("train_task")
+    run_train_task = family.train_task()
+    if run_train_task is None:  # the grid stages' TrainJob through the GPU training function
+        return family.run(cfg, opts, backend=backend, train_runner=train_runner)
 
     if map_task is None:
         raise UserError(f"preset {cfg.name} ({family.name} family) trains through the app's generic task "
@@ -241,7 +241,7 @@ def _run_family(cfg, opts: RunOptions, backend: RoutedBackend, train_runner, map
         sync.reload()  # and this container reads the planner it wrote
         return planner
 
-    return family.call("run", cfg, opts, backend=backend, train_runner=train_task_remote)
+    return family.run(cfg, opts, backend=backend, train_runner=train_task_remote)
 
 
 def fetch_command(preset: str, smoke: bool = False, out: str | Path | None = None) -> str:
@@ -253,7 +253,7 @@ def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out
     """With the app running (`app.run()` or `modal run`): the pipeline in its orchestrator, then a summary.
 
     run_pipeline: the app's orchestrator function (passed in: this module never imports modal)."""
-    from hrmlab.families import family_of
+    from hrmlab.experiments.families import family_of
 
     try:
         cfg = resolve_config(preset, overrides, smoke)
@@ -261,6 +261,6 @@ def run_in_app(run_pipeline, preset: str, overrides=(), smoke: bool = False, out
         print(f"hrmlab: error: {exc}")
         return 2
     results = run_pipeline.remote(preset, list(overrides), smoke)
-    family_of(cfg).call("print_summary", results, cfg)
+    family_of(cfg).print_summary(results, cfg)
     print(f"\nresults are on the Volume {VOLUME_NAME}; fetch them with:\n  {fetch_command(preset, smoke, out)}")
     return 0

@@ -4,17 +4,13 @@ Methods, all on the same episodes: `diffusion` (best of N refined samples), `dif
 same N samples before refinement), `line` (straight start → goal), `line+refine` (the line through the
 same refinement, no network) and `oracle` (the expert space-time A* with perfect knowledge).
 
-Protocols:
+Protocols (BlobWorld's path rules, `worlds/blob_world.py`):
 
-* `seed` — the original evaluation: legacy seeds 1000–1049, open loop. Path point k (k = 0 … L−1) is
-  checked against the world after k + 1 physics steps: it fails off the map, on a disc cell (truncated
-  coordinates) or closer than 2 to an obstacle. The oracle "succeeds" when a plan exists (it is not
-  executed, as in the seed).
-* `standard` — held-out test-split episodes, every path executed on the grid: points are rounded to
-  cells, the agent is at cell k at time k (after k physics steps), and fails if a move spans more than
-  one cell per axis (infeasible), leaves the map, enters a disc, comes closer than 2 to an obstacle
-  (points k ≥ 1), or ends farther than the expert's goal tolerance from the goal. The oracle's own path
-  is executed the same way.
+* `seed` — the original evaluation: legacy seeds 1000–1049, open loop, each path checked by
+  `check_seed_protocol`. The oracle "succeeds" when a plan exists (it is not executed, as in the seed).
+* `standard` — held-out test-split episodes, every path executed on the grid by `execute_standard`
+  (cell k at time k; infeasible, off-map, disc, collision and not-at-goal failures). The oracle's own
+  path is executed the same way.
 
 Each method reports successes, a 95% Wilson interval, outcomes by first failure, and planning time;
 every pair of methods gets an exact McNemar test — `evaluate/result.summarize`, the grid's summariser,
@@ -29,19 +25,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hrmlab.diffusion import expert as expert_mod
-from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.noise import PathDiffusion
 from hrmlab.diffusion.refine import distance_field, refine_paths
 from hrmlab.diffusion.sample import SamplingConfig, line_paths, plan_with_diffusion
 from hrmlab.errors import UserError
 from hrmlab.evaluate.result import EvaluationResult, summarize
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.worlds import blob_world
-from hrmlab.worlds.blob_world import BlobWorldConfig
+from hrmlab.worlds.blob_world import PATH_OUTCOMES, BlobWorldConfig, check_seed_protocol, execute_standard
 
 log = logging.getLogger(__name__)
 
-OUTCOMES = ("success", "no_plan", "infeasible", "off_map", "static", "collision", "not_at_goal")
 METHODS = ("diffusion", "diffusion-raw", "line", "line+refine", "oracle")
 
 
@@ -51,13 +46,13 @@ class DiffusionEvalConfig:
 
     protocols: list[str] = field(default_factory=lambda: ["standard", "seed"])
     """Protocols to run, in order; the first is the run's primary (headline) protocol: standard, seed."""
-    seed_first: int = 1000
+    seed_first: int = blob_world.SEED_FIRST
     """First legacy seed of the seed protocol (the original: 1000)."""
     seed_episodes: int = 50
     """Episodes of the seed protocol (the original: 50, seeds 1000–1049)."""
     test_episodes: int = 500
     """Test-split episodes of the standard protocol."""
-    collision_radius: float = 2.0
+    collision_radius: float = blob_world.COLLISION_RADIUS
     """A point closer than this to an obstacle fails (the seed: the obstacle radius 2)."""
     records: int = 2
     """Episodes per protocol saved as .npz records for the report's animations (0: none)."""
@@ -72,68 +67,6 @@ def protocol_episodes(protocol: str, world: BlobWorldConfig, cfg: DiffusionEvalC
         return (blob_world.reset_split(world, "test", np.arange(cfg.test_episodes)),
                 f"test split, episodes 0–{cfg.test_episodes - 1}")
     raise UserError(f"unknown diffusion protocol {protocol!r}; valid choices: seed, standard")
-
-
-def check_seed_protocol(paths: np.ndarray, world: BlobWorldConfig, state: blob_world.BlobState,
-                        collision_radius: float) -> np.ndarray:
-    """Outcome per episode for paths (B, L, 2): point k against the world after k + 1 steps."""
-    b, length, _ = paths.shape
-    traj = blob_world.trajectory(world, state, length)[:, 1:]  # (B, L, N, 2): point k after k + 1 steps
-    g = world.map_size
-    off = ((paths < 0) | (paths >= g)).any(axis=-1)
-    cells = np.clip(np.trunc(paths), 0, g - 1).astype(np.int64)
-    on_static = state.static[np.arange(b)[:, None], cells[..., 0], cells[..., 1]] & ~off
-    dist = np.linalg.norm(paths[:, :, None, :] - traj, axis=-1).min(axis=-1)
-    hit = (dist < collision_radius) & ~off & ~on_static
-    return _first_failure({"off_map": off, "static": on_static, "collision": hit})
-
-
-def execute_standard(paths: list, world: BlobWorldConfig, state: blob_world.BlobState,
-                     collision_radius: float, goal_tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Execute each path (list of (L_b, 2) arrays, None = no plan) on the grid from t = 0.
-    Returns (outcome per episode, steps per episode)."""
-    b = state.batch
-    g = world.map_size
-    lengths = np.array([0 if p is None else len(p) for p in paths])
-    horizon = max(1, int(lengths.max()))
-    cells = np.zeros((b, horizon, 2), dtype=np.int64)
-    for e, p in enumerate(paths):
-        if p is not None:
-            c = np.floor(np.asarray(p, dtype=np.float64) + 0.5).astype(np.int64)
-            cells[e, :len(c)] = c
-            cells[e, len(c):] = c[-1]
-    valid = np.arange(horizon)[None, :] < lengths[:, None]
-    moving = valid.copy()
-    moving[:, 0] = False  # the start cell is given, not chosen
-    traj = blob_world.trajectory(world, state, horizon - 1)  # (B, H, N, 2): after k steps
-    jump = np.zeros((b, horizon), dtype=bool)
-    jump[:, 1:] = np.abs(np.diff(cells, axis=1)).max(axis=-1) > 1
-    off = ((cells < 0) | (cells >= g)).any(axis=-1)
-    clipped = np.clip(cells, 0, g - 1)
-    on_static = state.static[np.arange(b)[:, None], clipped[..., 0], clipped[..., 1]] & ~off
-    dist = np.linalg.norm(cells[:, :, None, :].astype(np.float64) - traj, axis=-1).min(axis=-1)
-    hit = (dist < collision_radius) & ~off & ~on_static
-    outcome = _first_failure({"infeasible": jump & moving, "off_map": off & moving, "static": on_static & moving,
-                              "collision": hit & moving})
-    last = cells[np.arange(b), np.maximum(lengths - 1, 0)]
-    far = np.linalg.norm((last - state.goal).astype(np.float64), axis=-1) >= goal_tolerance
-    outcome = np.where((outcome == "success") & far, "not_at_goal", outcome)
-    outcome = np.where(lengths == 0, "no_plan", outcome)
-    return outcome, np.maximum(lengths - 1, 0)
-
-
-def _first_failure(checks: dict) -> np.ndarray:
-    """Per episode, the check that fails at the earliest step (ties in dict order), else 'success'."""
-    names = list(checks)
-    stacked = np.stack([checks[n] for n in names], axis=-1)  # (B, L, C)
-    b, length, _ = stacked.shape
-    any_fail = stacked.any(axis=-1)
-    out = np.full(b, "success", dtype=object)
-    failed = any_fail.any(axis=1)
-    first_step = any_fail.argmax(axis=1)
-    for e in np.nonzero(failed)[0]:
-        out[e] = names[int(stacked[e, first_step[e]].argmax())]
-    return out
 
 
 def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfig, sampling: SamplingConfig,
@@ -167,7 +100,7 @@ def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfi
         samples = out["samples"]
         seconds["diffusion"] = seconds["diffusion-raw"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    oracle = expert_mod.plan_episodes(world, state, expert)
+    oracle = blob_astar.plan_episodes(world, state, expert)
     seconds["oracle"] = time.perf_counter() - t0
 
     outcomes: dict[str, np.ndarray] = {}
@@ -188,7 +121,7 @@ def evaluate_protocol(protocol: str, world: BlobWorldConfig, expert: ExpertConfi
             outcomes[name], steps[name] = execute_standard(list(np.asarray(paths[name])), world, state,
                                                            cfg.collision_radius, expert.goal_tolerance)
     first = cfg.seed_first if protocol == "seed" else 0
-    result = summarize(outcomes, protocol=protocol, indices=range(first, first + state.batch), vocabulary=OUTCOMES,
+    result = summarize(outcomes, protocol=protocol, indices=range(first, first + state.batch), vocabulary=PATH_OUTCOMES,
                        steps=steps, description=description)
     for name, row in result.rows.items():
         row.plan_ms_per_episode = 1000 * seconds.get(name, 0.0) / max(1, row.episodes)

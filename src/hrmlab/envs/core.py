@@ -1,34 +1,36 @@
 """Live episodes for the Gymnasium envs: the evaluator's closed loop, one move at a time, for B episodes.
 
 `LiveEpisodes` holds a batch of episodes of one world and advances them together with numpy; the single
-env is a batch of one, the vector env a batch of `num_envs` (no copies of the single env). Episodes are
-built and stepped with the evaluator's own pieces (`evaluate/episodes.py`: `make_episodes`, `warm_up`,
-`apply_actions`, `end_tests`), so episode i of a protocol is the evaluator's episode i.
+env is a batch of one, the vector env a batch of `num_envs` (no copies of the single env). It is a thin
+adapter: episodes are built and stepped with the closed loop's own pieces (`evaluate/episodes.py`:
+`make_episodes` / `make_blob_episodes`, `warm_up`, `apply_actions`, `advance`), so episode i of a protocol
+is the evaluator's episode i.
 
-`WorldKind` says what differs between BounceGrid and BlobWorld: moves, physics, episode sources and
-the rules (a `Protocol`: warm-up, step limit, goal and crash radii, test order). No gymnasium here.
+`WorldKind` says what differs between BounceGrid and BlobWorld: moves (the planners' own,
+`planning/`), physics (`worlds/`), episode sources and the rules (a `Protocol` of `evaluate/protocols.py`:
+warm-up, step limit, goal and crash radii, test order). No gymnasium here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 
 from hrmlab.errors import UserError, choose
-from hrmlab.evaluate.episodes import apply_actions, end_tests, make_episodes, warm_up
-from hrmlab.evaluate.protocols import PROTOCOLS, Protocol
+from hrmlab.evaluate.episodes import advance, apply_actions, make_blob_episodes, make_episodes, warm_up
+from hrmlab.evaluate.protocols import BLOB_PROTOCOLS, PROTOCOLS, Protocol
 from hrmlab.forecast.base import Observation
+from hrmlab.planning import blob_astar
 from hrmlab.planning.spacetime_astar import MOVES
 from hrmlab.policies import observation
 from hrmlab.worlds import OBSERVED_HISTORY, blob_world, bounce_grid, seeding
 from hrmlab.worlds.blob_world import BlobWorldConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
-KING_MOVES = np.array([[dr, dc] for dr in (-1, 0, 1) for dc in (-1, 0, 1)], dtype=np.int64)
+KING_MOVES = blob_astar.MOVES
 """BlobWorld's moves: the 8 king moves and wait (0, 0), in the expert's neighbour order."""
 
 SPLITS = ("train", "val", "test")
@@ -63,27 +65,6 @@ def _bounce_protocols() -> dict[str, Protocol]:
     return {name: p for name, p in PROTOCOLS.items() if not p.one_shot}
 
 
-@lru_cache(maxsize=1)
-def _blob_protocols() -> dict[str, Protocol]:
-    """BlobWorld's rules from the diffusion evaluation's settings (one source of truth): no warm-up (the
-    diffusion protocol plans at t = 0), the expert's step limit and goal tolerance, the evaluation's
-    collision radius, crash test first. `seed`: the original's legacy seeds from seed_first on."""
-    from hrmlab.diffusion.evaluate import DiffusionEvalConfig  # torch: only when a BlobWorld env is made
-    from hrmlab.diffusion.expert import ExpertConfig
-
-    ev, ex = DiffusionEvalConfig(), ExpertConfig()
-    rules = dict(warmup=0, max_steps=ex.max_steps, goal_radius=ex.goal_tolerance,
-                 crash_radius=ev.collision_radius, goal_first=False)
-    return {"standard": Protocol("standard", "BlobWorld test split, closed loop", seed_offset=None, **rules),
-            "seed": Protocol("seed", f"BlobWorld legacy seeds {ev.seed_first} + i", seed_offset=ev.seed_first, **rules)}
-
-
-def _blob_protocol_episodes(protocol: Protocol, config: BlobWorldConfig, indices) -> blob_world.BlobState:
-    if protocol.seed_offset is not None:
-        return blob_world.reset_seed_exact(config, np.asarray(indices) + protocol.seed_offset)
-    return blob_world.reset_split(config, "test", indices)
-
-
 BOUNCE_GRID = WorldKind(
     name="BounceGrid", moves=MOVES, config=BounceGridConfig, step=bounce_grid.step,
     split_episodes=bounce_grid.reset_split,
@@ -93,8 +74,9 @@ BOUNCE_GRID = WorldKind(
 
 BLOB_WORLD = WorldKind(
     name="BlobWorld", moves=KING_MOVES, config=BlobWorldConfig, step=blob_world.step,
-    split_episodes=blob_world.reset_split, protocol_episodes=_blob_protocol_episodes,
-    protocols=_blob_protocols, walls=lambda state: state.static, size=lambda config: config.map_size,
+    split_episodes=blob_world.reset_split,
+    protocol_episodes=lambda protocol, config, indices: make_blob_episodes(protocol, config, np.asarray(indices)),
+    protocols=lambda: BLOB_PROTOCOLS, walls=lambda state: state.static, size=lambda config: config.map_size,
     coordinate_max=lambda config: float(config.map_size))
 
 
@@ -180,9 +162,8 @@ class LiveEpisodes:
         Returns (reached, crashed, timed_out), each (B,) bool."""
         self.agent[:] = apply_actions(self.kind.walls(self.state), self.agent, actions, self.kind.moves)
         self.steps += 1
-        self.kind.step(self.config, self.state)
-        self.history = np.concatenate([self.history[:, :, 1:], self.state.pos[:, :, None]], axis=2)
-        reached, crashed = end_tests(self.rules, self.agent, self.state.goal, self.state.pos)
+        self.history, reached, crashed = advance(self.rules, self.kind.step, self.config, self.state, self.history,
+                                                 self.agent)
         timed_out = (self.steps >= self.rules.max_steps) & ~reached & ~crashed
         return reached, crashed, timed_out
 

@@ -74,15 +74,20 @@ def check_rules(kind: WorldKind, config, name: str) -> Protocol:
     return rules
 
 
+def _integer(value, what: str, minimum: int) -> int:
+    """`value` as an integer >= `minimum`; else an InvalidType / InvalidValue naming `what`."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise InvalidType(f"{what} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise InvalidValue(f"{what} must be >= {minimum}, got {number}")
+    return number
+
+
 def history_length(history) -> int:
     """The `history` argument of the envs: positions per obstacle in an observation (an integer >= 1)."""
-    try:
-        history = operator.index(history)
-    except TypeError:
-        raise InvalidType(f"history must be an integer, got {history!r}") from None
-    if history < 1:
-        raise InvalidValue(f"history must be >= 1, got {history}")
-    return history
+    return _integer(history, "history", 1)
 
 
 def episode_index(value) -> int | None:
@@ -93,13 +98,7 @@ def episode_index(value) -> int | None:
         value = value.reshape(-1)[0]
     if isinstance(value, (bool, np.bool_)):
         raise InvalidType(f"reset option 'episode' must be an integer, got {value!r}")
-    try:
-        index = operator.index(value)
-    except TypeError:
-        raise InvalidType(f"reset option 'episode' must be an integer, got {value!r}") from None
-    if index < 0:
-        raise InvalidValue(f"reset option 'episode' must be >= 0, got {index}")
-    return index
+    return _integer(value, "reset option 'episode'", 0)
 
 
 def episode_options(options: dict | None, default_rules: Protocol, kind: WorldKind, config):

@@ -1,1 +1,1 @@
-"""Closed-loop evaluation: protocols, batched episodes, statistics."""
+"""Closed-loop evaluation: protocols, the closed loop of each world, paired runs, the one result type, statistics."""

@@ -1,19 +1,24 @@
-"""Closed-loop episodes, batched: every forecaster drives the planner on the same episodes.
+"""Closed-loop episodes, batched: one loop per world, every method driven on the same episodes.
 
-Per episode: W warm-up physics steps build the history, then up to M steps of
-plan → move the agent to the chosen cell → physics step → goal / crash tests (order per protocol).
+* `run_closed_loop` — BounceGrid's: W warm-up physics steps build the history, then up to M steps of
+  plan → move the agent to the chosen cell → physics step → goal / crash tests (order per protocol).
+* `run_blob_closed_loop` — BlobWorld's: the agent starts at t = 0 (the obstacles' past is rewound), then up
+  to M steps of forecast → plan → move → physics step → crash test (an illegal move is a crash) → goal test.
+
 All episodes of a chunk advance together; the world is stepped with numpy and the planner is one
-compiled call per step, so the cost per step is one forecast call plus one planner call.
+compiled call per step, so the cost per step is one forecast call plus one planner call. Both loops and
+the Gymnasium envs (`hrmlab.envs`, a thin adapter over these pieces) move agents with `apply_actions` or
+their policy's cells and end each step with `advance` (physics step, history, `end_tests`), so an env's
+episode is the evaluator's.
 
 An outside policy (`hrmlab.policies`) takes the place of forecaster + planner through the `policy`
 hook: it sees the observation the Gymnasium envs give and returns move indices, applied by
-`apply_actions` (a move off the grid or into a wall leaves the agent where it is). The envs
-(`hrmlab.envs`) step episodes with the same pieces: `make_episodes`, `warm_up`, `apply_actions`,
-`end_tests`.
+`apply_actions` (a move off the grid or into a wall leaves the agent where it is).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -23,8 +28,9 @@ from hrmlab.errors import UserError
 from hrmlab.forecast.base import Forecaster, Observation
 from hrmlab.policies import call_policy, observation
 from hrmlab.planning.spacetime_astar import MOVES, STATUS_GOAL, PlannerConfig, plan
-from hrmlab.evaluate.protocols import Protocol
-from hrmlab.worlds import OBSERVED_HISTORY, bounce_grid
+from hrmlab.evaluate.protocols import BLOB_PROTOCOLS, Protocol
+from hrmlab.worlds import OBSERVED_HISTORY, blob_world, bounce_grid
+from hrmlab.worlds.blob_world import BlobState, BlobWorldConfig
 from hrmlab.worlds.bounce_grid import BounceGridConfig, WorldState
 
 OUTCOMES = ("success", "crash", "timeout")
@@ -49,8 +55,8 @@ def running_episodes(state, active: np.ndarray, max_steps: int):
     and their state (`state` itself while every episode runs, else `state.subset(idx)`), and stops early
     once none runs. The caller steps the world and clears finished episodes in `active`, in place.
 
-    One loop head for every closed loop (BounceGrid here, BlobWorld in `diffusion/spacetime/closed_loop`),
-    so both pick the running episodes the same way."""
+    One loop head for both closed loops (BounceGrid's and BlobWorld's), so both pick the running episodes
+    the same way."""
     for _ in range(max_steps):
         idx = np.flatnonzero(active)
         if idx.size == 0:
@@ -66,6 +72,14 @@ def make_episodes(protocol: Protocol, world: BounceGridConfig | None, indices: n
     if protocol.seed_offset is not None:
         return bounce_grid.reset_seed_exact(world, np.asarray(indices) + protocol.seed_offset)
     return bounce_grid.reset_split(world, split, indices)
+
+
+def make_blob_episodes(protocol: Protocol, world: BlobWorldConfig, indices: np.ndarray,
+                       split: str = "test") -> BlobState:
+    """BlobWorld's `make_episodes`: legacy seeds for a seed protocol (`BLOB_PROTOCOLS`), else `split`."""
+    if protocol.seed_offset is not None:
+        return blob_world.reset_seed_exact(world, np.asarray(indices) + protocol.seed_offset)
+    return blob_world.reset_split(world, split, indices)
 
 
 def warm_up(world: BounceGridConfig, state: WorldState, steps: int, history_len: int, *,
@@ -110,6 +124,19 @@ def end_tests(protocol: Protocol, agent: np.ndarray, goal: np.ndarray, obstacles
     else:
         reached &= ~crashed
     return reached, crashed
+
+
+def advance(protocol: Protocol, step, world, state, history: np.ndarray, agent: np.ndarray, idx=None):
+    """The end of a closed-loop step, after the agents moved: one physics step of the world (`step`, in
+    place), the history shifted by the new positions, and the protocol's `end_tests` for the episodes `idx`
+    (None: every one). Returns (history, reached, crashed)."""
+    step(world, state)
+    history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
+    if idx is None:
+        reached, crashed = end_tests(protocol, agent, state.goal, state.pos)
+    else:
+        reached, crashed = end_tests(protocol, agent[idx], state.goal[idx], state.pos[idx])
+    return history, reached, crashed
 
 
 def observed_history(forecaster: Forecaster | None, shown: int = OBSERVED_HISTORY) -> int:
@@ -191,9 +218,62 @@ def run_closed_loop(protocol: Protocol, world: BounceGridConfig | None, planner:
             agent[idx] = moves
         rec.plan_calls += idx.size
         steps[idx] += 1
-        bounce_grid.step(world, state)
-        history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
-        reached, crashed = end_tests(protocol, agent[idx], state.goal[idx], state.pos[idx])
+        history, reached, crashed = advance(protocol, bounce_grid.step, world, state, history, agent, idx)
+        outcome[idx[reached]] = SUCCESS
+        outcome[idx[crashed]] = CRASH
+        active[idx[reached | crashed]] = False
+    return rec
+
+
+def run_blob_closed_loop(world: BlobWorldConfig, policy, forecaster: Forecaster, indices: np.ndarray, *,
+                         horizon: int, max_steps: int, split: str = "test",
+                         goal_tolerance: float = blob_world.GOAL_TOLERANCE,
+                         collision_radius: float = blob_world.COLLISION_RADIUS,
+                         forecast_error: bool = False) -> EpisodeRecords:
+    """BlobWorld's closed loop: `policy(obs, agents, forecast, idx) -> next cells` driven by `forecaster`
+    (`horizon` steps ahead) on episodes `indices` of `split`, as the diffusion `standard` protocol runs them.
+
+    The agent starts at t = 0 (an episode that starts within `goal_tolerance` of its goal is a success at
+    once); history-based forecasters see the obstacles' past run backwards (`blob_world.rewound_history`).
+    Then up to `max_steps` times: forecast → plan → move → physics step → crash test (closer than
+    `collision_radius` to an obstacle, or an illegal move: more than one cell per axis, off the map or onto
+    a disc) → goal test (`BLOB_PROTOCOLS` rules, crash first). `forecast_error` also measures the
+    forecast's error against the true future."""
+    rules = dataclasses.replace(BLOB_PROTOCOLS["standard"], max_steps=max_steps, goal_radius=goal_tolerance,
+                                crash_radius=collision_radius)
+    state = blob_world.reset_split(world, split, indices)
+    view = blob_world.forecaster_view(world)
+    history = blob_world.rewound_history(world, state, observed_history(forecaster))
+    batch = state.batch
+    agent = state.start.astype(np.int64).copy()
+    outcome = np.full(batch, TIMEOUT, dtype=np.int64)
+    steps = np.zeros(batch, dtype=np.int64)
+    rec = EpisodeRecords(outcome, steps, ade_sum=np.zeros(horizon))
+    reached = np.linalg.norm((agent - state.goal).astype(np.float64), axis=-1) < goal_tolerance
+    outcome[reached] = SUCCESS
+    active = ~reached
+    g = world.map_size
+    for idx, sub in running_episodes(state, active, max_steps):
+        obs = Observation(history[idx], sub, view)
+        t0 = time.perf_counter()
+        forecast = forecaster.forecast(obs, horizon)
+        t1 = time.perf_counter()
+        moves = np.asarray(policy(obs, agent[idx], forecast, idx), dtype=np.int64)
+        rec.forecast_seconds += t1 - t0
+        rec.plan_seconds += time.perf_counter() - t1
+        rec.plan_calls += idx.size
+        if forecast_error and forecast.shape[1]:
+            truth = np.transpose(blob_world.trajectory(world, sub, horizon)[:, 1:], (0, 2, 1, 3))
+            rec.ade_sum += np.linalg.norm(forecast - truth, axis=-1).sum(axis=(0, 1))
+            rec.ade_count += forecast.shape[0] * forecast.shape[1]
+        illegal = (np.abs(moves - agent[idx]).max(axis=1) > 1) | ((moves < 0) | (moves >= g)).any(axis=1)
+        cells = np.clip(moves, 0, g - 1)
+        illegal |= state.static[idx, cells[:, 0], cells[:, 1]]
+        agent[idx] = moves
+        steps[idx] += 1
+        history, reached, crashed = advance(rules, blob_world.step, world, state, history, agent, idx)
+        crashed |= illegal
+        reached &= ~illegal
         outcome[idx[reached]] = SUCCESS
         outcome[idx[crashed]] = CRASH
         active[idx[reached | crashed]] = False

@@ -2,7 +2,8 @@
 
 The `seed-*` protocols replay the original evaluation episodes (episode s = legacy seed s + offset) with
 the original's thresholds and test order; `standard` uses the held-out test split, crash test first,
-and is the default for new results.
+and is the default for new results. `BLOB_PROTOCOLS` are BlobWorld's closed-loop rules (the Gymnasium env
+runs them), made from the world's own rules (`worlds/blob_world.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from hrmlab.config import from_dict
 from hrmlab.errors import choose
+from hrmlab.worlds import blob_world
 from hrmlab.worlds.bounce_grid import BounceGridConfig
 
 
@@ -61,9 +63,9 @@ V1_WORLD = BounceGridConfig(num_obstacles=8, wall_draws=40, velocity="gaussian",
 # the suite's preset file (presets/suite-NAME.yaml), whose description says what the world is; the preset
 # trains on that world and this protocol evaluates on it.
 def _suite_presets() -> dict[str, dict]:
-    from hrmlab.presets import preset_data, preset_names
+    from hrmlab.presets.store import preset_data, suite_names
 
-    return {name: preset_data(name) for name in preset_names() if name.startswith("suite-")}
+    return {name: preset_data(name) for name in suite_names()}
 
 
 _SUITES = _suite_presets()
@@ -88,6 +90,17 @@ PROTOCOLS: dict[str, Protocol] = {
           for name, world in SUITE_WORLDS.items()),
     )
 }
+
+
+_BLOB_RULES = dict(warmup=0, max_steps=blob_world.MAX_STEPS, goal_radius=blob_world.GOAL_TOLERANCE,
+                   crash_radius=blob_world.COLLISION_RADIUS, goal_first=False)
+BLOB_PROTOCOLS: dict[str, Protocol] = {
+    "standard": Protocol("standard", "BlobWorld test split, closed loop", seed_offset=None, **_BLOB_RULES),
+    "seed": Protocol("seed", f"BlobWorld legacy seeds {blob_world.SEED_FIRST} + i", seed_offset=blob_world.SEED_FIRST,
+                     **_BLOB_RULES),
+}
+"""BlobWorld's closed-loop rules: no warm-up (its episodes start at t = 0), the expert's step limit, the goal
+tolerance and collision radius of its path rules, crash test first. `seed`: the original's legacy seeds."""
 
 
 def get_protocol(name: str) -> Protocol:

@@ -1,4 +1,5 @@
-"""Worlds with moving obstacles: BounceGrid (forecaster + A* family) and BlobWorld (diffusion family)."""
+"""Worlds with moving obstacles, batched numpy cores on the ground floor: BounceGrid (the forecaster + A*
+family's) and BlobWorld (the diffusion families', with its rules)."""
 
 OBSERVED_HISTORY = 20
 """Obstacle positions (oldest first) an observer of a world is shown before each move: the forecasters'

@@ -12,6 +12,12 @@ A batch of episodes is stepped at once with numpy. Two ways to make episodes, as
 
 Coordinates are (row, col) in cell units. Obstacle positions are continuous; start, goal and the
 static discs are integer cells. Obstacles ignore the discs and each other and reflect off the border.
+
+The rules (bottom of the file) are BlobWorld's one definition of success, read by the diffusion evaluation,
+the space-time planner's closed loop, the expert's search settings and the Gymnasium env: the goal is
+reached within `GOAL_TOLERANCE`, an obstacle closer than `COLLISION_RADIUS` is a collision, the expert's
+plans and the env's episodes last `MAX_STEPS`, and the original's evaluation used legacy seeds from
+`SEED_FIRST`. `execute_standard` and `check_seed_protocol` judge whole paths (the open-loop protocols).
 """
 
 from __future__ import annotations
@@ -21,6 +27,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from hrmlab.worlds import seeding
+from hrmlab.worlds.bounce_grid import BounceGridConfig
+
+GOAL_TOLERANCE = 2.0
+"""The goal is reached closer than this to it (cells; the seed's expert stopped there)."""
+COLLISION_RADIUS = 2.0
+"""A cell closer than this to an obstacle collides (the seed: the obstacle radius 2)."""
+MAX_STEPS = 64
+"""Steps of a plan or episode: the expert's plans have at most this many cells, the env's episodes this
+many moves."""
+SEED_FIRST = 1000
+"""The original evaluation's first legacy seed (seeds 1000–1049)."""
+PATH_OUTCOMES = ("success", "no_plan", "infeasible", "off_map", "static", "collision", "not_at_goal")
+"""What becomes of a path (`execute_standard`, `check_seed_protocol`), in the order of its checks."""
 
 
 @dataclass
@@ -209,3 +228,96 @@ def occupancy_grid(cfg: BlobWorldConfig, state: BlobState) -> np.ndarray:
     ep = np.broadcast_to(np.arange(b)[:, None, None], rr.shape)
     grid[ep[inside], rr[inside], cc[inside]] = True
     return grid
+
+
+def rewound_history(cfg: BlobWorldConfig, state: BlobState, length: int) -> np.ndarray:
+    """(B, N, length, 2) obstacle positions before t = 0, oldest first, last = now.
+
+    BlobWorld episodes start with the agent at t = 0 (the `standard` protocol's episodes); the obstacles'
+    past is the same physics run backwards (velocities negated), exact except within a step of a border
+    clip. It gives history-based forecasters (constant velocity, learned) something to look at without
+    changing the episodes."""
+    sim = state.copy()
+    sim.vel = -sim.vel
+    frames = [sim.pos.copy()]
+    for _ in range(length - 1):
+        step(cfg, sim)
+        frames.append(sim.pos.copy())
+    return np.stack(frames[::-1], axis=2)
+
+
+def forecaster_view(cfg: BlobWorldConfig) -> BounceGridConfig:
+    """A BounceGrid config with BlobWorld's map size and border clip, for forecasters that read
+    `obs.world.grid_size` / `clip_hi` (bounce-aware)."""
+    return BounceGridConfig(grid_size=cfg.map_size, clip_max=(cfg.map_size - cfg.clip_margin) * 20.0
+                            / cfg.map_size, num_obstacles=cfg.num_obstacles)
+
+
+# ------------------------------------------------------------------------------------------------ rules
+
+
+def check_seed_protocol(paths: np.ndarray, cfg: BlobWorldConfig, state: BlobState,
+                        collision_radius: float = COLLISION_RADIUS) -> np.ndarray:
+    """The original's open-loop check, outcome per episode for paths (B, L, 2): path point k against the
+    world after k + 1 steps; it fails off the map, on a disc cell (truncated coordinates) or closer than
+    `collision_radius` to an obstacle."""
+    b, length, _ = paths.shape
+    traj = trajectory(cfg, state, length)[:, 1:]  # (B, L, N, 2): point k after k + 1 steps
+    g = cfg.map_size
+    off = ((paths < 0) | (paths >= g)).any(axis=-1)
+    cells = np.clip(np.trunc(paths), 0, g - 1).astype(np.int64)
+    on_static = state.static[np.arange(b)[:, None], cells[..., 0], cells[..., 1]] & ~off
+    dist = np.linalg.norm(paths[:, :, None, :] - traj, axis=-1).min(axis=-1)
+    hit = (dist < collision_radius) & ~off & ~on_static
+    return first_failure({"off_map": off, "static": on_static, "collision": hit})
+
+
+def execute_standard(paths: list, cfg: BlobWorldConfig, state: BlobState, collision_radius: float = COLLISION_RADIUS,
+                     goal_tolerance: float = GOAL_TOLERANCE) -> tuple[np.ndarray, np.ndarray]:
+    """Execute each path (list of (L_b, 2) arrays, None = no plan) on the grid from t = 0: points are
+    rounded to cells, the agent is at cell k after k physics steps, and fails if a move spans more than one
+    cell per axis (infeasible), leaves the map, enters a disc, comes closer than `collision_radius` to an
+    obstacle (points k ≥ 1), or ends `goal_tolerance` or farther from the goal.
+    Returns (outcome per episode, steps per episode)."""
+    b = state.batch
+    g = cfg.map_size
+    lengths = np.array([0 if p is None else len(p) for p in paths])
+    horizon = max(1, int(lengths.max()))
+    cells = np.zeros((b, horizon, 2), dtype=np.int64)
+    for e, p in enumerate(paths):
+        if p is not None:
+            c = np.floor(np.asarray(p, dtype=np.float64) + 0.5).astype(np.int64)
+            cells[e, :len(c)] = c
+            cells[e, len(c):] = c[-1]
+    valid = np.arange(horizon)[None, :] < lengths[:, None]
+    moving = valid.copy()
+    moving[:, 0] = False  # the start cell is given, not chosen
+    traj = trajectory(cfg, state, horizon - 1)  # (B, H, N, 2): after k steps
+    jump = np.zeros((b, horizon), dtype=bool)
+    jump[:, 1:] = np.abs(np.diff(cells, axis=1)).max(axis=-1) > 1
+    off = ((cells < 0) | (cells >= g)).any(axis=-1)
+    clipped = np.clip(cells, 0, g - 1)
+    on_static = state.static[np.arange(b)[:, None], clipped[..., 0], clipped[..., 1]] & ~off
+    dist = np.linalg.norm(cells[:, :, None, :].astype(np.float64) - traj, axis=-1).min(axis=-1)
+    hit = (dist < collision_radius) & ~off & ~on_static
+    outcome = first_failure({"infeasible": jump & moving, "off_map": off & moving, "static": on_static & moving,
+                             "collision": hit & moving})
+    last = cells[np.arange(b), np.maximum(lengths - 1, 0)]
+    far = np.linalg.norm((last - state.goal).astype(np.float64), axis=-1) >= goal_tolerance
+    outcome = np.where((outcome == "success") & far, "not_at_goal", outcome)
+    outcome = np.where(lengths == 0, "no_plan", outcome)
+    return outcome, np.maximum(lengths - 1, 0)
+
+
+def first_failure(checks: dict) -> np.ndarray:
+    """Per episode, the check that fails at the earliest step (ties in dict order), else 'success'."""
+    names = list(checks)
+    stacked = np.stack([checks[n] for n in names], axis=-1)  # (B, L, C)
+    b, length, _ = stacked.shape
+    any_fail = stacked.any(axis=-1)
+    out = np.full(b, "success", dtype=object)
+    failed = any_fail.any(axis=1)
+    first_step = any_fail.argmax(axis=1)
+    for e in np.nonzero(failed)[0]:
+        out[e] = names[int(stacked[e, first_step[e]].argmax())]
+    return out

@@ -8,40 +8,37 @@ Wilson interval, success / crash / timeout, planning and forecasting ms per step
 per-episode outcomes, and exact McNemar tests for every pair (so each diffusion row meets A* with the
 same forecaster).
 
-* **BounceGrid** runs `evaluate/episodes.run_closed_loop` itself — the protocol's episodes, warm-up, moves,
-  crash-first test — with the diffusion policy through its `policy` hook.
-* **BlobWorld** (`blob_closed_loop`): the diffusion `standard` protocol's test episodes and tests,
-  executed step by step: the agent starts at t = 0 (history-based forecasters see the obstacles' past,
-  `worlds.rewound_history`), then up to `max_steps` times: forecast → plan → move → physics step →
-  crash test (closer than 2 to an obstacle, or an illegal move) → goal test (within the expert's goal
-  tolerance 2). A* there is the expert kernel (`diffusion/expert.py`: 8 moves + wait, clearance 3)
-  planning on the forecast each step; with no plan it takes the evade move.
+Each world's own closed loop runs the rows (`evaluate/episodes.py`):
+
+* **BounceGrid**: `run_closed_loop` — the protocol's episodes, warm-up, moves, crash-first test — with the
+  diffusion policy through its `plan_fn` hook.
+* **BlobWorld**: `run_blob_closed_loop` — the diffusion `standard` protocol's test episodes and rules,
+  executed step by step from t = 0. A* there is BlobWorld's space-time A* (`planning/blob_astar.py`: 8
+  moves + wait, clearance 3) planning on the forecast each step (`ExpertPolicy`); with no plan it takes the
+  evade move.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from hrmlab.config import from_dict, to_dict
-from hrmlab.diffusion import expert as expert_mod
-from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime.planner import DiffusionSTPolicy, STPlannerConfig
 from hrmlab.diffusion.spacetime.sampler import STSamplingConfig
 from hrmlab.diffusion.spacetime.trajectory import MoveRules, evade_moves
-from hrmlab.diffusion.spacetime.worlds import (blob_forecaster, blob_rules, blob_view, grid_rules, obstacles_ahead,
-                                               rewound_history)
+from hrmlab.diffusion.spacetime.worlds import blob_forecaster, blob_rules, grid_rules, obstacles_ahead
 from hrmlab.errors import UserError
-from hrmlab.evaluate.episodes import (CRASH, SUCCESS, TIMEOUT, EpisodeRecords, observed_history, run_closed_loop,
-                                     running_episodes)
+from hrmlab.evaluate.episodes import run_blob_closed_loop, run_closed_loop
 from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.result import EvaluationResult
 from hrmlab.evaluate.runner import ChunkResult, EvalConfig, chunk_record, summarize_chunks
 from hrmlab.forecast.base import Observation
 from hrmlab.forecast.registry import ForecasterSpec, build_forecaster
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.planning.spacetime_astar import PlannerConfig, warm_up_compiled
 from hrmlab.worlds import blob_world
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -74,7 +71,7 @@ class STEvalConfig:
     """Episodes per work item (one batched closed loop per row)."""
     max_steps: int = 80
     """BlobWorld: moves before a timeout (BounceGrid: its protocol's)."""
-    collision_radius: float = 2.0
+    collision_radius: float = blob_world.COLLISION_RADIUS
     """BlobWorld: the crash test (the diffusion protocols' obstacle radius)."""
     forecast_error: bool = False
     """Also measure each row's forecast error against the true future (slower)."""
@@ -129,7 +126,7 @@ class ExpertPolicy:
         out = np.array(agents, dtype=np.int64)
         lost = []
         for e in range(len(agents)):
-            path = expert_mod.plan(state.static[e], traj[e], agents[e], state.goal[e], self.expert)
+            path = blob_astar.plan(state.static[e], traj[e], agents[e], state.goal[e], self.expert)
             if path is None:
                 lost.append(e)
             elif len(path) > 1:
@@ -138,50 +135,6 @@ class ExpertPolicy:
             e = np.asarray(lost)
             out[e] = evade_moves(out[e], state.goal[e], state.static[e], traj[e, 1], self.rules)
         return out
-
-
-def blob_closed_loop(world: BlobWorldConfig, policy, forecaster, indices: np.ndarray, cfg: STEvalConfig,
-                     goal_tolerance: float, horizon: int) -> EpisodeRecords:
-    """Run `policy` with `forecaster` on BlobWorld episodes `indices` of `cfg.split` (see module doc)."""
-    state = blob_world.reset_split(world, cfg.split, indices)
-    view = blob_view(world)
-    history = rewound_history(world, state, observed_history(forecaster))
-    batch = state.batch
-    agent = state.start.astype(np.int64).copy()
-    outcome = np.full(batch, TIMEOUT, dtype=np.int64)
-    steps = np.zeros(batch, dtype=np.int64)
-    rec = EpisodeRecords(outcome, steps, ade_sum=np.zeros(horizon))
-    reached = np.linalg.norm((agent - state.goal).astype(np.float64), axis=-1) < goal_tolerance
-    outcome[reached] = SUCCESS
-    active = ~reached
-    g = world.map_size
-    for idx, sub in running_episodes(state, active, cfg.max_steps):
-        obs = Observation(history[idx], sub, view)
-        t0 = time.perf_counter()
-        forecast = forecaster.forecast(obs, horizon)
-        t1 = time.perf_counter()
-        moves = np.asarray(policy(obs, agent[idx], forecast, idx), dtype=np.int64)
-        rec.forecast_seconds += t1 - t0
-        rec.plan_seconds += time.perf_counter() - t1
-        rec.plan_calls += idx.size
-        if cfg.forecast_error and forecast.shape[1]:
-            truth = np.transpose(blob_world.trajectory(world, sub, horizon)[:, 1:], (0, 2, 1, 3))
-            rec.ade_sum += np.linalg.norm(forecast - truth, axis=-1).sum(axis=(0, 1))
-            rec.ade_count += forecast.shape[0] * forecast.shape[1]
-        illegal = (np.abs(moves - agent[idx]).max(axis=1) > 1) | ((moves < 0) | (moves >= g)).any(axis=1)
-        cells = np.clip(moves, 0, g - 1)
-        illegal |= state.static[idx, cells[:, 0], cells[:, 1]]
-        agent[idx] = moves
-        steps[idx] += 1
-        blob_world.step(world, state)
-        history = np.concatenate([history[:, :, 1:], state.pos[:, :, None]], axis=2)
-        dist_obs = np.linalg.norm(state.pos[idx] - agent[idx, None, :], axis=-1).min(axis=1)
-        crashed = illegal | (dist_obs < cfg.collision_radius)
-        done = (np.linalg.norm((agent[idx] - state.goal[idx]).astype(np.float64), axis=-1) < goal_tolerance) & ~crashed
-        outcome[idx[done]] = SUCCESS
-        outcome[idx[crashed]] = CRASH
-        active[idx[done | crashed]] = False
-    return rec
 
 
 # ------------------------------------------------------------------------------------------ chunks
@@ -233,7 +186,7 @@ def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
         expert = from_dict(ExpertConfig, chunk.expert)
         rules = blob_rules(world, expert.goal_tolerance, cfg.collision_radius)
         horizon = max(expert.max_steps, model.horizon if model else 0)  # forecast steps ahead
-        expert_mod.plan(np.zeros((8, 8), bool), np.zeros((expert.max_steps, 0, 2)), (0, 0), (7, 7), expert)  # JIT
+        blob_astar.plan(np.zeros((8, 8), bool), np.zeros((expert.max_steps, 0, 2)), (0, 0), (7, 7), expert)  # JIT
     else:
         world = from_dict(BounceGridConfig, chunk.world)
         protocol = get_protocol(chunk.protocol)
@@ -248,7 +201,9 @@ def evaluate_st_chunk(chunk: STChunk) -> ChunkResult:
         else:
             policy = ExpertPolicy(expert, rules) if chunk.world_kind == "blob" else None
         if chunk.world_kind == "blob":
-            rec = blob_closed_loop(world, policy, forecaster, indices, cfg, expert.goal_tolerance, horizon)
+            rec = run_blob_closed_loop(world, policy, forecaster, indices, horizon=horizon, max_steps=cfg.max_steps,
+                                       split=cfg.split, goal_tolerance=expert.goal_tolerance,
+                                       collision_radius=cfg.collision_radius, forecast_error=cfg.forecast_error)
         else:
             grid_planner = PlannerConfig() if policy is None else PlannerConfig(horizon=model.horizon - 1)
             rec = run_closed_loop(protocol, world, grid_planner, forecaster, indices,

@@ -1,7 +1,7 @@
 """Expert space-time trajectories: one point per time step, padded at the goal, with the obstacles' true
 future on the same time axis — the training set of the space-time denoiser.
 
-* BlobWorld: the numba expert of `diffusion/expert.py` (8 king moves + wait, clearance 3, perfect
+* BlobWorld: the expert, BlobWorld's space-time A* (`planning/blob_astar.py` (8 king moves + wait, clearance 3, perfect
   knowledge) from a train-split episode at t = 0. Its plan is already time-parameterised (cell t at
   step t); it is padded with its last cell to T points (T ≥ the expert's `max_steps`).
 * BounceGrid: the grid's space-time A* (`planning/spacetime_astar.py`, 4 moves + wait, radius 1) with
@@ -24,10 +24,10 @@ import numpy as np
 
 from hrmlab.config import config_hash, from_dict, to_dict
 from hrmlab.data import shards as store
-from hrmlab.diffusion import expert as expert_mod
-from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime.worlds import obstacles_ahead
 from hrmlab.errors import UserError
+from hrmlab.planning import blob_astar
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.planning.spacetime_astar import STATUS_GOAL, PlannerConfig, plan_path
 from hrmlab.worlds import blob_world, bounce_grid
 from hrmlab.worlds.blob_world import BlobWorldConfig
@@ -69,7 +69,7 @@ def blob_examples(world: BlobWorldConfig, expert: ExpertConfig, horizon: int, sp
     traj = blob_world.trajectory(world, state, horizon - 1, clip=expert.forecast_clip)  # (B, T, N, 2)
     keep, paths, cells = [], [], []
     for e in range(state.batch):
-        path = expert_mod.plan(state.static[e], traj[e], state.start[e], state.goal[e], expert)
+        path = blob_astar.plan(state.static[e], traj[e], state.start[e], state.goal[e], expert)
         if path is None:
             continue
         padded = np.empty((horizon, 2), dtype=np.int64)

@@ -1,9 +1,10 @@
 """The two worlds as the space-time planner sees them: move rules, forecasts, histories.
 
 The planner works on any square grid with static cells, a goal and moving disc obstacles. BounceGrid
-brings its forecasters (`hrmlab.forecast`) and its closed loop (`evaluate/episodes.py`); BlobWorld gets
-the same forecaster interface here: the history-only physics rules are reused as they are (BounceGrid's
-`bounce-aware` rule through a view of the BlobWorld map), the oracle steps a copy of the BlobWorld.
+brings its forecasters (`hrmlab.forecast`); BlobWorld gets the same forecaster interface here: the
+history-only physics rules are reused as they are (BounceGrid's `bounce-aware` rule through
+`blob_world.forecaster_view`, a view of the BlobWorld map), the oracle steps a copy of the BlobWorld. Both
+worlds' closed loops are in `evaluate/episodes.py`; BlobWorld's rules in `worlds/blob_world.py`.
 """
 
 from __future__ import annotations
@@ -40,13 +41,6 @@ def obstacles_ahead(now: np.ndarray, forecast: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ BlobWorld
 
 
-def blob_view(world: BlobWorldConfig) -> BounceGridConfig:
-    """A BounceGrid config with BlobWorld's map size and border clip, for forecasters that read
-    `obs.world.grid_size` / `clip_hi` (bounce-aware)."""
-    return BounceGridConfig(grid_size=world.map_size, clip_max=(world.map_size - world.clip_margin) * 20.0
-                            / world.map_size, num_obstacles=world.num_obstacles)
-
-
 class BlobOracleForecaster(Forecaster):
     """Perfect knowledge on BlobWorld: steps a copy of the true world (`Observation.state` is a BlobState)."""
 
@@ -72,19 +66,3 @@ def blob_forecaster(name: str, world: BlobWorldConfig, checkpoint: str | None = 
     if name not in PHYSICS_FORECASTERS:
         raise UserError(f"unknown forecaster {name!r}; valid choices: {', '.join(PHYSICS_FORECASTERS)}")
     return PHYSICS_FORECASTERS[name]()
-
-
-def rewound_history(world: BlobWorldConfig, state: blob_world.BlobState, length: int) -> np.ndarray:
-    """(B, N, length, 2) obstacle positions before t = 0, oldest first, last = now.
-
-    BlobWorld episodes start with the agent at t = 0 (the `standard` protocol's episodes); the obstacles'
-    past is the same physics run backwards (velocities negated), exact except within a step of a border
-    clip. It gives history-based forecasters (constant velocity, learned) something to look at without
-    changing the episodes."""
-    sim = state.copy()
-    sim.vel = -sim.vel
-    frames = [sim.pos.copy()]
-    for _ in range(length - 1):
-        blob_world.step(world, sim)
-        frames.append(sim.pos.copy())
-    return np.stack(frames[::-1], axis=2)

@@ -1,4 +1,4 @@
-"""Training entry point for torchrun: `python -m hrmlab.train.ddp_entry --spec SPEC.json|yaml`.
+"""Training entry point for torchrun: `python -m hrmlab.experiments.grid.torchrun_entry --spec SPEC.json|yaml`.
 
 Every rank reads the same spec, builds the model (same seed, so identical weights; DDP also broadcasts
 rank 0's) and the data sources, and calls `train`. Rank 0 writes run_dir/train_result.json, including a
@@ -130,10 +130,10 @@ def main(argv=None) -> int:
 
 def launch_torchrun(spec_path, nproc: int, *, timeout: float | None = None, env: dict | None = None,
                     capture: bool = False) -> subprocess.CompletedProcess:
-    """Run `ddp_entry` on `nproc` local processes via `python -m torch.distributed.run --standalone`.
+    """Run `torchrun_entry` on `nproc` local processes via `python -m torch.distributed.run --standalone`.
     Raises RuntimeError (with the tail of the output when captured) if any rank fails."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
-           "-m", "hrmlab.train.ddp_entry", "--spec", str(spec_path)]
+           "-m", "hrmlab.experiments.grid.torchrun_entry", "--spec", str(spec_path)]
     full_env = {**PROCESS_DEFAULTS, **os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     proc = subprocess.run(cmd, env=full_env, timeout=timeout, capture_output=capture, text=True)
     if proc.returncode != 0:

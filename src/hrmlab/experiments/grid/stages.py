@@ -22,7 +22,7 @@ from hrmlab.config import config_hash
 from hrmlab.errors import UserError
 from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
 from hrmlab.evaluate.runner import EvalConfig, evaluate, format_table
-from hrmlab.experiment import ExperimentConfig
+from hrmlab.experiments.grid.config import ExperimentConfig
 from hrmlab.forecast.registry import ForecasterSpec
 from hrmlab.planning.spacetime_astar import PlannerConfig
 from hrmlab.progress import make_progress
@@ -45,10 +45,6 @@ class RunOptions:
     allow_cpu: bool = False
     """Run a GPU preset on CPU anyway (full size; slow)."""
     progress: bool = True
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("HRMLAB_CACHE", ".hrmlab_cache"))
 
 
 def _link(target: Path, link: Path) -> None:
@@ -105,6 +101,16 @@ def cpu_training_threads(cfg: ExperimentConfig, model: str) -> int | None:
     return resolve_cpu_threads(cfg.train_config(model).cpu_threads)  # its range: validate.py
 
 
+def compiled_training(cfg: ExperimentConfig, model: str) -> bool:
+    """Whether `model` trains compiled here: its recipe's `compile` resolved as the trainer resolves it
+    (train/trainer.py: `COMPILE_AUTO` by device and model kind, for large enough batches)."""
+    from hrmlab.train.distributed import pick_device
+    from hrmlab.train.trainer import resolve_compile
+
+    recipe = cfg.train_config(model)
+    return resolve_compile(recipe.compile, model, pick_device(cfg.device).type, recipe.batch_size)
+
+
 def train_key(cfg: ExperimentConfig, model: str) -> str:
     from hrmlab.data.collect import store_config
 
@@ -116,6 +122,8 @@ def train_key(cfg: ExperimentConfig, model: str) -> str:
     threads = cpu_training_threads(cfg, model)
     if threads is not None:  # the thread count changes a CPU run's weights (hrmlab/threads.py)
         extra["cpu_threads"] = threads
+    if compiled_training(cfg, model):  # compiled and eager weights differ in the last bits; off keeps old keys
+        extra["compile"] = "on"
     return config_hash({"model": model, "arch": cfg.model_config(model),
                         "train": cfg.train_config(model), "data": store_config(cfg.world, cfg.data),
                         "history": cfg.data.history, **extra})
@@ -144,7 +152,7 @@ class TrainJob:
 
 def run_train_job(job: TrainJob) -> dict:
     """Default training runner: train in this process (or under local torchrun when job.gpus > 1)."""
-    from hrmlab.train.forecaster import train_forecaster
+    from hrmlab.experiments.grid.training import train_forecaster
 
     return train_forecaster(kind=job.kind, model_cfg=job.model_cfg, train_cfg=job.train_cfg, world=job.world,
                             data=job.data, data_paths=job.data_paths, run_dir=job.run_dir, gpus=job.gpus,

@@ -1,4 +1,4 @@
-"""Train one forecaster (HRM or LSTM) on a collected dataset: the pipeline's training stage.
+"""Train one forecaster (HRM or LSTM) on a collected dataset: the grid family's training stage.
 
 Wires data → model → trainer and stores, in every checkpoint, what a later evaluation needs to rebuild
 the forecaster (model kind and config, grid size, history length, roll-out). With several GPUs the same
@@ -48,7 +48,7 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
     from hrmlab.forecast.learned import TRAINED_FOR, check_rollout
     from hrmlab.forecast.models import build_model, count_parameters
     from hrmlab.forecast.loading import model_metadata
-    from hrmlab.train.ddp_entry import RESULT_FILE, launch_torchrun, run_spec
+    from hrmlab.experiments.grid.torchrun_entry import RESULT_FILE, launch_torchrun, run_spec
 
     check_rollout(build_model(model_cfg), rollout)
     trained = TRAINED_FOR[rollout]
@@ -68,7 +68,7 @@ def train_forecaster(*, kind: str, model_cfg, train_cfg, world: BounceGridConfig
     spec = {
         "run_dir": str(run_dir), "model": {"kind": kind, **to_dict(model_cfg)}, "model_seed": train_cfg.seed,
         "train": to_dict(train_cfg), "progress": progress,
-        "data": {"kind": "callable", "target": "hrmlab.train.forecaster:open_sources",
+        "data": {"kind": "callable", "target": "hrmlab.experiments.grid.training:open_sources",
                  "kwargs": {"dataset": str(data_paths.root), "history": data.history, "has_val": has_val,
                             "future": future}},
         "config": {"forecaster": model_metadata(kind, model_cfg, world.position_scale, data.history, trained)},

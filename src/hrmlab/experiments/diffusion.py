@@ -29,17 +29,17 @@ import torch
 from hrmlab.config import apply_overrides, config_hash, from_dict, to_dict
 from hrmlab.diffusion import evaluate as evaluation
 from hrmlab.diffusion.evaluate import DiffusionEvalConfig
-from hrmlab.diffusion.expert import (ExpertConfig, ExpertDataConfig, expert_data_key, generate_expert_data,
-                                     load_expert_data)
+from hrmlab.diffusion.expert import ExpertDataConfig, expert_data_key, generate_expert_data, load_expert_data
 from hrmlab.diffusion.noise import NoiseConfig
 from hrmlab.diffusion.sample import SamplingConfig
 from hrmlab.diffusion.train import DiffusionTrainConfig, load_planner, train_diffusion
 from hrmlab.diffusion.unet1d import ModelConfig, count_parameters
 from hrmlab.errors import UserError
 from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
+from hrmlab.experiments.grid.config import CloudConfig
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.stage_cache import Stage, StageCorrupt, cached, stage_key
 from hrmlab.train.distributed import pick_device
-from hrmlab.experiment import CloudConfig
 from hrmlab.worlds.blob_world import BlobWorldConfig
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ class DiffusionExperimentConfig:
     published: dict = field(default_factory=dict)
     """The seed's published numbers for this experiment (free text, quoted in reports)."""
     family: Literal["diffusion"] = "diffusion"
-    """Experiment family (grid presets use `hrmlab.experiment`)."""
+    """Experiment family (grid presets use `hrmlab.experiments.grid.config`)."""
     torch_threads: int = 0
     """Torch CPU threads for training and sampling; 0 leaves torch's default (one per core)."""
     world: BlobWorldConfig = field(default_factory=BlobWorldConfig)

@@ -184,7 +184,7 @@ def run_suites(out_md: Path, runs_dir: Path, cache: Path, smoke: bool = False, w
                overrides=(), progress: bool = True, only: list[str] | None = None) -> str:
     """Run every suite preset, or those in `only` (cached stages are reused), and write the table to `out_md`."""
     from hrmlab.errors import UserError, choose
-    from hrmlab.pipeline import RunOptions, run_experiment
+    from hrmlab.experiments.grid.stages import RunOptions, run_experiment
     from hrmlab.presets import resolve
 
     runs, recipes = {}, {}

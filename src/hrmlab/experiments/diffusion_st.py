@@ -4,7 +4,7 @@ Presets `diffusion-st-cpu` / `diffusion-st` (BlobWorld) and `diffusion-st-grid-c
 (BounceGrid). Each stage is cached under `CACHE/diffusion-st/` by a hash of exactly the settings it
 depends on: expert data (world, expert, data), the denoiser (+ model, train), the evaluation (+ sampling,
 planner, eval, the forecasters' checkpoints). The LSTM forecaster of the `lstm` rows is trained by the
-grid pipeline's own stages (`pipeline.stage_data` / `stage_train`, cached under `CACHE/models/`) with
+grid family's own stages (`grid/stages.py`: `stage_data` / `stage_train`, cached under `CACHE/models/`) with
 the `quick` preset's recipe by default, so it is the model of the forecaster table.
 
 Stages use the one stage cache (`stage_cache.py`; expert data: a `data/shards.py` shard set).
@@ -26,7 +26,6 @@ import torch
 
 from hrmlab.config import apply_overrides, config_hash, from_dict, to_dict
 from hrmlab.data.collect import DataConfig
-from hrmlab.diffusion.expert import ExpertConfig
 from hrmlab.diffusion.spacetime import data as st_data
 from hrmlab.diffusion.spacetime.closed_loop import (ABLATIONS, STEvalConfig, evaluate_rows, format_rows, make_chunks,
                                                     make_rows)
@@ -40,6 +39,7 @@ from hrmlab.evaluate.protocols import get_protocol
 from hrmlab.evaluate.result import RESULT_FORMAT, EvaluationResult, RunResult
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.forecast.physics import PHYSICS_FORECASTERS
+from hrmlab.planning.blob_astar import ExpertConfig
 from hrmlab.progress import make_progress
 from hrmlab.stage_cache import Stage, cached, stage_key
 from hrmlab.train.trainer import TrainConfig
@@ -217,8 +217,8 @@ def stage_train(examples: dict, cfg: STExperimentConfig, train_dir: Path, key: s
 def _train_lstm(cfg: STExperimentConfig, opts, backend) -> dict:
     """Train (or reuse) the LSTM forecaster through the grid pipeline's stages; returns its summary (the run
     links it into its folder at the end, `run_st`)."""
-    from hrmlab.experiment import ExperimentConfig
-    from hrmlab.pipeline import stage_data, stage_train
+    from hrmlab.experiments.grid.config import ExperimentConfig
+    from hrmlab.experiments.grid.stages import stage_data, stage_train
 
     grid_cfg = ExperimentConfig(name=cfg.name, world=cfg.grid, data=cfg.lstm.data, lstm=cfg.lstm.model,
                                 train_lstm=cfg.lstm.train, models=["lstm"], device=cfg.device)
@@ -232,7 +232,7 @@ def run_st(cfg: STExperimentConfig, opts, backend=None) -> RunResult:
     `opts` is the pipeline's RunOptions (out, cache, smoke, workers, progress); `cfg` is already shrunk
     for a smoke run."""
     from hrmlab.backends.local import make_backend
-    from hrmlab.pipeline import link_model
+    from hrmlab.experiments.grid.stages import link_model
     from hrmlab.report.rundir import write_run
     from hrmlab.train.distributed import pick_device
 

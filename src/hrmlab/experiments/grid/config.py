@@ -1,4 +1,4 @@
-"""The experiment config: one dataclass tree per preset, loaded from `presets/*.yaml`.
+"""The grid family's config: one dataclass tree per preset, loaded from `presets/*.yaml`.
 
 A preset file only states what differs from the defaults below, plus its description, provenance and
 the number the seed published. `--set key=value` overrides any field; unknown keys are errors.
@@ -85,7 +85,7 @@ class ExperimentConfig:
     published: dict = field(default_factory=dict, metadata=NOT_IN_KEY)
     """The seed's published numbers for this experiment (free text, quoted in reports)."""
     family: Literal["grid"] = "grid"
-    """Experiment family (diffusion presets use `hrmlab.diffusion.experiment`)."""
+    """Experiment family (diffusion presets use `hrmlab.experiments.diffusion`)."""
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
     cloud: CloudConfig = field(default_factory=CloudConfig)
     world: BounceGridConfig = field(default_factory=BounceGridConfig)
