@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -81,10 +82,9 @@ def _resolve(args):
 
 def _options(args, cfg):
     from hrmlab.experiments.grid.stages import RunOptions
-    from hrmlab.stage_cache import default_cache
 
     out = Path(args.out) if getattr(args, "out", None) else Path("runs") / (cfg.name + ("-smoke" if args.smoke else ""))
-    cache = Path(args.cache) if getattr(args, "cache", None) else default_cache()
+    cache = _cache(args)
     writable_dir(out, "--out" if getattr(args, "out", None) else "run folder")  # before any stage runs
     writable_dir(cache, "--cache" if getattr(args, "cache", None) else "cache")
     return RunOptions(out=out, cache=cache, smoke=args.smoke, workers=getattr(args, "workers", None),
@@ -193,16 +193,26 @@ def cmd_render(args) -> int:
 
 
 def cmd_suites(args) -> int:
-    from hrmlab.stage_cache import default_cache
     from hrmlab.experiments.suites import run_suites
 
-    cache = Path(args.cache) if args.cache else default_cache()
+    cache = _cache(args)
     _check_multi_run_paths(args, cache)
     text = run_suites(Path(args.out), Path(args.runs), cache, smoke=args.smoke, workers=args.workers,
                       overrides=args.set or [], progress=not args.no_progress,
                       only=(_csv(args.only) or []) if args.only is not None else None)
     print(text)
     return 0
+
+
+def _cache(args) -> Path:
+    """The stage cache of this command: `--cache`, else $HRMLAB_CACHE, else .hrmlab_cache. A `--cache` is
+    also exported as $HRMLAB_CACHE, so everything that finds the cache on its own (pool workers, the
+    trainer's compile cache) uses the same folder."""
+    from hrmlab.stage_cache import CACHE_ENV, default_cache
+
+    if getattr(args, "cache", None):
+        os.environ[CACHE_ENV] = str(Path(args.cache).resolve())
+    return Path(args.cache) if getattr(args, "cache", None) else default_cache()
 
 
 def _check_multi_run_paths(args, cache: Path) -> None:
@@ -217,7 +227,6 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_study(args) -> int:
-    from hrmlab.stage_cache import default_cache
     from hrmlab.experiments.study import StudyConfig, run_study, smoke_study_defaults, study_paths
 
     study = StudyConfig()
@@ -252,7 +261,7 @@ def cmd_study(args) -> int:
         for name, value in smoke_study_defaults().items():
             changes.setdefault(name, value)
     study = dataclasses.replace(study, **changes)
-    cache = Path(args.cache) if args.cache else default_cache()
+    cache = _cache(args)
     args.out, args.json = study_paths(args.out, args.json, args.smoke, Path(args.runs))
     if args.tabulate_only:
         writable_file(args.out, "--out")
@@ -443,6 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from hrmlab.stage_cache import CACHE_ENV
+
+    cache_env = os.environ.get(CACHE_ENV)  # `--cache` exports it for this command only (_cache)
     try:
         return args.func(args)
     except UserError as exc:
@@ -452,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hrmlab: interrupted; finished stages are kept and a rerun continues", file=sys.stderr)
         return 130
+    finally:
+        if cache_env is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = cache_env
 
 
 if __name__ == "__main__":

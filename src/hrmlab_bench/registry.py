@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "collect": _lazy("hrmlab_bench.data", "bench_collect"),
     "loader": _lazy("hrmlab_bench.data", "bench_loader"),
     "hrm_train": _lazy("hrmlab_bench.train", "bench_hrm_training"),
+    "train_step": _lazy("hrmlab_bench.train", "bench_train_step"),  # eager vs compiled: minutes of compiling; not default
     "expert": _lazy("hrmlab_bench.diffusion", "bench_expert"),
     "gym": _lazy("hrmlab_bench.gym", "bench_gym"),  # needs the gym extra; not in the default set
     "forecast": _lazy("hrmlab_bench.forecast", "bench_forecast"),

@@ -180,6 +180,26 @@ class LengthOneAttention(_MHAParameters):
         return F.linear(x, weight, bias)
 
 
+SHORT_SEQUENCE = 32
+"""Compiled CPU attention over at most this many tokens uses the explicit formula (`attention`)."""
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√dh)·v over (B, heads, T, dh), no mask.
+
+    Eager: `F.scaled_dot_product_attention` (the eager path, bit for bit). Compiled on CPU: the explicit
+    formula written as broadcast products summed over dh and over the keys, which inductor fuses with the
+    softmax (and RoPE) into a few small loops. PyTorch's CPU SDPA kernel, a flash-attention loop built for
+    long sequences, spent 20% of a trm training step on ~1% of its FLOPs for the models' 6-token sequences;
+    batched matmuls instead (`q @ kᵀ`) compiled 7-11% slower than this form (docs/benchmarks.md, "Compiled
+    training (train_step)"). Both compute the same function and differ by float rounding (tests/test_compile.py).
+    Longer sequences (> SHORT_SEQUENCE tokens) and CUDA keep SDPA's fused kernels, compiled or not."""
+    if q.device.type == "cpu" and q.shape[-2] <= SHORT_SEQUENCE and torch.compiler.is_compiling():
+        scores = ((q * q.shape[-1] ** -0.5).unsqueeze(-2) * k.unsqueeze(-3)).sum(-1)  # (B, h, Tq, Tk)
+        return (scores.softmax(dim=-1).unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class SequenceAttention(_MHAParameters):
     """Full multi-head self-attention over T tokens, no mask, no positional encoding. (B, T, d) → (B, T, d)."""
 
@@ -187,7 +207,7 @@ class SequenceAttention(_MHAParameters):
         b, t, d = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
 

@@ -34,7 +34,7 @@ from torch import nn
 
 from hrmlab.errors import UserError
 from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
-from hrmlab.forecast.hrm import SwiGLU
+from hrmlab.forecast.hrm import SwiGLU, attention
 
 
 @dataclass
@@ -74,7 +74,8 @@ class HRMActConfig(OutputSettings):
     rope_theta: float = 10_000.0
     """RoPE base period."""
     max_tokens: int = 64
-    """Learned positions: the most tokens (history tokens + the query token) the model accepts."""
+    """Learned positions: the most tokens (history tokens + the query token) the model accepts. RoPE: the
+    positions whose tables compiled forwards read from buffers (longer sequences compute them inline)."""
     delta_scale: float = 20.0
     """Step features are (2·(position − ½), delta_scale · displacement): 20 turns a normalised
     displacement (≈ 0.035 per step) into cells per step on the 20-cell grid, O(1) like the positions."""
@@ -117,62 +118,94 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
 
 
-class Attention(nn.Module):
-    """Non-causal multi-head self-attention, no biases, optional RoPE. (B, T, d) → (B, T, d)."""
+Rotary = tuple[torch.Tensor, torch.Tensor]
+"""RoPE's (cos, sin) tables, each (T, dh/2)."""
 
-    def __init__(self, d: int, heads: int, rope: bool, theta: float):
+
+def rotary_tables(t: int, dh: int, theta: float, device: torch.device | str = "cpu") -> Rotary:
+    """RoPE's float32 (cos, sin) for positions 0..t-1 and head width dh."""
+    freq = theta ** (-torch.arange(0, dh, 2, device=device, dtype=torch.float32) / dh)
+    angle = torch.arange(t, device=device, dtype=torch.float32)[:, None] * freq
+    return angle.cos(), angle.sin()
+
+
+class Attention(nn.Module):
+    """Non-causal multi-head self-attention, no biases, optional RoPE. (B, T, d) → (B, T, d).
+
+    RoPE tables hold no Python-side cache (a dict cache was a graph break under torch.compile and crashed
+    compiled training in torch 2.13): eager forwards compute them inline, once per model forward on the
+    input's device (a handful of tiny ops, the old arithmetic bit for bit); compiled forwards read them
+    from non-persistent buffers made at build for `max_positions` positions (not in state dicts), so the
+    compiled kernels load them instead of recomputing pow/cos/sin in every attention kernel. Both hold the
+    same float32 values (on CPU bit for bit; on CUDA eager computes on the device, as before)."""
+
+    def __init__(self, d: int, heads: int, rope: bool, theta: float, max_positions: int = 64):
         super().__init__()
         if d % heads or (d // heads) % 2:
             raise UserError(f"d_model {d} must divide into {heads} heads of even width")
         self.heads, self.rope, self.theta = heads, rope, theta
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
-        self._tables: dict = {}
+        if rope:
+            cos, sin = rotary_tables(max_positions, d // heads, theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
 
-    def _rotary(self, t: int, dh: int, like: torch.Tensor):
-        # inference-mode tensors cannot enter autograd later, so tables made under it are kept apart
-        key = (t, like.device, like.dtype, torch.is_inference_mode_enabled())
-        if key not in self._tables:  # a few (T, dh/2) tables, computed once per length
-            freq = self.theta ** (-torch.arange(0, dh, 2, device=like.device, dtype=torch.float32) / dh)
-            angle = torch.arange(t, device=like.device, dtype=torch.float32)[:, None] * freq
-            self._tables[key] = (angle.cos().to(like.dtype), angle.sin().to(like.dtype))
-        return self._tables[key]
+    def rotary(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> Rotary | None:
+        """The RoPE tables for a (B, T, d) sequence `x`, in `dtype` (default x's; None without RoPE)."""
+        if not self.rope:
+            return None
+        t, dtype = x.shape[1], dtype or x.dtype
+        if torch.compiler.is_compiling() and t <= len(self.rope_cos):
+            cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        else:
+            cos, sin = rotary_tables(t, x.shape[2] // self.heads, self.theta, x.device)
+        return cos.to(dtype), sin.to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rotary | None = None) -> torch.Tensor:
+        """`rope`: the tables `rotary(·)` gave for this sequence, computed once by the caller (None: here)."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         if self.rope:
-            cos, sin = self._rotary(t, d // self.heads, q)
+            cos, sin = rope if rope is not None else self.rotary(x, q.dtype)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # no-ops: the models' tokens have q's dtype
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.out(out.transpose(1, 2).reshape(b, t, d))
 
 
 class PostNormBlock(nn.Module):
     """x ← norm(x + attn(x)); x ← norm(x + swiglu(x)) — post-norm, weightless RMSNorm."""
 
-    def __init__(self, d: int, heads: int, expansion: float, rope: bool, theta: float, eps: float):
+    def __init__(self, d: int, heads: int, expansion: float, rope: bool, theta: float, eps: float,
+                 max_positions: int = 64):
         super().__init__()
-        self.attn = Attention(d, heads, rope, theta)
+        self.attn = Attention(d, heads, rope, theta, max_positions)
         self.mlp = SwiGLU(d, round(expansion * d))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = rms_norm(x + self.attn(x), self.eps)
+    def forward(self, x: torch.Tensor, rope: Rotary | None = None) -> torch.Tensor:
+        x = rms_norm(x + self.attn(x, rope), self.eps)
         return rms_norm(x + self.mlp(x), self.eps)
 
 
 class ReasoningModule(nn.Module):
     """A stack of blocks updating a state from an injection: blocks(state + injection)."""
 
-    def __init__(self, layers: int, d: int, heads: int, expansion: float, rope: bool, theta: float, eps: float):
+    def __init__(self, layers: int, d: int, heads: int, expansion: float, rope: bool, theta: float, eps: float,
+                 max_positions: int = 64):
         super().__init__()
-        self.blocks = nn.ModuleList(PostNormBlock(d, heads, expansion, rope, theta, eps) for _ in range(layers))
+        self.blocks = nn.ModuleList(PostNormBlock(d, heads, expansion, rope, theta, eps, max_positions)
+                                    for _ in range(layers))
 
-    def forward(self, state: torch.Tensor, injection: torch.Tensor) -> torch.Tensor:
+    def rotary(self, tokens: torch.Tensor) -> Rotary | None:
+        """RoPE tables for a (B, T, d) state (None without RoPE); every block and module of a model shares them."""
+        return self.blocks[0].attn.rotary(tokens)
+
+    def forward(self, state: torch.Tensor, injection: torch.Tensor, rope: Rotary | None = None) -> torch.Tensor:
         state = state + injection
         for block in self.blocks:
-            state = block(state)
+            state = block(state, rope)
         return state
 
 
@@ -232,8 +265,10 @@ class HRMAct(nn.Module):
         self.cfg = cfg
         d, rope = cfg.d_model, cfg.positions == "rope"
         self.tokens = HistoryTokens(d, cfg.delta_scale, cfg.patch, not rope, cfg.max_tokens)
-        self.low = ReasoningModule(cfg.l_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps)
-        self.high = ReasoningModule(cfg.h_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps)
+        self.low = ReasoningModule(cfg.l_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps,
+                                   cfg.max_tokens)
+        self.high = ReasoningModule(cfg.h_layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps,
+                                    cfg.max_tokens)
         self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
         # (halt, continue) logits; only with ACT, so no parameter goes unused in training (DDP requires it)
         self.q_head = nn.Linear(d, 2) if cfg.act else None
@@ -256,16 +291,17 @@ class HRMAct(nn.Module):
     def initial_carry(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return (self.h_init.to(tokens.dtype).expand_as(tokens), self.l_init.to(tokens.dtype).expand_as(tokens))
 
-    def segment(self, tokens, z_h, z_l):
-        """h_cycles × l_cycles L updates and h_cycles H updates; only the last of each carries gradient."""
+    def segment(self, tokens, z_h, z_l, rope: Rotary | None = None):
+        """h_cycles × l_cycles L updates and h_cycles H updates; only the last of each carries gradient.
+        `rope`: the tokens' RoPE tables (`self.low.rotary(tokens)`; None computes them in every call)."""
         h_cycles, l_cycles = self.cfg.h_cycles, self.cfg.l_cycles
         with torch.no_grad():
             for i in range(h_cycles * l_cycles - 1):
-                z_l = self.low(z_l, z_h + tokens)
+                z_l = self.low(z_l, z_h + tokens, rope)
                 if (i + 1) % l_cycles == 0:
-                    z_h = self.high(z_h, z_l)
-        z_l = self.low(z_l, z_h + tokens)
-        z_h = self.high(z_h, z_l)
+                    z_h = self.high(z_h, z_l, rope)
+        z_l = self.low(z_l, z_h + tokens, rope)
+        z_h = self.high(z_h, z_l, rope)
         return z_h, z_l
 
     def readout(self, z_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,9 +313,10 @@ class HRMAct(nn.Module):
     def run_segments(self, x: torch.Tensor, count: int):
         """Yield (forecast, Q logits) after each of `count` segments; the carry passes on detached."""
         tokens = self.tokens(x)
+        rope = self.low.rotary(tokens)  # once per forward, shared by every L and H call
         z_h, z_l = self.initial_carry(tokens)
         for s in range(count):
-            z_h, z_l = self.segment(tokens, z_h, z_l)
+            z_h, z_l = self.segment(tokens, z_h, z_l, rope)
             self.last_segments = s + 1
             yield self.readout(z_h)
             z_h, z_l = z_h.detach(), z_l.detach()

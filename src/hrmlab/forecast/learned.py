@@ -21,7 +21,7 @@ The model contract (every learned model family implements it):
   `state` is opaque (it may be updated in place). encode(x[:, :T-1]) followed by advance(·, x[:, T-1])
   must equal forward(x): the recurrence is the same, only cut in two.
 
-Training (train/forecaster.py) — the trainer's MSE of the predicted displacements, in normalised units:
+Training (experiments/grid/training.py) — the trainer's MSE of the predicted displacements, in normalised units:
 
 * `window` and `stateful`: the one-step model, trained on one-step samples exactly as the seed trained
   it (a stateful forecast runs that model); the checkpoint records `window`;

@@ -25,7 +25,8 @@ from torch.func import functional_call
 
 from hrmlab.errors import UserError
 from hrmlab.forecast.heads import POSITION_DIMS, OutputSettings, shape_output
-from hrmlab.forecast.hrm_act import HistoryTokens, ReasoningModule, init_lecun, initial_state, scaled_count
+from hrmlab.forecast.hrm_act import (HistoryTokens, ReasoningModule, Rotary, init_lecun, initial_state,
+                                     scaled_count)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class TRMConfig(OutputSettings):
     rope_theta: float = 10_000.0
     """RoPE base period."""
     max_tokens: int = 64
-    """Learned positions: the most tokens (history tokens + the query token) the model accepts."""
+    """Learned positions: the most tokens (history tokens + the query token) the model accepts. RoPE: the
+    positions whose tables compiled forwards read from buffers (longer sequences compute them inline)."""
     delta_scale: float = 20.0
     """Step feature scale of displacements (see HRMActConfig.delta_scale)."""
     patch: int = 4
@@ -77,32 +79,35 @@ class RecursiveNet(nn.Module):
         self.cfg = cfg
         d, rope = cfg.d_model, cfg.positions == "rope"
         self.tokens = HistoryTokens(d, cfg.delta_scale, cfg.patch, not rope, cfg.max_tokens)
-        self.net = ReasoningModule(cfg.layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps)
+        self.net = ReasoningModule(cfg.layers, d, cfg.heads, cfg.expansion, rope, cfg.rope_theta, cfg.norm_eps,
+                                   cfg.max_tokens)
         self.head = nn.Linear(d, POSITION_DIMS * cfg.out_steps)
         self.register_buffer("y_init", initial_state(d))
         self.register_buffer("z_init", initial_state(d))
         init_lecun(self)
 
-    def latent_recursion(self, x, y, z):
+    def latent_recursion(self, x, y, z, rope: Rotary | None = None):
         for _ in range(self.cfg.latent_steps):
-            z = self.net(z, x + y)
-        return self.net(y, z), z
+            z = self.net(z, x + y, rope)
+        return self.net(y, z, rope), z
 
-    def segment(self, x, y, z):
-        """T latent recursions; gradient flows through the last one only."""
+    def segment(self, x, y, z, rope: Rotary | None = None):
+        """T latent recursions; gradient flows through the last one only. `rope`: the tokens' RoPE tables
+        (`self.net.rotary(x)`; None computes them in every call)."""
         with torch.no_grad():
             for _ in range(self.cfg.recursions - 1):
-                y, z = self.latent_recursion(x, y, z)
-        return self.latent_recursion(x, y, z)
+                y, z = self.latent_recursion(x, y, z, rope)
+        return self.latent_recursion(x, y, z, rope)
 
     def forward(self, x: torch.Tensor, segments: int) -> list[torch.Tensor]:
         """The forecast after each of `segments` segments (carry detached between them)."""
         tokens = self.tokens(x)
+        rope = self.net.rotary(tokens)  # once per forward, shared by every network call
         y = self.y_init.to(tokens.dtype).expand_as(tokens)
         z = self.z_init.to(tokens.dtype).expand_as(tokens)
         outputs = []
         for _ in range(segments):
-            y, z = self.segment(tokens, y, z)
+            y, z = self.segment(tokens, y, z, rope)
             outputs.append(shape_output(self.head(y[:, -1]), self.cfg.out_steps))
             y, z = y.detach(), z.detach()
         return outputs

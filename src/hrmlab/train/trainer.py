@@ -38,7 +38,7 @@ from torch import nn
 from hrmlab.config import NOT_IN_KEY
 from hrmlab.fileio import write_text_atomic
 from hrmlab.data.base import SampleSource
-from hrmlab.errors import TrainingDiverged, UserError
+from hrmlab.errors import InvalidValue, TrainingDiverged, UserError
 from hrmlab.progress import make_progress
 from hrmlab.train import distributed as dist_utils
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
@@ -103,9 +103,110 @@ class TrainConfig:
     One by default: the study's models gain little from a second thread, and one thread neither collapses
     beside other work nor makes the weights depend on the machine's core count (docs/benchmarks.md,
     "Training beside other work"). The count changes the weights' last bits, so the training stage's key
-    holds the resolved number (pipeline.train_key), not this field. DDP ranks on CPU use one thread each."""
-    compile: bool = field(default=False, metadata=NOT_IN_KEY)
-    """Wrap the model in torch.compile (GPU runs; needs a working compiler toolchain)."""
+    holds the resolved number (experiments/grid/stages.py: train_key), not this field. DDP ranks on CPU use
+    one thread each."""
+    compile: CompileSetting = field(default="auto", metadata=NOT_IN_KEY)
+    """torch.compile the training forward/backward: on | off | auto (on where measured faster: `COMPILE_AUTO`,
+    by model kind and device, for batches of at least AUTO_COMPILE_MIN_BATCH; true/false mean on/off).
+    Compiled weights differ from eager ones in the last bits, so the training stage's key holds the resolved
+    value when it is on (experiments/grid/stages.py: train_key), not this field: `off` is the eager path, with
+    the keys of old. Needs a C++ compiler on CPU (auto stays off without one). Validation stays eager."""
+
+    def __post_init__(self):
+        self.compile = compile_setting(self.compile)
+
+
+# ------------------------------------------------------------------------------------------ compile
+CompileSetting = Literal["auto", "on", "off"] | bool
+
+COMPILE_AUTO: dict[tuple[str, str], bool] = {
+    ("cpu", "lstm"): False,  # 0.99-1.0x (111 → 112 ms): nn.LSTM is already one oneDNN kernel per layer
+    ("cpu", "hrm"): False,  # 1.29-1.32x (93 → 72 ms) a step, but ~50 s to compile: a quick-sized run
+    # (~1,200 steps) gains less than it pays from an empty compile cache; `compile: on` where it pays
+    ("cpu", "hrm-act"): True,  # 1.70-1.82x (152 → 87 ms)
+    ("cpu", "trm"): True,  # 1.68-1.73x (347 → 207 ms)
+}
+"""Where `compile: auto` compiles: (device type, model kind) → on. Measured by `hrmlab bench --only
+train_step` (docs/benchmarks.md, "Compiled training (train_step)"; AMD EPYC, 2026-12-07, three runs): one
+CPU thread, batch 512, the suite-rush models with the study's direct roll-out head, minimum ms per training
+step eager vs compiled. Pairs not listed (CUDA: not measured yet; other kinds, the diffusion planner) are off."""
+
+AUTO_COMPILE_MIN_BATCH = 256
+"""`auto` compiles only runs with at least this global batch: the compile costs tens of seconds to minutes
+per model shape (less from the on-disk cache), which a study's runs of hundreds of steps at batch 256-512 win
+back and a smoke run or a test (batch 16-32, a few steps) never would."""
+
+
+def compile_setting(value) -> str:
+    """A `compile` setting as auto | on | off (true/false, as YAML and older configs write it, are on/off)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    text = str(value).strip().lower()
+    aliases = {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}
+    text = aliases.get(text, text)
+    if text not in ("auto", "on", "off"):
+        raise InvalidValue(f"compile={value!r} is invalid; valid choices: auto, on, off")
+    return text
+
+
+def _have_cpp_compiler() -> bool:
+    """Inductor's CPU backend builds C++: is a compiler on PATH (CXX, or g++ / c++ / clang++)?"""
+    import os
+    import shutil
+
+    names = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    return any(name and shutil.which(name) for name in names)
+
+
+def resolve_compile(setting, kind: str | None, device_type: str, batch_size: int) -> bool:
+    """Whether a run of model `kind` (None: not a registered forecaster) on `device_type` compiles.
+
+    on / off are taken as they are; auto is `COMPILE_AUTO[(device_type, kind)]` for a global batch of at
+    least AUTO_COMPILE_MIN_BATCH, and off on CPU without a C++ compiler. Deterministic per machine: the
+    training key (experiments/grid/stages.py: train_key) and the trainer resolve it alike."""
+    setting = compile_setting(setting)
+    if setting != "auto":
+        return setting == "on"
+    if batch_size < AUTO_COMPILE_MIN_BATCH or not COMPILE_AUTO.get((device_type, kind or ""), False):
+        return False
+    return device_type != "cpu" or _have_cpp_compiler()
+
+
+def model_kind(model: nn.Module) -> str | None:
+    """The registered forecaster kind of `model` (behind any wrapper), else None."""
+    from hrmlab.forecast.models import kind_of
+
+    cfg = getattr(unwrap_model(model), "cfg", None)
+    try:
+        return kind_of(cfg) if cfg is not None else None
+    except TypeError:
+        return None
+
+
+COMPILE_CACHE_FOLDER = "torch_compile"
+"""Inductor's on-disk cache (compiled kernels, FX graphs, AOT autograd graphs) under the stage cache."""
+
+
+def use_compile_cache() -> Path:
+    """Point inductor's on-disk cache (compiled kernels, FX and AOT-autograd graphs) at
+    $HRMLAB_CACHE/torch_compile (else .hrmlab_cache/torch_compile: `stage_cache.default_cache`), so the runs of
+    one model shape (in this process, in pool workers, in a later study) compile it once and load it after:
+    minutes become seconds. A TORCHINDUCTOR_CACHE_DIR set by the user wins; torch's own default (a per-user
+    folder under /tmp, which torch writes into the environment once it compiled) does not count as set.
+    Returns the folder in use."""
+    import os
+
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    from hrmlab.stage_cache import default_cache
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return Path(current)
+    folder = (default_cache() / COMPILE_CACHE_FOLDER).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+    return folder
 
 
 @dataclass
@@ -313,8 +414,13 @@ class _Trainer:
         self.resumed_from: int | None = None
         self._resume_if_possible()
         self.ddp_model = dist_utils.wrap_model(self.model, self.info)
-        if cfg.compile:
-            self.ddp_model = torch.compile(self.ddp_model)
+        self.compiled = resolve_compile(cfg.compile, model_kind(self.model), self.device.type, cfg.batch_size)
+        if self.compiled:
+            # static shapes: every training micro-batch has one size (the sampler drops the epoch's incomplete
+            # tail; an uneven split over ranks × accumulation adds at most one more), so this compiles once
+            # or twice per run, never per epoch; validation runs the eager model, any batch size
+            use_compile_cache()
+            self.ddp_model = torch.compile(self.ddp_model, dynamic=False)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.model_step_hooks = [m for m in self.model.modules() if hasattr(m, "after_optimizer_step")]
         self._log_setup()
@@ -330,9 +436,9 @@ class _Trainer:
             log.info("preset designed for %d GPUs, running on %d rank(s): accumulating %d micro-batches of ~%d "
                      "per rank to keep the global batch of %d", cfg.gpus, info.world_size, self.accum, micro,
                      cfg.batch_size)
-        log.info("training %s params on %s ×%d, %s, %d steps/epoch, %d steps total",
+        log.info("training %s params on %s ×%d, %s%s, %d steps/epoch, %d steps total",
                  f"{sum(p.numel() for p in self.params):,}", self.device, info.world_size, cfg.precision,
-                 self.sampler.steps_per_epoch, self.total_steps)
+                 ", compiled" if self.compiled else "", self.sampler.steps_per_epoch, self.total_steps)
 
     def _resume_if_possible(self) -> None:
         last = self.run_dir / LAST_CHECKPOINT
