@@ -372,13 +372,16 @@ def test_world_key_ignores_settings_at_their_defaults_and_prose():
 
 
 def test_world_key_follows_the_arms_the_grid_and_the_compute_worlds():
-    study = StudyConfig()
+    assert StudyConfig().scales_for("quick") == []  # test-time compute is asked for, not default
+    study = StudyConfig(compute_worlds=["quick"])
     assert study.scales_for("quick") == study.compute_scales and study.scales_for("suite-rush") == []
     key = world_key("quick", study, [], False)
-    for other in (StudyConfig(compute_scales=[2.0]), StudyConfig(stateful_arms=[]), StudyConfig(grid_extensions=0)):
+    for other in (StudyConfig(compute_worlds=["quick"], compute_scales=[2.0]), StudyConfig(),
+                  StudyConfig(compute_worlds=["quick"], stateful_arms=[]),
+                  StudyConfig(compute_worlds=["quick"], grid_extensions=0)):
         assert world_key("quick", other, [], False) != key
     # the compute scales key the worlds that evaluate them, and no others
-    fewer = StudyConfig(compute_scales=[2.0])
+    fewer = StudyConfig(compute_worlds=["quick"], compute_scales=[2.0])
     assert world_key("suite-rush", study, [], False) == world_key("suite-rush", fewer, [], False)
 
 

@@ -375,8 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "wins (default 1: runs per arm = rates x 1 + seeds, 6)")
     p.add_argument("--compute-scales", help="test-time compute of hrm-act/trm: multiples of the trained recursion "
                                             "to evaluate besides ×1 (default 0.5,2,4; '' skips)")
-    p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: quick; "
-                                            "about 5-6x a world's main evaluation)")
+    p.add_argument("--compute-worlds", help="worlds that get the test-time-compute evaluation (default: none; "
+                                            "about 5-6x a world's main evaluation), e.g. quick")
     p.add_argument("--episodes", type=int, help="test episodes per world (default 1000)")
     add_multi_run_args(p, out=None, runs_of="study", presets="world preset",
                        out_help="docs/study.md; with --smoke RUNS/study-smoke.md, never the committed document")
