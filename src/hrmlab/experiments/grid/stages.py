@@ -28,7 +28,7 @@ from hrmlab.planning.spacetime_astar import PlannerConfig
 from hrmlab.progress import make_progress
 from hrmlab.stage_cache import Stage, StageCorrupt, cached, stage_key
 
-log = logging.getLogger("hrmlab.pipeline")
+log = logging.getLogger("hrmlab.stages")
 
 
 @dataclass
