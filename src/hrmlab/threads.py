@@ -1,10 +1,11 @@
 """CPU threads that behave on shared machines.
 
 PyTorch's OpenMP runtime (libgomp) keeps one thread per core and lets idle threads spin between parallel
-regions. When other processes share the cores, a spinning thread steals the time slice the working thread
-needs, and a small model's training step runs 36-60x slower (docs/benchmarks.md, "Training beside other
-work"). Passive waiting removes that collapse at no measurable cost on a quiet machine. The waiting policy
-is read once, when the OpenMP runtime loads, so `configure_process()` must run before torch is imported:
+regions. When other processes share the cores, a spinning thread holds the time slice the working thread
+needs, and every parallel region waits for it (docs/benchmarks.md, "Training beside other work": 3.5-3.7x
+slower steps beside one busy process per core, against 1.4-1.8x for hrmlab's setting). Passive waiting
+avoids that spin. The waiting policy is read once, when the OpenMP runtime loads, so `configure_process()`
+must run before torch is imported:
 the CLI calls it first, every pool worker, torchrun rank and Modal container inherits or repeats it.
 
 The number of threads a CPU training run uses changes its floating-point reductions and therefore its
