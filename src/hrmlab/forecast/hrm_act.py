@@ -133,11 +133,10 @@ class Attention(nn.Module):
     """Non-causal multi-head self-attention, no biases, optional RoPE. (B, T, d) → (B, T, d).
 
     RoPE tables hold no Python-side cache (a dict cache was a graph break under torch.compile and crashed
-    compiled training in torch 2.13): eager forwards compute them inline, once per model forward on the
-    input's device (a handful of tiny ops, the old arithmetic bit for bit); compiled forwards read them
-    from non-persistent buffers made at build for `max_positions` positions (not in state dicts), so the
-    compiled kernels load them instead of recomputing pow/cos/sin in every attention kernel. Both hold the
-    same float32 values (on CPU bit for bit; on CUDA eager computes on the device, as before)."""
+    compiled training in torch 2.13): eager and compiled forwards alike read non-persistent buffers made at
+    build for `max_positions` positions (not in state dicts, moved with the module), so neither a roll-out
+    step nor a compiled kernel recomputes pow/cos/sin; a longer sequence computes its tables inline. The
+    buffers hold the values the inline computation gives on CPU, bit for bit."""
 
     def __init__(self, d: int, heads: int, rope: bool, theta: float, max_positions: int = 64):
         super().__init__()
@@ -156,7 +155,7 @@ class Attention(nn.Module):
         if not self.rope:
             return None
         t, dtype = x.shape[1], dtype or x.dtype
-        if torch.compiler.is_compiling() and t <= len(self.rope_cos):
+        if t <= len(self.rope_cos):
             cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         else:
             cos, sin = rotary_tables(t, x.shape[2] // self.heads, self.theta, x.device)
