@@ -268,9 +268,21 @@ def cmd_study(args) -> int:
     else:
         writable_file(args.json, "--json")
         _check_multi_run_paths(args, cache)
-    text = run_study(study, args.out, args.json, cache, Path(args.runs), smoke=args.smoke,
-                     overrides=args.set or [], workers=args.workers, progress=not args.no_progress,
-                     tabulate_only=args.tabulate_only, force=args.force)
+    run_args = dict(study=study, out_md=args.out, out_json=args.json, cache=cache, runs_dir=Path(args.runs),
+                    smoke=args.smoke, overrides=args.set or [], workers=args.workers,
+                    progress=not args.no_progress, tabulate_only=args.tabulate_only, force=args.force)
+    if args.backend == "modal" and not args.tabulate_only:
+        from hrmlab.cloud.launcher import study_on_modal
+
+        text = study_on_modal(retries=args.retries, **run_args)
+    else:
+        engine = None
+        if args.backend == "slurm" and not args.tabulate_only:
+            from hrmlab.backends.slurm import parse_options
+            from hrmlab.experiments.study.run import SlurmEngine
+
+            engine = SlurmEngine(cache, args.slurm_cluster, parse_options(args.slurm_option), args.retries)
+        text = run_study(engine=engine, **run_args)
     print(text)
     return 0
 
@@ -388,6 +400,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tabulate-only", action="store_true",
                    help="recompute the document from the results file and its episodes file (-episodes.json "
                         "beside it) alone; train and evaluate nothing")
+    p.add_argument("--backend", default="local", choices=("local", "modal", "slurm"),
+                   help="where each world's training runs and evaluation chunks run: this machine's process pool "
+                        "(default), Modal containers (docs/modal.md) or Slurm array jobs (submitit; docs/slurm.md); "
+                        "the documents are written here either way")
+    p.add_argument("--retries", type=count_option(0), default=1,
+                   help="modal/slurm: times the failed runs of a map are resubmitted before the study stops naming "
+                        "them (default 1; finished runs stay cached)")
+    p.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                   help="submitit parameter of every array task (repeatable), e.g. slurm_partition=gpu, "
+                        "gpus_per_node=1, timeout_min=600, slurm_array_parallelism=32")
+    p.add_argument("--slurm-cluster", default="slurm", choices=("slurm", "local"),
+                   help="slurm (default) submits with sbatch; local runs each array task as a local process "
+                        "through submitit (a dry run of the same jobs without a cluster)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("results", help="put several runs side by side")

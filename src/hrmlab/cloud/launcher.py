@@ -56,3 +56,35 @@ def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path
                         f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
     with modal.enable_output(), modal_app.app.run():
         return run_in_app(modal_app.run_pipeline, preset, overrides, smoke, out)
+
+
+class ModalStudyEngine:
+    """`hrmlab study --backend modal`'s engine: each world runs in the app's study orchestrator
+    (`modal_app.run_study_world`), which fans its runs out to containers; the record comes back here, where
+    `run_study` writes the results, episodes and document files as for a local study.
+
+    world_function: the Modal function (inside a running app) or any object with its `.remote`."""
+
+    label = "modal"
+
+    def __init__(self, world_function, retries: int = 1):
+        self.world_function, self.retries = world_function, retries
+
+    def run_world(self, world: str, study, opts, overrides=(), smoke: bool = False) -> tuple[dict, dict]:
+        return self.world_function.remote(world, study, list(overrides), smoke, self.retries)
+
+
+def study_on_modal(retries: int = 1, **run_study_args) -> str:
+    """`hrmlab study --backend modal`: checks what Modal needs, then `run_study` with every world on Modal."""
+    from hrmlab.experiments.study.run import check_study, run_study
+
+    check_study(run_study_args["study"])  # a bad setting fails here, before Modal is asked for anything
+    modal = require_modal()
+    require_token()
+    from hrmlab.cloud import modal_app
+
+    if not modal_app.PYPROJECT.is_file():
+        raise UserError(f"the Modal image is built from the project's pyproject.toml, not found at "
+                        f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
+    with modal.enable_output(), modal_app.app.run():
+        return run_study(engine=ModalStudyEngine(modal_app.run_study_world, retries), **run_study_args)

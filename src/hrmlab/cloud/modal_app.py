@@ -20,6 +20,7 @@ from pathlib import Path
 
 import modal
 
+from hrmlab.backends.retry import settle_each
 from hrmlab.cloud import orchestrate
 from hrmlab.evaluate import runner as eval_runner
 from hrmlab.stage_cache import default_cache
@@ -108,13 +109,28 @@ def run_task(task):
     return orchestrate.call_task(task, volume_sync)
 
 
-def fan_out(function: modal.Function) -> orchestrate.Mapper:
-    """(items, resources) → results in order: containers sized by the preset on Modal, this process under .local()."""
+@app.function(volumes=VOLUMES, timeout=DAY_S, retries=modal.Retries(max_retries=2, initial_delay=10.0))
+def train_study_run(run):
+    """One training run of `hrmlab study` (one arm, rate and seed); commits checkpoints every
+    `cloud.checkpoint_commit_s` while it trains, so a retry or a rerun resumes it."""
+    from hrmlab.experiments.study.run import train_run
+
+    volume_sync.reload()
+    every = run.cfg.cloud.checkpoint_commit_s
+    return orchestrate.train_with_commits(run, volume_sync.commit, every, runner=train_run)
+
+
+def fan_out(function: modal.Function, settled: bool = False) -> orchestrate.Mapper:
+    """(items, resources) → results in order: containers sized by the preset on Modal, this process under .local().
+    settled: an input's exception (after the function's own retries) comes back in its place instead of raising."""
 
     def mapper(items, resources):
         if modal.is_local():
-            return map(function.local, items)
-        return function.with_options(**resources).map(items)
+            return settle_each(function.local, items) if settled else map(function.local, items)
+        sized = function.with_options(**resources)
+        if settled:
+            return sized.map(items, return_exceptions=True, wrap_returned_exceptions=False)
+        return sized.map(items)
 
     return mapper
 
@@ -132,6 +148,16 @@ def run_pipeline(preset: str, overrides: list[str], smoke: bool = False):
     return orchestrate.run_pipeline_with(preset, overrides, smoke, map_collect=fan_out(collect_shard),
                                          map_eval=fan_out(evaluate_chunk), train_remote=train_remote,
                                          cache_root=cache_root(), sync=volume_sync, map_task=fan_out(run_task))
+
+
+@app.function(volumes=VOLUMES, cpu=2.0, memory=8192, timeout=DAY_S, nonpreemptible=True)
+def run_study_world(world: str, study, overrides: list[str], smoke: bool = False, retries: int = 1):
+    """One world of `hrmlab study --backend modal`: the study's orchestrator for that world, its training runs
+    fanned out to `train_study_run`; returns (record, per-episode outcomes) to the caller's machine."""
+    return orchestrate.study_world_with(world, study, overrides, smoke, map_collect=fan_out(collect_shard),
+                                        map_eval=fan_out(evaluate_chunk), map_train=fan_out(train_study_run, True),
+                                        cache_root=cache_root(), sync=volume_sync, map_task=fan_out(run_task),
+                                        retries=retries)
 
 
 @app.local_entrypoint()

@@ -244,6 +244,49 @@ def _run_family(cfg, opts: RunOptions, backend: RoutedBackend, train_runner, map
     return family.run(cfg, opts, backend=backend, train_runner=train_task_remote)
 
 
+# ------------------------------------------------------------------------------------------- the study
+def study_world_with(world: str, study, overrides, smoke: bool, map_collect: Mapper, map_eval: Mapper,
+                     map_train: Mapper, cache_root, sync: VolumeSync = LOCAL_SYNC, map_task: Mapper | None = None,
+                     retries: int = 1) -> tuple[dict, dict]:
+    """One world of `hrmlab study` with its shards, training runs and evaluation chunks sent out; returns the
+    world's (record, per-episode outcomes) to the caller, who writes the documents.
+
+    map_train must be settled (an input's exception comes back in its place): every run ends, the failed ones are
+    resubmitted `retries` times together, and what still fails is one RunsFailed once the rest has finished.
+    Each run commits its checkpoints to the Volume while it trains and its summary under its stage key when it
+    ends, so a rerun (or a second machine) skips finished runs and resumes interrupted ones."""
+    from hrmlab.backends.retry import map_settled
+    from hrmlab.experiments.study.config import arm_configs
+    from hrmlab.experiments.study.run import study_world, train_run
+
+    cfg = next(iter(arm_configs(world, study, overrides, smoke).values()))
+    resources = resources_for(cfg)
+
+    def train_runs(runs: list) -> list:
+        done = map_settled(lambda batch: map_train(batch, resources["train"]), runs, retries, "modal",
+                           "training runs", lambda run: run.describe())
+        sync.reload()  # see the checkpoints the training containers committed
+        return done
+
+    routes = {
+        make_shard: lambda specs: collect_and_store(map_collect, specs, resources["collect"]),
+        evaluate_chunk: lambda chunks: map_eval(chunks, resources["eval"]),
+        train_run: train_runs,
+    }
+    fallback = generic_fallback(map_task, resources["collect"], sync) if map_task is not None else None
+    backend = RoutedBackend(routes, before_map=sync.commit, fallback=fallback)
+    cache_root = Path(cache_root)
+    opts = RunOptions(out=cache_root / "runs" / f"study-{world}" / ("smoke" if smoke else "full"), cache=cache_root,
+                      smoke=smoke, allow_cpu=True, progress=False)
+    log.info("modal: study world %s (train on %s)", world, resources["train"]["gpu"] or "CPU")
+    try:
+        record, episodes = study_world(world, study, opts, overrides, smoke, backend)
+    finally:
+        sync.commit()  # finished runs and evaluations persist even when a later stage failed
+    record["backend"] = f"modal: training in {resources['train']['gpu'] or 'CPU'} containers"
+    return record, episodes
+
+
 def fetch_command(preset: str, smoke: bool = False, out: str | Path | None = None) -> str:
     name = run_dir_name(preset, smoke)
     return f"modal volume get {VOLUME_NAME} runs/{name} {out or Path('runs') / name}"

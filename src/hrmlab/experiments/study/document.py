@@ -121,6 +121,7 @@ def _untimed_note(n: int) -> str:
 
 def _heading(world: str, s: dict) -> str:
     where = f" on {s['machine']}" if s.get("machine") else ""
+    where += f" ({s['backend']})" if s.get("backend") else ""
     calls = (" (the finishing call's; measured before the wall ledger)" if s.get("calls") is None
              else f" over {s['calls']} calls" if s["calls"] > 1 else "")
     bound = "≥ " if s.get("untimed_runs") else ""
@@ -393,7 +394,7 @@ def study_document(study: StudyConfig, worlds: dict, previous: dict | None = Non
                         "verdicts; see their section)" if previous else "")
                      + ".\n\n" + "\n".join(overview_table(study, worlds, previous)) + "\n\n"
                      f"Measured wall time: {wall:.1f} min ({wall / 60:.2f} h) for {len(shown)} of {len(study.worlds)} "
-                     "worlds, each on the machine that ran it and summed over every call that worked on the world (an "
+                     "worlds, each on the machine (and engine) that ran it and summed over every call that worked on the world (an "
                      "interrupted world resumes from its stage cache; its wall ledger keeps the earlier calls' time)"
                      + note + ".\n\n")
     if missing:

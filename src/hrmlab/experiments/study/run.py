@@ -53,6 +53,11 @@ class TrainRun:
     model: str
     data_paths: object
     opts: object
+    name: str = ""
+    """`<arm>-lr<rate>-s<seed>`: how a failed run is named (its run folder's name)."""
+
+    def describe(self) -> str:
+        return self.name or self.model
 
 
 def train_run(run: TrainRun) -> dict:
@@ -70,8 +75,9 @@ def train_run(run: TrainRun) -> dict:
 
 
 class Trainer:
-    """Trains (arm, lr, seed) runs of one world through the backend: independent cached stages, one torch thread
-    each, costliest first; remembers every run's summary (for the world's compute time)."""
+    """Trains (arm, lr, seed) runs of one world through the backend (a process pool, Modal containers, Slurm
+    array tasks): independent cached stages, one torch thread each, costliest first; remembers every run's
+    summary (for the world's compute time)."""
 
     def __init__(self, cfgs: dict, data_paths, opts, backend):
         self.cfgs, self.data_paths, self.opts, self.backend = cfgs, data_paths, opts, backend
@@ -82,9 +88,11 @@ class Trainer:
         # cpu_threads=1: what a pool worker uses; stated, so it is part of each run's cache key
         jobs = []
         for arm, lr, s in runs:
-            out = self.opts.out / "train" / f"{arm.name}-lr{lr:g}-s{s}"
+            name = f"{arm.name}-lr{lr:g}-s{s}"
             jobs.append(TrainRun(with_recipe(self.cfgs[arm.rollout], arm.model, lr=lr, seed=s, cpu_threads=1),
-                                 arm.model, self.data_paths, dataclasses.replace(self.opts, out=out, progress=False)))
+                                 arm.model, self.data_paths,
+                                 dataclasses.replace(self.opts, out=self.opts.out / "train" / name, progress=False),
+                                 name))
         out = dict(zip(runs, self.backend.map(train_run, jobs)))
         self.done.extend(out.values())
         return out
@@ -147,6 +155,32 @@ def select_rates(arms: list[Arm], study: StudyConfig, trainer: Trainer) -> dict[
                        "val_loss": {f"{lr:g}": [None if math.isinf(x) else x for x in losses[arm.name][lr]]
                                     for lr in sorted(losses[arm.name])}}
             for arm in arms}
+
+
+# ------------------------------------------------------------------------------------------ engines
+class LocalEngine:
+    """Each world's stages on this machine's process pool (`workers` processes; 1: in this process)."""
+
+    def __init__(self, workers: int | None = None):
+        from hrmlab.backends.local import make_backend
+
+        self.backend = make_backend(workers)
+        n = self.backend.workers
+        self.label = f"local process pool, {n} worker{'s' if n > 1 else ''}" if n > 1 else "local, in process"
+
+    def run_world(self, world: str, study: StudyConfig, opts, overrides=(), smoke: bool = False):
+        return study_world(world, study, opts, overrides, smoke, self.backend)
+
+
+class SlurmEngine(LocalEngine):
+    """Each world orchestrated here, its data shards, training runs and evaluation chunks as Slurm array jobs
+    (`backends/slurm.py`) against the stage cache, which must be on a filesystem the nodes share."""
+
+    def __init__(self, cache: Path, cluster: str = "slurm", parameters: dict | None = None, retries: int = 1):
+        from hrmlab.backends.slurm import SlurmBackend
+
+        self.backend = SlurmBackend(Path(cache) / "slurm", cluster, parameters, retries)
+        self.label = self.backend.label()
 
 
 # ------------------------------------------------------------------------------------------ a world
@@ -498,13 +532,16 @@ def _read_json(path: Path):
 # ------------------------------------------------------------------------------------------ the study
 def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, runs_dir: Path, smoke: bool = False,
               overrides=(), workers: int | None = None, progress: bool = True, tabulate_only: bool = False,
-              force: bool = False) -> str:
+              force: bool = False, engine=None) -> str:
     """Run (or reuse) every world; after each one, rewrite the episodes file, the results file and the document.
+
+    engine: where each world's work runs (`run_world`, `label`): the local process pool of `workers` by default,
+    `SlurmEngine`, or the Modal engine (cloud/launcher.py); the records and documents are the same in form and
+    are written here.
 
     tabulate_only: rewrite the document from the results and episodes files alone and run nothing (a fresh
     clone recomputes every figure). A results file written by another study's settings (`settings_conflicts`)
     is not written into unless `force`."""
-    from hrmlab.backends.local import make_backend
     from hrmlab.experiments.grid.stages import RunOptions
 
     check_study(study)
@@ -520,7 +557,8 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
     kept_episodes = read_episodes(ep_path)
     keys = {world: world_key(world, study, overrides, smoke) for world in study.worlds}  # config errors first
     results = {}
-    backend = None if tabulate_only else make_backend(workers)
+    if engine is None and not tabulate_only:
+        engine = LocalEngine(workers)
     for world in study.worlds:
         key, record = keys[world], kept.get(world)
         if record is not None and not is_format_1(record) and record.get("key") == key:
@@ -541,8 +579,9 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
         log.info("study %s: selecting rates, training %d seeds × %d arms, evaluating", world, study.seeds,
                  len(study.arms()))
         with WallLedger(opts.out / "wall.json", key) as wall:
-            record, episodes = study_world(world, study, opts, overrides, smoke, backend)
+            record, episodes = engine.run_world(world, study, opts, overrides, smoke)
             wall.finish()
+        record.setdefault("backend", engine.label)
         record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls)
         results[world] = kept[world] = {"key": key, **record}
         kept_episodes[world] = {"key": key, **episodes}

@@ -119,6 +119,8 @@ def summarize_world(record: dict, episodes: dict) -> dict:
                            alpha=ALPHA, replicates=REPLICATES, seed=BOOTSTRAP_SEED)
     out = {key: record.get(key) for key in ("preset", "protocol", "machine", "minutes", "calls", "compute_minutes",
                                             "untimed_runs", "selection_seeds")}
+    # a record without a backend predates the other engines: the local process pool ran it
+    out["backend"] = record.get("backend") or "local process pool"
     out.update(episodes=record["episodes"], yardstick=yard, physics=physics, arms=arms,
                between=[{"a": a, "b": b, **test} for (a, b), test in pairs.items()],
                test_time_compute=_compute_summary(record, episodes, outcome))
