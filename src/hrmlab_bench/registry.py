@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, Callable[[], dict]] = {
     "diffusion_st": _lazy("hrmlab_bench.diffusion_st", "bench_st_planner"),
     "gpu": _lazy("hrmlab_bench.gpu", "bench_gpu"),  # needs CUDA; not in the default set
     "contention": _lazy("hrmlab_bench.contention", "bench_contention"),  # ~2 min, loads the cores; not default
+    "ensemble": _lazy("hrmlab_bench.ensemble", "bench_ensemble"),  # stacked ensembles vs one run (GPU-minded); not default
 }
 
 
