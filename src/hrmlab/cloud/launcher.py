@@ -47,6 +47,14 @@ def require_token() -> None:
 def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path | None = None) -> int:
     """Run the preset's pipeline on Modal (the CLI's `--backend modal`); returns the exit code."""
     resolve_config(preset, overrides, smoke)  # a bad preset or key fails here, before anything starts
+    modal, modal_app = modal_ready()
+    with modal.enable_output(), modal_app.app.run():
+        return run_in_app(modal_app.run_pipeline, preset, overrides, smoke, out)
+
+
+def modal_ready():
+    """(modal, hrmlab.cloud.modal_app) once the extra, a token and the project's pyproject (the image is built
+    from it) are there; otherwise the one-line UserError that says what to do."""
     modal = require_modal()
     require_token()
     from hrmlab.cloud import modal_app
@@ -54,8 +62,7 @@ def run_on_modal(preset: str, overrides=(), smoke: bool = False, out: str | Path
     if not modal_app.PYPROJECT.is_file():
         raise UserError(f"the Modal image is built from the project's pyproject.toml, not found at "
                         f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
-    with modal.enable_output(), modal_app.app.run():
-        return run_in_app(modal_app.run_pipeline, preset, overrides, smoke, out)
+    return modal, modal_app
 
 
 class ModalStudyEngine:
@@ -79,12 +86,6 @@ def study_on_modal(retries: int = 1, **run_study_args) -> str:
     from hrmlab.experiments.study.run import check_study, run_study
 
     check_study(run_study_args["study"])  # a bad setting fails here, before Modal is asked for anything
-    modal = require_modal()
-    require_token()
-    from hrmlab.cloud import modal_app
-
-    if not modal_app.PYPROJECT.is_file():
-        raise UserError(f"the Modal image is built from the project's pyproject.toml, not found at "
-                        f"{modal_app.PYPROJECT}; run from a source checkout (pip install -e '.[modal]')")
+    modal, modal_app = modal_ready()
     with modal.enable_output(), modal_app.app.run():
         return run_study(engine=ModalStudyEngine(modal_app.run_study_world, retries), **run_study_args)
