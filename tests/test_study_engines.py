@@ -246,3 +246,12 @@ def test_study_backend_modal_without_a_token_says_what_to_do(tmp_path, monkeypat
 def test_train_run_names_itself_for_failure_messages():
     assert LocalEngine(1).label == "local, in process" and LocalEngine(2).label == "local process pool, 2 workers"
     assert train_run.__module__ == study_world.__module__  # the function the engines route
+
+
+def test_learning_curves_run_locally_or_on_slurm_and_say_so_for_modal(tmp_path, capsys):
+    args = ["study", "--budgets", "1,2", "--smoke", "--out", str(tmp_path / "s.md"), "--cache", str(tmp_path / "c")]
+    assert main(args + ["--backend", "modal"]) == 2
+    assert "not on Modal" in capsys.readouterr().err
+    assert main(args + ["--backend", "slurm", "--slurm-cluster", "local", "--slurm-option", "nope=1"]) == 2
+    assert "--slurm-option:" in capsys.readouterr().err  # the Slurm settings are checked before any work
+    assert not (tmp_path / "s.json").exists()

@@ -260,6 +260,32 @@ def cmd_study(args) -> int:
     if args.smoke:
         for name, value in smoke_study_defaults().items():
             changes.setdefault(name, value)
+    if args.budgets is not None:  # learning curves (issue 30): experiments/study/budgets.py, docs/scaling.md
+        from hrmlab.experiments.study import budgets as curves_mod
+
+        curves = curves_mod.CurveConfig(budgets=curves_mod.parse_budgets(args.budgets),  # bad input: exit 2 first
+                                        capacity_budget=args.capacity_budget or 0)
+        if args.backend == "modal":
+            raise UserError("--budgets runs on this machine's pool or on Slurm (--backend local|slurm), not on Modal")
+        backend = None
+        if args.backend == "slurm" and not args.tabulate_only:
+            from hrmlab.backends.slurm import SlurmBackend, parse_options
+
+            backend = SlurmBackend(_cache(args) / "slurm", args.slurm_cluster, parse_options(args.slurm_option),
+                                   args.retries)
+        for name, value in curves_mod.curve_study_defaults().items():
+            changes.setdefault(name, value)
+        cache = _cache(args)
+        args.out, args.json = curves_mod.curve_paths(args.out, args.json, args.smoke, Path(args.runs))
+        writable_file(args.out, "--out")
+        if not args.tabulate_only:
+            writable_file(args.json, "--json")
+            _check_multi_run_paths(args, cache)
+        print(curves_mod.run_curves(dataclasses.replace(study, **changes), curves, args.out, args.json, cache,
+                                    Path(args.runs), smoke=args.smoke, overrides=args.set or [], workers=args.workers,
+                                    progress=not args.no_progress, tabulate_only=args.tabulate_only,
+                                    backend=backend))
+        return 0
     study = dataclasses.replace(study, **changes)
     cache = _cache(args)
     args.out, args.json = study_paths(args.out, args.json, args.smoke, Path(args.runs))
@@ -400,6 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tabulate-only", action="store_true",
                    help="recompute the document from the results file and its episodes file (-episodes.json "
                         "beside it) alone; train and evaluate nothing")
+    p.add_argument("--budgets", help="learning curves instead (docs/scaling.md): multiples of the budget-1 optimiser "
+                                     "steps, increasing, e.g. 1,2,4,8; one run per arm and seed to the largest, "
+                                     "a snapshot at each (default world suite-clockwork, models hrm-act,trm)")
+    p.add_argument("--capacity-budget", type=int,
+                   help="with --budgets: also train the best arm at this budget with its width doubled")
     p.add_argument("--backend", default="local", choices=("local", "modal", "slurm"),
                    help="where each world's training runs and evaluation chunks run: this machine's process pool "
                         "(default), Modal containers (docs/modal.md) or Slurm array jobs (submitit; docs/slurm.md); "

@@ -19,6 +19,7 @@ uses in training) and an `after_optimizer_step()` the loop calls after every ste
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import logging
@@ -51,6 +52,11 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 METRICS_FILE = "metrics.jsonl"
+
+
+def snapshot_name(step: int) -> str:
+    """File name of the snapshot written at optimiser step `step` (`TrainConfig.snapshot_steps`)."""
+    return f"snapshot-{int(step)}.pt"
 
 
 @dataclass
@@ -111,6 +117,17 @@ class TrainConfig:
     Compiled weights differ from eager ones in the last bits, so the training stage's key holds the resolved
     value when it is on (experiments/grid/stages.py: train_key), not this field: `off` is the eager path, with
     the keys of old. Needs a C++ compiler on CPU (auto stays off without one). Validation stays eager."""
+    snapshot_steps: list[int] = field(default_factory=list, metadata=NOT_IN_KEY)
+    """Optimiser steps (increasing, within the run) after which `snapshot-<step>.pt` is written: the weights of
+    a shorter training budget, validated (its loss is in the file and in metrics.jsonl), for evaluation only
+    (no optimiser state). Learning curves (experiments/study/budgets.py) take every budget from one run this
+    way. Snapshots neither change training nor best.pt / last.pt, so they are not in the training key: a stage
+    that needs them keys them itself. A resumed run writes the snapshots still ahead and keeps those on disk."""
+    snapshot_ema: float = field(default=0.0, metadata=NOT_IN_KEY)
+    """Decay of an exponential moving average of the weights that the snapshots hold (0: the live weights).
+    The average starts at the first optimiser step with the warm-up min(decay, (1+t)/(10+t)) of TRM's weight
+    EMA, is updated after every step, kept in every checkpoint (a resumed run continues it) and never feeds
+    back: training, best.pt and last.pt are the live weights', so it is not in the training key either."""
 
     def __post_init__(self):
         self.compile = compile_setting(self.compile)
@@ -231,6 +248,10 @@ class TrainResult:
     """Training-loop wall seconds that earlier calls spent reaching the checkpoint this call resumed from (0 for
     a run trained in one call; None when that checkpoint predates this record): a run's cost is this call's
     time plus these, not this call's alone."""
+    snapshots: list[dict] = field(default_factory=list)
+    """The snapshots written (`TrainConfig.snapshot_steps`), by step: {step, checkpoint, val_loss, seconds,
+    weights ("ema" or "live")}; `seconds` are the training-loop seconds spent reaching the step (None when a
+    resumed run's earlier time is unknown)."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -337,7 +358,7 @@ class _MetricsWriter:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by the kill
-            if row.get("kind") == "train" and row.get("step", 0) > step:
+            if row.get("kind") in ("train", "snapshot") and row.get("step", 0) > step:
                 continue
             if row.get("kind") == "val" and row.get("epoch", 0) >= epoch:
                 continue
@@ -373,6 +394,8 @@ class _Progress:
     """Training-loop wall seconds spent reaching `step`, summed over the calls that trained this run (None:
     resumed from a checkpoint written before this was recorded). A killed call's seconds after its last
     checkpoint are not counted: the resuming call redoes, and counts, those steps."""
+    snapshots: list[dict] = field(default_factory=list)
+    """The snapshots written up to `step` (TrainResult.snapshots)."""
 
 
 def train(model: nn.Module, train_source: SampleSource, val_source: SampleSource | None, cfg: TrainConfig,
@@ -406,6 +429,8 @@ class _Trainer:
                                            self.accum, cfg.seed)
         spe = self.sampler.steps_per_epoch
         self.total_steps = cfg.epochs * spe if not cfg.max_steps else min(cfg.max_steps, cfg.epochs * spe)
+        self.snapshot_steps = check_snapshots(cfg, self.total_steps)
+        self.ema = WeightAverage(self.model, cfg.snapshot_ema) if cfg.snapshot_ema > 0 else None
         self.optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr, cfg.weight_decay, self.device)
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, self.total_steps, cfg.lr, cfg.min_lr)
         self.config = {"train": dataclasses.asdict(cfg), **config_dict}
@@ -449,6 +474,8 @@ class _Trainer:
             extra = meta["extra"]
             self.state = _Progress(**{"seconds": None, **extra.get("progress", {})})  # older: time unknown
             self.hooks.load_state_dict(extra.get("hooks", {}))
+            if self.ema is not None:
+                self.ema.load_state_dict(extra.get("ema"), last)
             self.resumed_from = self.state.step
             saved_train = (meta.get("config") or {}).get("train", {})
             changed = sorted(k for k, v in dataclasses.asdict(self.cfg).items()
@@ -471,6 +498,8 @@ class _Trainer:
         self.state.seconds = None if carried is None else carried + time.perf_counter() - started
         extra = {"progress": dataclasses.asdict(self.state), "hooks": self.hooks.state_dict(),
                  "world_size": self.info.world_size, "grad_accum": self.accum}
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()
         save_checkpoint(self.run_dir / name, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                         scaler=self.precision.scaler, step=self.state.step, epoch=self.state.epoch,
                         config=self.config, extra=extra)
@@ -520,11 +549,33 @@ class _Trainer:
         self.optimizer.step()
         return False, mean_loss, grad_norm
 
+    def _snapshot(self) -> None:
+        """Write snapshot-<step>.pt: the weight average (or the live weights) at this step, validated. Every rank
+        validates (the loss is all-reduced); the main rank writes. The live model is not touched."""
+        st = self.state
+        model = copy.deepcopy(unwrap_model(self.model))
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        val = self.validate(model)
+        started, carried = self._clock
+        seconds = None if carried is None else round(carried + time.perf_counter() - started, 3)
+        entry = {"step": st.step, "checkpoint": str(self.run_dir / snapshot_name(st.step)), "val_loss": _num(val),
+                 "seconds": seconds, "weights": "ema" if self.ema is not None else "live"}
+        st.snapshots = [s for s in st.snapshots if s["step"] != st.step] + [entry]
+        if self.info.is_main:
+            save_checkpoint(self.run_dir / snapshot_name(st.step), model=model, step=st.step, epoch=st.epoch,
+                            config=self.config, extra={"snapshot": entry})
+            log.info("step %d: snapshot (%s weights), val loss %.4g", st.step, entry["weights"], val)
+        # its own field name: the report's loss chart reads `val_loss` rows as the live model's epoch-end losses
+        self.metrics.write({"kind": "snapshot", "step": st.step, "epoch": st.epoch,
+                            "snapshot_val_loss": entry["val_loss"], "weights": entry["weights"], "seconds": seconds})
+
     @torch.no_grad()
-    def validate(self) -> float:
+    def validate(self, model: nn.Module | None = None) -> float:
+        """Mean validation loss of `model` (default: the live model), all-reduced over ranks."""
         if self.val_source is None or len(self.val_source) == 0:
             return math.nan
-        model = self.model
+        model = self.model if model is None else model
         model.eval()
         mine = np.array_split(np.arange(len(self.val_source)), self.info.world_size)[self.info.rank]
         size = self.cfg.val_batch_size or max(1, self.cfg.batch_size // (self.info.world_size * self.accum))
@@ -578,7 +629,11 @@ class _Trainer:
                         log.warning("step %d: non-finite loss or gradient, step skipped on every rank", st.step)
                     for module in self.model_step_hooks:  # a model's own per-step update (e.g. TRM's EMA)
                         module.after_optimizer_step()
+                    if self.ema is not None:
+                        self.ema.update(self.model)
                     self.hooks.after_step(self.model, st.step)
+                    if st.step in self.snapshot_steps:
+                        self._snapshot()
                     window.add(loss, grad_norm, lr, skipped, time.perf_counter() - t0)
                     if st.step % max(1, cfg.log_every_steps) == 0 or st.step == 1:
                         self._log_window(window, bar)
@@ -609,7 +664,10 @@ class _Trainer:
             samples_per_s=run_steps * cfg.batch_size / elapsed if elapsed > 0 else 0.0,
             checkpoint_path=str(best if best.exists() else last), last_checkpoint_path=str(last),
             stopped_early=stopped_early, resumed_from_step=self.resumed_from, world_size=self.info.world_size,
-            grad_accum=self.accum, earlier_seconds=self._clock[1])
+            grad_accum=self.accum, earlier_seconds=self._clock[1],
+            # paths from this call's run directory: a run resumed elsewhere (another cache path) names its own files
+            snapshots=[{**s, "checkpoint": str(self.run_dir / snapshot_name(s["step"]))}
+                       for s in sorted(st.snapshots, key=lambda s: s["step"])])
 
     def _end_of_epoch(self, epoch_finished: bool) -> bool:
         """Validate, keep best.pt, write last.pt; True when early stopping ends the run."""
@@ -652,6 +710,55 @@ class _Trainer:
         self.metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.3g}" if row["loss"] is not None else "nan", lr=f"{row['lr']:.2g}",
                         refresh=False)
+
+
+def check_snapshots(cfg: TrainConfig, total_steps: int) -> frozenset[int]:
+    """The snapshot steps of a run of `total_steps` steps; out-of-range settings are one clear error."""
+    steps = [int(s) for s in cfg.snapshot_steps]
+    if any(s < 1 or s > total_steps for s in steps) or steps != sorted(set(steps)):
+        raise UserError(f"train.snapshot_steps must be increasing steps in 1 … {total_steps} (this run's optimiser "
+                        f"steps), got {cfg.snapshot_steps}")
+    if not 0.0 <= cfg.snapshot_ema < 1.0:
+        raise UserError(f"train.snapshot_ema must be in [0, 1), got {cfg.snapshot_ema}")
+    return frozenset(steps)
+
+
+class WeightAverage:
+    """Exponential moving average of a model's parameters (float32 copies), for snapshots.
+
+    The same rule as TRM's weight EMA (forecast/trm.WeightEMA), applied from outside the model so that every
+    model gets it alike: the first update copies the weights, update t uses decay min(decay, (1+t)/(10+t))."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.weights = {name: p.detach().float().clone() for name, p in unwrap_model(model).named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        t = self.updates
+        decay = 0.0 if t == 0 else min(self.decay, (1 + t) / (10 + t))
+        for name, p in unwrap_model(model).named_parameters():
+            self.weights[name].lerp_(p.detach().float(), 1.0 - decay)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        """Put the average into `model`'s parameters (a copy of the trained model; buffers stay its own)."""
+        for name, p in unwrap_model(model).named_parameters():
+            p.copy_(self.weights[name].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates,
+                "weights": {k: v.detach().cpu().clone() for k, v in self.weights.items()}}
+
+    def load_state_dict(self, state: dict | None, path) -> None:
+        if not state or set(state.get("weights", {})) != set(self.weights):
+            raise UserError(f"checkpoint {path} holds no weight average of this model (train.snapshot_ema was "
+                            "changed after it was written); delete the run directory and retrain")
+        device = next(iter(self.weights.values())).device
+        self.weights = {k: v.to(device=device, dtype=torch.float32) for k, v in state["weights"].items()}
+        self.updates = int(state["updates"])
 
 
 class _Window:
