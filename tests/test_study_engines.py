@@ -15,7 +15,8 @@ import pytest
 from hrmlab.backends.retry import RunsFailed, map_settled, reason, settle_each
 from hrmlab.cli import main
 from hrmlab.experiments.study import StudyConfig
-from hrmlab.experiments.study.run import LocalEngine, run_study, study_world, train_run
+from hrmlab.experiments.study.run import LocalEngine, run_study
+from hrmlab.experiments.study.train_runs import TrainRun
 
 submitit = pytest.importorskip("submitit")
 
@@ -243,9 +244,10 @@ def test_study_backend_modal_without_a_token_says_what_to_do(tmp_path, monkeypat
     assert not (tmp_path / "s.json").exists()
 
 
-def test_train_run_names_itself_for_failure_messages():
+def test_engines_and_runs_name_themselves_for_documents_and_failure_messages():
     assert LocalEngine(1).label == "local, in process" and LocalEngine(2).label == "local process pool, 2 workers"
-    assert train_run.__module__ == study_world.__module__  # the function the engines route
+    assert TrainRun(None, "trm", None, None, "trm-lr0.01-s2").describe() == "trm-lr0.01-s2"
+    assert TrainRun(None, "trm", None, None).describe() == "trm"
 
 
 def test_learning_curves_run_locally_or_on_slurm_and_say_so_for_modal(tmp_path, capsys):
@@ -255,3 +257,23 @@ def test_learning_curves_run_locally_or_on_slurm_and_say_so_for_modal(tmp_path, 
     assert main(args + ["--backend", "slurm", "--slurm-cluster", "local", "--slurm-option", "nope=1"]) == 2
     assert "--slurm-option:" in capsys.readouterr().err  # the Slurm settings are checked before any work
     assert not (tmp_path / "s.json").exists()
+
+
+def test_stack_on_trains_each_arm_s_runs_as_one_ensemble_with_the_separate_runs_figures(local_world, tmp_path,
+                                                                                         caplog):
+    """`--stack on` (the GPU default, forced on this CPU): the two selection runs train as one stacked group, then
+    the two evaluated seeds; validation losses equal the separate runs' to float32 rounding (stacked.py's
+    tolerance, ≤ 1e-6 relative on these LSTM runs; 1e-5 here leaves margin for other CPUs' kernels)."""
+    record, _ = local_world
+    caplog.set_level("INFO", logger="hrmlab.study")
+    run_study(TOY, tmp_path / "study.md", tmp_path / "study.json", tmp_path / "cache", tmp_path / "runs", smoke=True,
+              progress=False, engine=LocalEngine(1, "on"))
+    assert [r.getMessage() for r in caplog.records if "stacked groups" in r.getMessage()] == [
+        "training 2 runs as 1 stacked groups", "training 2 runs as 1 stacked groups"]
+    stacked = json.loads((tmp_path / "study.json").read_text())["worlds"]["quick"]["arms"]["lstm"]
+    local = record["arms"]["lstm"]
+    assert stacked["lr"] == local["lr"]
+    for lr, losses in local["selection"]["val_loss"].items():
+        assert stacked["selection"]["val_loss"][lr] == pytest.approx(losses, rel=1e-5)
+    assert [r["val_loss"] for r in stacked["runs"].values()] == pytest.approx(
+        [r["val_loss"] for r in local["runs"].values()], rel=1e-5)

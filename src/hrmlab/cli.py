@@ -297,6 +297,9 @@ def cmd_study(args) -> int:
     run_args = dict(study=study, out_md=args.out, out_json=args.json, cache=cache, runs_dir=Path(args.runs),
                     smoke=args.smoke, overrides=args.set or [], workers=args.workers,
                     progress=not args.no_progress, tabulate_only=args.tabulate_only, force=args.force)
+    if args.backend == "modal" and args.stack == "on":
+        raise UserError("--stack on: the Modal engine trains each run in its own container; use --backend local "
+                        "or slurm to stack runs")
     if args.backend == "modal" and not args.tabulate_only:
         from hrmlab.cloud.launcher import study_on_modal
 
@@ -307,7 +310,12 @@ def cmd_study(args) -> int:
             from hrmlab.backends.slurm import parse_options
             from hrmlab.experiments.study.run import SlurmEngine
 
-            engine = SlurmEngine(cache, args.slurm_cluster, parse_options(args.slurm_option), args.retries)
+            engine = SlurmEngine(cache, args.slurm_cluster, parse_options(args.slurm_option), args.retries,
+                                 args.stack)
+        elif not args.tabulate_only:
+            from hrmlab.experiments.study.run import LocalEngine
+
+            engine = LocalEngine(args.workers, args.stack)
         text = run_study(engine=engine, **run_args)
     print(text)
     return 0
@@ -441,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
                    help="submitit parameter of every array task (repeatable), e.g. slurm_partition=gpu, "
                         "gpus_per_node=1, timeout_min=600, slurm_array_parallelism=32")
+    p.add_argument("--stack", default="auto", choices=("auto", "on", "off"),
+                   help="train a world's runs that share a model shape and data (seeds, candidate rates) as one "
+                        "stacked ensemble per task: auto = where they train on a GPU (default; on a CPU it is "
+                        "slower, docs/benchmarks.md), on, off. Local and Slurm engines")
     p.add_argument("--slurm-cluster", default="slurm", choices=("slurm", "local"),
                    help="slurm (default) submits with sbatch; local runs each array task as a local process "
                         "through submitit (a dry run of the same jobs without a cluster)")

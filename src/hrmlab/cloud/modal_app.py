@@ -113,7 +113,7 @@ def run_task(task):
 def train_study_run(run):
     """One training run of `hrmlab study` (one arm, rate and seed); commits checkpoints every
     `cloud.checkpoint_commit_s` while it trains, so a retry or a rerun resumes it."""
-    from hrmlab.experiments.study.run import train_run
+    from hrmlab.experiments.study.train_runs import train_run
 
     volume_sync.reload()
     every = run.cfg.cloud.checkpoint_commit_s

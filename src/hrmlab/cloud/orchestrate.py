@@ -257,7 +257,8 @@ def study_world_with(world: str, study, overrides, smoke: bool, map_collect: Map
     ends, so a rerun (or a second machine) skips finished runs and resumes interrupted ones."""
     from hrmlab.backends.retry import map_settled
     from hrmlab.experiments.study.config import arm_configs
-    from hrmlab.experiments.study.run import study_world, train_run
+    from hrmlab.experiments.study.run import study_world
+    from hrmlab.experiments.study.train_runs import train_run
 
     cfg = next(iter(arm_configs(world, study, overrides, smoke).values()))
     resources = resources_for(cfg)

@@ -14,7 +14,6 @@ import math
 import statistics
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from hrmlab.config import changed_dict, config_hash, to_dict
@@ -23,6 +22,7 @@ from hrmlab.experiments.study.config import (RECURSIVE_MODELS, Arm, StudyConfig,
                                              with_recipe)
 from hrmlab.experiments.study.document import DEFAULT_OUT, option_text, tabulate
 from hrmlab.experiments.study.summary import OUTCOME_CODES, is_format_1, outlier_ratios
+from hrmlab.experiments.study.train_runs import TrainRun, train_run
 from hrmlab.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("hrmlab.study")
@@ -45,42 +45,13 @@ def longest_first(runs: list[tuple]) -> list[tuple]:
 
 
 # ------------------------------------------------------------------------------------------ training
-@dataclass
-class TrainRun:
-    """One training stage of the study (picklable: it runs in a worker process)."""
-
-    cfg: object
-    model: str
-    data_paths: object
-    opts: object
-    name: str = ""
-    """`<arm>-lr<rate>-s<seed>`: how a failed run is named (its run folder's name)."""
-
-    def describe(self) -> str:
-        return self.name or self.model
-
-
-def train_run(run: TrainRun) -> dict:
-    """One training stage; a run that diverges is returned as a result ({"diverged": why}), so that a
-    learning-rate candidate that blows up loses the selection instead of ending the study."""
-    from hrmlab.errors import TrainingDiverged
-    from hrmlab.experiments.grid.stages import stage_train
-
-    try:
-        return stage_train(run.cfg, run.model, run.data_paths, run.opts)
-    except TrainingDiverged as exc:
-        recipe = run.cfg.train_config(run.model)
-        log.warning("%s at lr %g, seed %d: %s", run.model, recipe.lr, recipe.seed, exc)
-        return {"diverged": str(exc), "best_val_loss": None}
-
-
 class Trainer:
     """Trains (arm, lr, seed) runs of one world through the backend (a process pool, Modal containers, Slurm
     array tasks): independent cached stages, one torch thread each, costliest first; remembers every run's
     summary (for the world's compute time)."""
 
-    def __init__(self, cfgs: dict, data_paths, opts, backend):
-        self.cfgs, self.data_paths, self.opts, self.backend = cfgs, data_paths, opts, backend
+    def __init__(self, cfgs: dict, data_paths, opts, backend, stack: str = "auto"):
+        self.cfgs, self.data_paths, self.opts, self.backend, self.stack = cfgs, data_paths, opts, backend, stack
         self.done: list[dict] = []
 
     def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
@@ -93,9 +64,22 @@ class Trainer:
                                  arm.model, self.data_paths,
                                  dataclasses.replace(self.opts, out=self.opts.out / "train" / name, progress=False),
                                  name))
-        out = dict(zip(runs, self.backend.map(train_run, jobs)))
+        out = dict(zip(runs, self._map(jobs)))
         self.done.extend(out.values())
         return out
+
+    def _map(self, jobs: list[TrainRun]) -> list[dict]:
+        """Each job's summary. On a GPU (or with stack `on`) the jobs that share a model shape and data train
+        as one stacked ensemble per backend task (experiments/study/stacked.py), the rest as single runs."""
+        from hrmlab.experiments.study.stacked import can_stack, groups, train_stacked
+
+        if not jobs or not can_stack(jobs[0].cfg.device, self.stack):
+            return list(self.backend.map(train_run, jobs))
+        grouped = groups(jobs)
+        log.info("training %d runs as %d stacked groups", len(jobs), len(grouped))
+        by_job = {id(job): summary for group, summaries in zip(grouped, self.backend.map(train_stacked, grouped))
+                  for job, summary in zip(group, summaries)}
+        return [by_job[id(job)] for job in jobs]
 
 
 def _val_loss(summary: dict) -> float:
@@ -159,42 +143,46 @@ def select_rates(arms: list[Arm], study: StudyConfig, trainer: Trainer) -> dict[
 
 # ------------------------------------------------------------------------------------------ engines
 class LocalEngine:
-    """Each world's stages on this machine's process pool (`workers` processes; 1: in this process)."""
+    """Each world's stages on this machine's process pool (`workers` processes; 1: in this process).
 
-    def __init__(self, workers: int | None = None):
+    stack: `auto` trains the runs that share a model shape as stacked ensembles where they run on a GPU
+    (experiments/study/stacked.py), `on` everywhere, `off` never."""
+
+    def __init__(self, workers: int | None = None, stack: str = "auto"):
         from hrmlab.backends.local import make_backend
 
-        self.backend = make_backend(workers)
+        self.backend, self.stack = make_backend(workers), stack
         n = self.backend.workers
         self.label = f"local process pool, {n} worker{'s' if n > 1 else ''}" if n > 1 else "local, in process"
 
     def run_world(self, world: str, study: StudyConfig, opts, overrides=(), smoke: bool = False):
-        return study_world(world, study, opts, overrides, smoke, self.backend)
+        return study_world(world, study, opts, overrides, smoke, self.backend, self.stack)
 
 
 class SlurmEngine(LocalEngine):
     """Each world orchestrated here, its data shards, training runs and evaluation chunks as Slurm array jobs
     (`backends/slurm.py`) against the stage cache, which must be on a filesystem the nodes share."""
 
-    def __init__(self, cache: Path, cluster: str = "slurm", parameters: dict | None = None, retries: int = 1):
+    def __init__(self, cache: Path, cluster: str = "slurm", parameters: dict | None = None, retries: int = 1,
+                 stack: str = "auto"):
         from hrmlab.backends.slurm import SlurmBackend
 
-        self.backend = SlurmBackend(Path(cache) / "slurm", cluster, parameters, retries)
+        self.backend, self.stack = SlurmBackend(Path(cache) / "slurm", cluster, parameters, retries), stack
         self.label = self.backend.label()
 
 
 # ------------------------------------------------------------------------------------------ a world
 def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool = False,
-                backend=None) -> tuple[dict, dict]:
+                backend=None, stack: str = "auto") -> tuple[dict, dict]:
     """Select rates, train every evaluated seed, evaluate — all through the cached grid stages. Returns the
-    world's record (results file) and its per-episode outcomes (episodes file)."""
+    world's record (results file) and its per-episode outcomes (episodes file). stack: see `LocalEngine`."""
     from hrmlab.experiments.grid.stages import stage_data, stage_evaluate
     from hrmlab.forecast.registry import ForecasterSpec
 
     cfgs = arm_configs(preset, study, overrides, smoke)
     arms = study.arms()
     base = cfgs[arms[0].rollout]  # every roll-out's config shares the world, data, planner and evaluation
-    trainer = Trainer(cfgs, stage_data(base, opts, backend), opts, backend)
+    trainer = Trainer(cfgs, stage_data(base, opts, backend), opts, backend, stack)
     selection = select_rates(arms, study, trainer)
     trained = trainer.train([(arm, selection[arm.name]["chosen"], s) for arm in arms for s in study.evaluated_seeds()])
     specs, keys = [], {}
