@@ -398,6 +398,19 @@ class _Progress:
     """The snapshots written up to `step` (TrainResult.snapshots)."""
 
 
+def note_validation(st: _Progress, val: float) -> bool:
+    """An end-of-epoch validation loss into a run's progress (final, best, epochs without improvement, which
+    early stopping reads); True when it is the best so far (best.pt is then rewritten)."""
+    st.final_val_loss = val
+    improved = math.isfinite(val) and val < st.best_val_loss
+    if improved:
+        st.best_val_loss = val
+        st.epochs_without_improvement = 0
+    elif math.isfinite(val):
+        st.epochs_without_improvement += 1
+    return improved
+
+
 def train(model: nn.Module, train_source: SampleSource, val_source: SampleSource | None, cfg: TrainConfig,
           run_dir, *, config_dict: dict | None = None, progress: bool = True,
           loss_fn: Callable[[nn.Module, tuple], torch.Tensor] | None = None,
@@ -673,13 +686,7 @@ class _Trainer:
         """Validate, keep best.pt, write last.pt; True when early stopping ends the run."""
         st, cfg = self.state, self.cfg
         val = self.validate()
-        st.final_val_loss = val
-        improved = math.isfinite(val) and val < st.best_val_loss
-        if improved:
-            st.best_val_loss = val
-            st.epochs_without_improvement = 0
-        elif math.isfinite(val):
-            st.epochs_without_improvement += 1
+        improved = note_validation(st, val)
         self.metrics.write({"kind": "val", "step": st.step, "epoch": st.epoch, "val_loss": _num(val),
                             "best_val_loss": _num(st.best_val_loss), "epoch_finished": epoch_finished})
         if self.info.is_main and math.isfinite(val):

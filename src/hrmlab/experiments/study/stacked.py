@@ -489,17 +489,11 @@ class _StackedRun:
 
     def _end_of_epoch(self, i: int, val: float, epoch_finished: bool) -> bool:
         """The trainer's `_end_of_epoch` for member i: validate (given), best.pt, last.pt; True on early stop."""
-        from hrmlab.train.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, _num
+        from hrmlab.train.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, _num, note_validation
 
         member = self.members[i]
         st, cfg = member.state, member.cfg
-        st.final_val_loss = val
-        improved = math.isfinite(val) and val < st.best_val_loss
-        if improved:
-            st.best_val_loss = val
-            st.epochs_without_improvement = 0
-        elif math.isfinite(val):
-            st.epochs_without_improvement += 1
+        improved = note_validation(st, val)
         member.metrics.write({"kind": "val", "step": st.step, "epoch": st.epoch, "val_loss": _num(val),
                               "best_val_loss": _num(st.best_val_loss), "epoch_finished": epoch_finished})
         if epoch_finished:
