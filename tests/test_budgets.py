@@ -14,8 +14,9 @@ from hrmlab.config import config_hash, key_dict
 from hrmlab.data.base import ArraySource
 from hrmlab.errors import UserError
 from hrmlab.experiments.study import StudyConfig
-from hrmlab.experiments.study.budgets import (CurveConfig, CurveTrainer, base_steps, curve_key, curve_recipe,
-                                              curve_study_defaults, parse_budgets, plan)
+from hrmlab.experiments.study import budgets
+from hrmlab.experiments.study.budgets import (CurveConfig, CurveRun, base_steps, curve_key, curve_recipe, curve_run,
+                                              curve_study_defaults, parse_budgets, plan, run_curves)
 from hrmlab.experiments.study.config import Arm, arm_configs, smoke_study_defaults
 from hrmlab.forecast.lstm import LSTMConfig
 from hrmlab.forecast.models import build_model
@@ -192,13 +193,9 @@ def test_budgets_smoke_runs_the_cli_and_budget_1_of_the_long_run_is_the_budget_1
     arm = Arm("trm", "trm", "direct")
     assert base_steps(cfgs["direct"], "trm", data_paths) == S
 
-    class InProcess:
-        def map(self, fn, items):
-            return [fn(item) for item in items]
-
-    trainer = CurveTrainer({"trm": cfgs["direct"]}, {"trm": S}, data_paths, opts, InProcess(), world["snapshot_ema"])
     seed = trm["runs"]["trm@s1"]["seed"]
-    alone = trainer.train_to([(arm, trm["lr"], seed)], [1])[(arm, trm["lr"], seed)]
+    alone = curve_run(CurveRun(curve_recipe(cfgs["direct"], arm.model, S, [1], trm["lr"], seed, world["snapshot_ema"]),
+                               arm.model, data_paths, opts, "alone"))
     long_dir = model_dir(tmp_path / "cache", "trm", trm["runs"]["trm@s1"]["key"])
     assert Path(alone["checkpoint"]).parent != long_dir  # two trainings, not one cached stage
     assert _same(_weights(alone["snapshots"][0]["checkpoint"]), _weights(long_dir / snapshot_name(S)))
@@ -208,3 +205,58 @@ def test_budgets_smoke_runs_the_cli_and_budget_1_of_the_long_run_is_the_budget_1
     assert main(args) == 0
     assert sorted(p.name for p in (tmp_path / "cache" / "models").iterdir()) == models
     assert main(args + ["--tabulate-only"]) == 0 and out.read_text() == doc
+
+
+# ------------------------------------------------------------------------------------------ a move to a fresh machine
+def _lean(record: dict) -> dict:
+    """A world record without what differs between calls (times, machine, keys of the cache)."""
+    drop = {"seconds", "train_seconds", "eval_seconds", "minutes", "calls", "compute_minutes", "machine",
+            "forecast_ms_per_step", "backend"}
+    if isinstance(record, dict):
+        return {k: _lean(v) for k, v in record.items() if k not in drop}
+    return [_lean(v) for v in record] if isinstance(record, list) else record
+
+
+def test_an_interrupted_world_resumes_on_a_fresh_cache_from_its_progress_file(tmp_path, monkeypatch):
+    """The curves of a world take hours: the finished units (physics rows, selection runs, evaluated long runs)
+    travel in the progress file beside the results, so a rerun with an empty stage cache (another machine) trains
+    and evaluates only the unit that was cut off, and the world comes out as an uninterrupted run's."""
+    study = dataclasses.replace(StudyConfig(), **{**curve_study_defaults(), **smoke_study_defaults(),
+                                                  "models": ["lstm"], "stateful_arms": []})
+    curves = CurveConfig([1, 2])
+
+    def run(name, cache):
+        return run_curves(study, curves, tmp_path / name / "c.md", tmp_path / name / "c.json", tmp_path / cache,
+                          tmp_path / "runs", smoke=True, workers=1, progress=False)
+
+    run("whole", "cache-whole")
+    whole = json.loads((tmp_path / "whole" / "c.json").read_text())["worlds"]["suite-clockwork"]
+    whole_rows = json.loads((tmp_path / "whole" / "c-episodes.json").read_text())["worlds"]["suite-clockwork"]
+
+    real = budgets.curve_run
+
+    def cut_off(job):  # the session ends while seed 2's long run trains
+        if job.evaluation is not None and "-s2-" in job.name:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(budgets, "curve_run", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        run("moved", "cache-here")
+    monkeypatch.setattr(budgets, "curve_run", real)
+    units = json.loads((tmp_path / "moved" / "c-progress" / "suite-clockwork.json").read_text())["units"]
+    tried = whole["arms"]["lstm"]["selection"]["val_loss"]  # the grid and the extension the choice asked for
+    assert len(tried) == 3 and set(units) == {"physics", *(f"lstm-lr{lr}-s0-b1" for lr in tried),
+                                              f"lstm-lr{whole['arms']['lstm']['lr']:g}-s1-b2-evaluated"}
+    assert "/" not in json.dumps(units)  # no path of this machine travels
+    assert (tmp_path / "moved" / "c-progress" / "suite-clockwork.wall.json").is_file()
+
+    run("moved", "cache-fresh")  # another machine: the progress file, no stage cache
+    fresh = tmp_path / "cache-fresh"
+    assert [p.name.split("-")[0] for p in (fresh / "models").iterdir()] == ["lstm"]  # seed 2's long run alone
+    assert len(list((fresh / "evals").glob("*.json"))) == 1  # its snapshots; physics came from the progress file
+    assert not (tmp_path / "moved" / "c-progress").exists()
+    moved = json.loads((tmp_path / "moved" / "c.json").read_text())["worlds"]["suite-clockwork"]
+    moved_rows = json.loads((tmp_path / "moved" / "c-episodes.json").read_text())["worlds"]["suite-clockwork"]
+    assert _lean(moved["arms"]) == _lean(whole["arms"]) and _lean(moved["physics"]) == _lean(whole["physics"])
+    assert moved_rows == whole_rows and moved["calls"] == 2

@@ -9,10 +9,12 @@ A budget point evaluates that snapshot: an exponential moving average of the wei
 step — one rule for every point, arm and seed, doing what annealing the rate would, without a schedule that ends.
 
 Each arm's rate is chosen at budget 1 on the snapshot's validation loss by selection seeds that are never evaluated
-(`run.select_rates`, the grid extended at an edge); evaluated seeds train fresh. Every budget's snapshots are
-evaluated closed loop beside the physics rules and the oracle on the same test episodes (the grid pipeline's
-`stage_evaluate`, one cached stage per budget). A capacity point trains the best arm at one budget with its width
-doubled (its own rate selection). `scaling.py` turns the stored records into docs/scaling.md and its plots.
+(`run.select_rates`, the grid extended at an edge); evaluated seeds train fresh. A long run's task evaluates its
+snapshots closed loop right after it trains (the grid pipeline's `stage_evaluate`, in the task), on the same test
+episodes as the physics rules and the oracle, so what it hands back is outcomes, not checkpoints: each finished
+unit goes into the world's progress file (`progress.py`) and a world of many hours resumes on a fresh machine.
+A capacity point trains the best arm at one budget with its width doubled (its own rate selection).
+`scaling.py` turns the stored records into docs/scaling.md and its plots.
 """
 
 from __future__ import annotations
@@ -158,43 +160,109 @@ def stage_curve_train(cfg, model: str, data_paths, opts) -> dict:
 
 
 @dataclass
+class CurveEvaluation:
+    """How a long run's task evaluates its snapshots after training: the world's config (world, planner), the
+    evaluation (protocol, episodes) and each snapshot's row label, in budget order."""
+
+    cfg: object
+    eval_cfg: object
+    labels: list[str]
+    rollout: str
+
+
+@dataclass
 class CurveRun:
-    """One long (or budget-1) training run (picklable: it runs in a worker process)."""
+    """One long (or budget-1) training run, and the evaluation of its snapshots (picklable: it runs in a worker
+    process, a Slurm task)."""
 
     cfg: object
     model: str
     data_paths: object
     opts: object
     name: str = ""
+    evaluation: CurveEvaluation | None = None
 
 
 def curve_run(run: CurveRun) -> dict:
-    """One run; divergence comes back as a result, so a candidate rate that blows up loses the selection."""
+    """One run (its summary, plus the evaluated rows of its snapshots when `run.evaluation`); divergence comes
+    back as a result, so a candidate rate that blows up loses the selection."""
     from hrmlab.errors import TrainingDiverged
 
     try:
-        return stage_curve_train(run.cfg, run.model, run.data_paths, run.opts)
+        summary = stage_curve_train(run.cfg, run.model, run.data_paths, run.opts)
     except TrainingDiverged as exc:
         log.warning("%s diverged: %s", run.name, exc)
         return {"diverged": str(exc), "best_val_loss": None}
+    if run.evaluation is not None:
+        summary.update(evaluate_snapshots(summary, run.evaluation, run.opts))
+    return summary
+
+
+def evaluate_snapshots(summary: dict, ev: CurveEvaluation, opts) -> dict:
+    """Every snapshot of a trained run, closed loop on the test episodes, in this process (the run's task is the
+    unit of parallel work): {"rows": label → row record with its per-episode outcomes, "eval_seconds"}."""
+    from hrmlab.backends.local import SerialBackend
+    from hrmlab.experiments.grid.stages import stage_evaluate
+    from hrmlab.forecast.registry import ForecasterSpec
+
+    snaps = summary["snapshots"]
+    if len(snaps) != len(ev.labels):
+        raise RuntimeError(f"{len(snaps)} snapshots for {len(ev.labels)} budget points")
+    specs = [ForecasterSpec(lab, s["checkpoint"], rollout=ev.rollout) for lab, s in zip(ev.labels, snaps)]
+    keys = {lab: f"{summary['key']}@{s['step']}" for lab, s in zip(ev.labels, snaps)}
+    result = stage_evaluate(ev.cfg, ev.eval_cfg, ev.cfg.planner, specs, keys, opts, SerialBackend())
+    return {"rows": {lab: _row_outcomes(result.rows[lab]) for lab in ev.labels}, "eval_seconds": result.seconds}
+
+
+def portable(summary: dict) -> dict:
+    """What a world's record needs of a run's summary, free of this machine's paths (it goes into the progress
+    file, which travels): its key, time, size, snapshot losses, evaluated rows — or that it diverged."""
+    if "diverged" in summary:
+        return {"diverged": summary["diverged"], "best_val_loss": None}
+    out = {k: summary.get(k) for k in ("key", "seconds", "parameters")}
+    out["snapshots"] = [{k: s.get(k) for k in ("step", "val_loss", "seconds")} for s in summary["snapshots"]]
+    if "rows" in summary:
+        out.update(rows=summary["rows"], eval_seconds=summary.get("eval_seconds"))
+    return out
 
 
 class CurveTrainer:
     """Trains (arm, lr, seed) runs of one world to given budgets through the backend, costliest model first, and
-    remembers every summary (the world's compute time). As `select_rates`' trainer (`train`) it trains budget 1
-    and reports the budget-1 snapshot's validation loss: the weights that budget evaluates."""
+    remembers every summary (the world's compute time). A unit the world's `progress` holds under the same stage
+    key is not run again; each unit that finishes is recorded there as it comes back. As `select_rates`' trainer
+    (`train`) it trains budget 1 and reports the budget-1 snapshot's validation loss: the weights that budget
+    evaluates."""
 
-    def __init__(self, cfgs: dict, steps: dict, data_paths, opts, backend, ema: float):
+    def __init__(self, cfgs: dict, steps: dict, data_paths, opts, backend, ema: float, progress=None):
+        from hrmlab.experiments.study.progress import Progress
+
         self.cfgs, self.steps, self.data_paths, self.opts, self.backend = cfgs, steps, data_paths, opts, backend
         self.ema = ema
+        self.progress = progress if progress is not None else Progress(None, "")
         self.done: list[dict] = []
 
-    def train_to(self, runs: list[tuple[Arm, float, int]], budgets: list[int]) -> dict:
-        runs = longest_first(runs)
-        jobs = [CurveRun(curve_recipe(self.cfgs[arm.name], arm.model, self.steps[arm.name], budgets, lr, s, self.ema),
-                         arm.model, self.data_paths, dataclasses.replace(self.opts, progress=False),
-                         f"{arm.name}-lr{lr:g}-s{s}-b{budgets[-1]}") for arm, lr, s in runs]
-        out = dict(zip(runs, self.backend.map(curve_run, jobs)))
+    def train_to(self, runs: list[tuple[Arm, float, int]], budgets: list[int], evaluations: dict | None = None) -> dict:
+        """Each run's portable summary; `evaluations` maps a run to the `CurveEvaluation` its task does after
+        training (the long runs)."""
+        out, pending, jobs = {}, [], []
+        for run in longest_first(runs):
+            arm, lr, s = run
+            cfg = curve_recipe(self.cfgs[arm.name], arm.model, self.steps[arm.name], budgets, lr, s, self.ema)
+            ev = (evaluations or {}).get(run)
+            name = f"{arm.name}-lr{lr:g}-s{s}-b{budgets[-1]}"
+            unit, key = name + ("-evaluated" if ev else ""), curve_key(cfg, arm.model)
+            stored = self.progress.get(unit, key)
+            if stored is not None:
+                out[run] = stored
+                continue
+            pending.append((run, unit, key))
+            jobs.append(CurveRun(cfg, arm.model, self.data_paths, dataclasses.replace(self.opts, progress=False), name,
+                                 ev))
+        if len(out):
+            log.info("%d of %d runs come from the progress file", len(out), len(out) + len(jobs))
+        for (run, unit, key), summary in zip(pending, self.backend.map(curve_run, jobs)):
+            out[run] = portable(summary)
+            self.progress.put(unit, key, out[run])
         self.done.extend(out.values())
         return out
 
@@ -266,11 +334,14 @@ def label(arm: Arm, seed: int, budget: int) -> str:
 
 
 def curve_world(preset: str, study: StudyConfig, curves: CurveConfig, opts, overrides=(), smoke: bool = False,
-                backend=None) -> tuple[dict, dict]:
-    """Select rates at budget 1, train every evaluated seed to the largest budget, evaluate each budget; then the
-    capacity point. Returns the world's record (results file) and its per-episode outcomes (episodes file)."""
+                backend=None, progress=None) -> tuple[dict, dict]:
+    """Evaluate the physics rules, select rates at budget 1, train every evaluated seed to the largest budget and
+    evaluate each budget; then the capacity point. Returns the world's record (results file) and its per-episode
+    outcomes (episodes file). progress: the world's `Progress` (finished units are not run again)."""
     from hrmlab.experiments.grid.stages import stage_data
+    from hrmlab.experiments.study.progress import Progress
 
+    progress = progress if progress is not None else Progress(None, "")
     by_rollout = arm_configs(preset, study, overrides, smoke)
     arms = study.arms()
     cfgs = {arm.name: by_rollout[arm.rollout] for arm in arms}
@@ -278,77 +349,81 @@ def curve_world(preset: str, study: StudyConfig, curves: CurveConfig, opts, over
     data_paths = stage_data(base, opts, backend)
     steps = {arm.name: base_steps(cfgs[arm.name], arm.model, data_paths) for arm in arms}
     log.info(plan_line(preset, plan(arms, steps, study, curves)))
-    trainer = CurveTrainer(cfgs, steps, data_paths, opts, backend, curves.ema)
+    trainer = CurveTrainer(cfgs, steps, data_paths, opts, backend, curves.ema, progress)
     eval_cfg = dataclasses.replace(base.eval, episodes=study.episodes if not smoke else base.eval.episodes)
+    physics = physics_rows(base, eval_cfg, opts, backend, progress)
     record = {"format": CURVE_FORMAT, "preset": preset, "protocol": eval_cfg.protocol, "budgets": curves.budgets,
               "selection_seeds": study.selection_seeds, "seeds": study.evaluated_seeds(), "snapshot_ema": curves.ema,
               "arms": {}, "physics": {}}
-    rows, seconds = {}, 0.0
-    arm_records, evaluations = _curves(arms, cfgs, curves.budgets, study, trainer, base, eval_cfg, data_paths, opts,
-                                       backend)
+    rows = dict(physics["rows"])
+    arm_records, arm_rows = _curves(arms, cfgs, curves.budgets, study, trainer, base, eval_cfg, data_paths)
     record["arms"].update(arm_records)
-    for evaluation in evaluations:
-        rows.update(evaluation.rows)
-        seconds += evaluation.seconds or 0
+    rows.update(arm_rows)
     if curves.capacity_budget:
         best = max(arms, key=lambda a: _mean_successes(arm_records[a.name], curves.capacity_budget))
         wide = Arm(f"{best.name}-w{CAPACITY_WIDTH}", best.model, best.rollout)
         cfgs[wide.name] = widen(cfgs[best.name], best.model, CAPACITY_WIDTH)
         steps[wide.name] = steps[best.name]
         budgets = [b for b in curves.budgets if b <= curves.capacity_budget]
-        wide_records, wide_evals = _curves([wide], cfgs, budgets, study, trainer, base, eval_cfg, data_paths, opts,
-                                           backend)
+        wide_records, wide_rows = _curves([wide], cfgs, budgets, study, trainer, base, eval_cfg, data_paths)
         wide_records[wide.name].update(width=CAPACITY_WIDTH, base=best.name)
         record["arms"].update(wide_records)
         record["capacity"] = {"arm": wide.name, "of": best.name, "width": CAPACITY_WIDTH,
                               "budget": curves.capacity_budget}
-        for evaluation in wide_evals:
-            rows.update(evaluation.rows)
-            seconds += evaluation.seconds or 0
-    first = evaluations[0]
-    record["episodes"] = first.episodes.count
-    record["physics"] = {name: _row_record(rows[name]) for name in base.physics_forecasters}
-    seconds += sum(r.get("seconds") or 0 for r in trainer.done)
+        rows.update(wide_rows)
+    record["episodes"] = physics["episodes"]
+    record["physics"] = {name: _row_record(row) for name, row in physics["rows"].items()}
+    seconds = (physics["seconds"] or 0) + sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0)
+                                              for r in trainer.done)
     record.update(compute_minutes=round(seconds / 60, 1), machine=machine_label())
-    indices = first.indices
-    consecutive = indices == list(range(indices[0], indices[0] + len(indices))) if indices else False
-    episodes = {"indices": {"start": indices[0], "count": len(indices)} if consecutive else list(indices),
-                "rows": {lab: {"outcomes": encode_outcomes(row.per_episode), "steps": row.steps}
-                         for lab, row in rows.items()}}
+    episodes = {"indices": physics["indices"],
+                "rows": {lab: {"outcomes": row["outcomes"], "steps": row["steps"]} for lab, row in rows.items()}}
     return record, episodes
 
 
-def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths, opts, backend):
-    """Rate selection, long runs and one evaluation per budget for `arms`: (arm records, evaluations)."""
+def physics_rows(base, eval_cfg, opts, backend, progress) -> dict:
+    """The physics rules and the oracle on the test episodes (through the backend's chunks; a unit of the
+    world's progress): {"rows", "episodes", "indices", "seconds"}."""
     from hrmlab.experiments.grid.stages import stage_evaluate
     from hrmlab.forecast.registry import ForecasterSpec
 
+    names = list(base.physics_forecasters)
+    key = config_hash({"world": base.world, "planner": base.planner, "eval": eval_cfg, "physics": names})
+    stored = progress.get("physics", key)
+    if stored is not None:
+        return stored
+    evaluation = stage_evaluate(base, eval_cfg, base.planner, [ForecasterSpec(n) for n in names], {}, opts, backend)
+    indices = evaluation.indices
+    consecutive = indices == list(range(indices[0], indices[0] + len(indices))) if indices else False
+    value = {"rows": {n: _row_outcomes(evaluation.rows[n]) for n in names}, "episodes": evaluation.episodes.count,
+             "indices": {"start": indices[0], "count": len(indices)} if consecutive else list(indices),
+             "seconds": evaluation.seconds}
+    progress.put("physics", key, value)
+    return value
+
+
+def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths):
+    """Rate selection, then the long runs, each evaluated at every budget in its task, for `arms`:
+    (arm records, evaluated rows by label)."""
     selection = select_rates(arms, study, trainer)
-    trained = trainer.train_to([(arm, selection[arm.name]["chosen"], s) for arm in arms
-                                for s in study.evaluated_seeds()], budgets)
+    runs = [(arm, selection[arm.name]["chosen"], s) for arm in arms for s in study.evaluated_seeds()]
+    evaluations = {run: CurveEvaluation(base, eval_cfg, [label(run[0], run[2], b) for b in budgets], run[0].rollout)
+                   for run in runs}
+    trained = trainer.train_to(runs, budgets, evaluations)
     for (arm, lr, seed), summary in trained.items():
         if "diverged" in summary:
             raise UserError(f"curves: {arm.name} seed {seed} diverged at the chosen learning rate {lr:g} "
                             f"({summary['diverged']})")
-    evaluations = []
-    for i, budget in enumerate(budgets):
-        specs, keys = [], {}
-        for arm in arms:
-            for seed in study.evaluated_seeds():
-                snap = trained[(arm, selection[arm.name]["chosen"], seed)]["snapshots"][i]
-                specs.append(ForecasterSpec(label(arm, seed, budget), snap["checkpoint"], rollout=arm.rollout))
-                keys[specs[-1].name] = f"{trained[(arm, selection[arm.name]['chosen'], seed)]['key']}@{snap['step']}"
-        specs += [ForecasterSpec(name) for name in base.physics_forecasters]
-        evaluations.append(stage_evaluate(base, eval_cfg, base.planner, specs, keys, opts, backend))
-    records = {}
+    records, rows = {}, {}
     for arm in arms:
         sel, cfg = selection[arm.name], cfgs[arm.name]
         runs = {}
         for seed in study.evaluated_seeds():
             summary = trained[(arm, sel["chosen"], seed)]
             points = {}
-            for i, (budget, snap) in enumerate(zip(budgets, summary["snapshots"])):
-                row = evaluations[i].rows[label(arm, seed, budget)]
+            for budget, snap in zip(budgets, summary["snapshots"]):
+                row = summary["rows"][label(arm, seed, budget)]
+                rows[label(arm, seed, budget)] = row
                 points[str(budget)] = {"step": snap["step"], "val_loss": snap["val_loss"], "seconds": snap["seconds"],
                                        **_row_record(row)}
             runs[arm.label(seed)] = {"seed": seed, "key": summary["key"], "train_seconds": summary.get("seconds"),
@@ -358,10 +433,18 @@ def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths, opt
                              "steps_per_budget": trainer.steps[arm.name],
                              "batch_size": cfg.train_config(arm.model).batch_size,
                              "flops_per_step": training_flops(cfg, arm.model, data_paths), "runs": runs}
-    return records, evaluations
+    return records, rows
+
+
+def _row_outcomes(row) -> dict:
+    """An evaluation row as a unit of progress keeps it: its figures plus per-episode outcome codes and end steps."""
+    return {**_row_record(row), "outcomes": encode_outcomes(row.per_episode), "steps": row.steps}
 
 
 def _row_record(row) -> dict:
+    """The figures a record keeps of a row (an EvaluationResult row or a stored row record)."""
+    if isinstance(row, dict):
+        return {k: row[k] for k in ("successes", "ade", "fde", "forecast_ms_per_step")}
     return {"successes": row.successes, "ade": row.forecast_ade, "fde": row.forecast_fde,
             "forecast_ms_per_step": row.forecast_ms_per_step}
 
@@ -424,9 +507,12 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
     """Run (or reuse) every world's curves; after each, rewrite the episodes file, the results file, the document
     and its plots. A stored world is reused when its key matches and replaced otherwise (its stages are cached).
     tabulate_only: the document and plots from the results and episodes files alone. backend: where the long runs
-    and evaluation chunks run (default this machine's pool of `workers`; a `SlurmBackend` for array jobs)."""
+    and evaluation chunks run (default this machine's pool of `workers`; a `SlurmBackend` for array jobs).
+    While a world runs, its finished units and wall time are kept in `<results stem>-progress/` beside the results
+    file (`progress.py`): committed with them, a rerun on a fresh machine resumes there."""
     from hrmlab.backends.local import make_backend
     from hrmlab.experiments.grid.stages import RunOptions
+    from hrmlab.experiments.study.progress import Progress, progress_dir
     from hrmlab.experiments.study.scaling import write_document
 
     check_study(study)
@@ -449,8 +535,11 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
             opts = RunOptions(out=runs_dir / f"curves-{world}" / ("smoke" if smoke else "full"), cache=cache,
                               smoke=smoke, workers=workers, progress=progress)
             opts.out.mkdir(parents=True, exist_ok=True)
-            with WallLedger(opts.out / "wall.json", keys[world]) as wall:
-                record, episodes = curve_world(world, study, curves, opts, overrides, smoke, backend)
+            # the world's finished units and its wall time so far travel with the results (commit them): a rerun
+            # on any machine resumes from them, and from its stage cache where it has one
+            units = Progress(progress_dir(out_json) / f"{world}.json", keys[world])
+            with WallLedger(progress_dir(out_json) / f"{world}.wall.json", keys[world]) as wall:
+                record, episodes = curve_world(world, study, curves, opts, overrides, smoke, backend, units)
                 wall.finish()
             label = backend.label() if callable(getattr(backend, "label", None)) else f"local, {backend.workers} workers"
             record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls, backend=label,
@@ -458,6 +547,8 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
             kept[world] = {"key": keys[world], **record}
             kept_episodes[world] = {"key": keys[world], **episodes}
             _write_files(out_json, kept, kept_episodes, smoke)
+            wall.path.unlink(missing_ok=True)
+            units.remove()
             write_document(kept, kept_episodes, out_md, out_json)
     missing = [w for w in kept if kept_episodes.get(w, {}).get("key") != kept[w].get("key")]
     if missing:

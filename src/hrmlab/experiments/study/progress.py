@@ -1,0 +1,79 @@
+"""A long world's finished work, kept in a small file beside its results so that it resumes on another machine.
+
+The stage cache resumes an interrupted world on the machine that holds it; a world longer than one sitting
+(the learning curves: hours of training) must also survive a move to a fresh machine, where the cache is gone.
+`Progress` keeps what each finished unit of work produced that the world's record needs (a selection run's
+validation loss, a long run's snapshot losses and its evaluated per-episode outcomes, the physics rows), a
+few kB per unit, in `<results stem>-progress/<world>.json`, rewritten atomically as each unit finishes; commit
+it with the results and a rerun anywhere trains and evaluates only the units it does not hold. Each unit is
+stored with the stage key it was produced under, and used only where this code computes the same key. The
+file is removed once the world's record is written (the record then holds everything).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from hrmlab.fileio import write_text_atomic
+
+log = logging.getLogger("hrmlab.study.progress")
+
+PROGRESS_FORMAT = 1
+
+
+def progress_dir(out_json: Path) -> Path:
+    """Where a results file's in-flight worlds keep their progress: docs/scaling.json → docs/scaling-progress/."""
+    out_json = Path(out_json)
+    return out_json.with_name(out_json.stem + "-progress")
+
+
+class Progress:
+    """World `key`'s finished units in `path` (unit name → {"key": stage key, "value": what it produced}).
+
+    A file written for another world key (other settings) is ignored and overwritten by this world's units; one
+    that cannot be read is an error naming it, never silently replaced (it may hold hours of work). path None:
+    kept in memory only."""
+
+    def __init__(self, path: Path | None, key: str):
+        self.path, self.key = (Path(path) if path is not None else None), key
+        self.units: dict[str, dict] = {}
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                units = data["units"] if data.get("format") == PROGRESS_FORMAT else None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                from hrmlab.errors import UserError
+
+                raise UserError(f"{self.path} is not a progress file ({exc}); move it aside to start the world "
+                                "afresh") from None
+            if data.get("key") == key and isinstance(units, dict):
+                self.units = units
+                log.info("%s: %d finished units of this world", self.path, len(units))
+
+    def get(self, unit: str, key: str):
+        """What `unit` produced under stage `key`, or None (not finished, or produced under another key)."""
+        entry = self.units.get(unit)
+        return entry["value"] if entry is not None and entry.get("key") == key else None
+
+    def put(self, unit: str, key: str, value) -> None:
+        """Record a finished unit and rewrite the file (one line per unit, so it diffs by unit)."""
+        self.units[unit] = {"key": key, "value": value}
+        if self.path is None:
+            return
+        lines = ["{", f' "format": {PROGRESS_FORMAT},', f' "key": {json.dumps(self.key)},', ' "units": {']
+        items = list(self.units.items())
+        lines += [f"  {json.dumps(name)}: {json.dumps(entry, separators=(',', ':'))}" + ("," if i < len(items) - 1 else "")
+                  for i, (name, entry) in enumerate(items)]
+        write_text_atomic(self.path, "\n".join(lines + [" }", "}"]) + "\n")
+
+    def remove(self) -> None:
+        """The world is finished: its record holds everything, the progress file goes (and its folder if empty)."""
+        if self.path is None:
+            return
+        self.path.unlink(missing_ok=True)
+        try:
+            self.path.parent.rmdir()
+        except OSError:
+            pass
