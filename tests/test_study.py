@@ -67,7 +67,7 @@ class _FakeTrainer:
     def __init__(self, best: dict):
         self.best, self.calls = best, []
 
-    def train(self, runs):
+    def select(self, runs):
         self.calls.append(sorted((arm.name, lr, s) for arm, lr, s in runs))
         return {(arm, lr, s): ({"diverged": "nan", "best_val_loss": None} if lr > 0.05 else
                                {"best_val_loss": 1 + abs(math.log10(lr / self.best[arm.name]))})
@@ -275,6 +275,40 @@ def test_selection_seeds_are_never_evaluated_and_reuse_their_cached_runs(tmp_pat
     assert len(_models(cache)) == 4 + (2 if one["arms"]["lstm"]["lr"] == m["lr"] else 3)
     doc = (tmp_path / "study.md").read_text()
     assert "--selection-seeds 2" in doc and "mean over training seeds 0–1" in doc and "seeds 2–3" in doc
+
+
+def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tmp_path, monkeypatch):
+    """A world cut off after its selection runs resumes on another machine (an empty stage cache) from the progress
+    file beside the results: the selection runs are not trained again, only the evaluated seeds; the file goes once
+    the world's record is written, and the world is the uninterrupted one."""
+    from hrmlab.experiments.study import run as study_run
+
+    extra = ("--models", "lstm", "--stateful-arms", "", "--grid-extensions", "0", "--compute-scales", "")
+    assert main(_study_args(tmp_path / "whole", *extra)) == 0
+    whole = json.loads((tmp_path / "whole" / "study.json").read_text())["worlds"]["quick"]
+    real = study_run.train_run
+
+    def cut_off(job):  # the session ends when the first evaluated seed starts
+        if job.name.endswith("-s1"):
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(study_run, "train_run", cut_off)
+    assert main(_study_args(tmp_path / "moved", *extra)) == 130
+    monkeypatch.setattr(study_run, "train_run", real)
+    units = json.loads((tmp_path / "moved" / "study-progress" / "quick.json").read_text())["units"]
+    assert sorted(units) == ["lstm-lr0.001-s0", "lstm-lr0.003-s0"] and "/" not in json.dumps(units)
+    shutil.rmtree(tmp_path / "moved" / "cache")  # another machine
+    assert main(_study_args(tmp_path / "moved", *extra)) == 0
+    assert len(_models(tmp_path / "moved" / "cache")) == 2  # the evaluated seeds 1-2 alone
+    assert not (tmp_path / "moved" / "study-progress").exists()
+    moved = json.loads((tmp_path / "moved" / "study.json").read_text())["worlds"]["quick"]
+    timing = ("train_seconds", "forecast_ms_per_step")  # measured, not computed
+    runs = [{k: {f: v for f, v in r.items() if f not in timing} for k, r in w["arms"]["lstm"]["runs"].items()}
+            for w in (moved, whole)]
+    assert runs[0] == runs[1] and moved["arms"]["lstm"]["selection"] == whole["arms"]["lstm"]["selection"]
+    assert (json.loads((tmp_path / "moved" / "study-episodes.json").read_text())["worlds"]["quick"]["rows"]
+            == json.loads((tmp_path / "whole" / "study-episodes.json").read_text())["worlds"]["quick"]["rows"])
 
 
 @pytest.mark.parametrize("extra,needle", [

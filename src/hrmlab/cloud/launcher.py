@@ -77,7 +77,8 @@ class ModalStudyEngine:
     def __init__(self, world_function, retries: int = 1):
         self.world_function, self.retries = world_function, retries
 
-    def run_world(self, world: str, study, opts, overrides=(), smoke: bool = False) -> tuple[dict, dict]:
+    def run_world(self, world: str, study, opts, overrides=(), smoke: bool = False, progress=None) -> tuple[dict, dict]:
+        """progress is not sent: the app's Volume keeps every finished stage, and any machine reaches it."""
         return self.world_function.remote(world, study, list(overrides), smoke, self.retries)
 
 

@@ -230,7 +230,7 @@ class CurveTrainer:
     """Trains (arm, lr, seed) runs of one world to given budgets through the backend, costliest model first, and
     remembers every summary (the world's compute time). A unit the world's `progress` holds under the same stage
     key is not run again; each unit that finishes is recorded there as it comes back. As `select_rates`' trainer
-    (`train`) it trains budget 1 and reports the budget-1 snapshot's validation loss: the weights that budget
+    (`select`) it trains budget 1 and reports the budget-1 snapshot's validation loss: the weights that budget
     evaluates."""
 
     def __init__(self, cfgs: dict, steps: dict, data_paths, opts, backend, ema: float, progress=None):
@@ -266,7 +266,7 @@ class CurveTrainer:
         self.done.extend(out.values())
         return out
 
-    def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
+    def select(self, runs: list[tuple[Arm, float, int]]) -> dict:
         out = self.train_to(runs, [1])
         return {run: s if "diverged" in s else {**s, "best_val_loss": s["snapshots"][0]["val_loss"]}
                 for run, s in out.items()}

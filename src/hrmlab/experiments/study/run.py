@@ -48,23 +48,57 @@ def longest_first(runs: list[tuple]) -> list[tuple]:
 class Trainer:
     """Trains (arm, lr, seed) runs of one world through the backend (a process pool, Modal containers, Slurm
     array tasks): independent cached stages, one torch thread each, costliest first; remembers every run's
-    summary (for the world's compute time)."""
+    summary (for the world's compute time).
 
-    def __init__(self, cfgs: dict, data_paths, opts, backend, stack: str = "auto"):
+    progress: the world's `Progress` (progress.py). A selection run is used for its validation loss alone, so a
+    finished one is kept there and not trained again, on this machine or another; an evaluated run's checkpoint
+    lives in the stage cache."""
+
+    def __init__(self, cfgs: dict, data_paths, opts, backend, stack: str = "auto", progress=None):
+        from hrmlab.experiments.study.progress import Progress
+
         self.cfgs, self.data_paths, self.opts, self.backend, self.stack = cfgs, data_paths, opts, backend, stack
+        self.progress = progress if progress is not None else Progress(None, "")
         self.done: list[dict] = []
 
-    def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
-        runs = longest_first(runs)
+    def _job(self, arm: Arm, lr: float, s: int) -> TrainRun:
+        name = f"{arm.name}-lr{lr:g}-s{s}"
         # cpu_threads=1: what a pool worker uses; stated, so it is part of each run's cache key
-        jobs = []
-        for arm, lr, s in runs:
-            name = f"{arm.name}-lr{lr:g}-s{s}"
-            jobs.append(TrainRun(with_recipe(self.cfgs[arm.rollout], arm.model, lr=lr, seed=s, cpu_threads=1),
-                                 arm.model, self.data_paths,
-                                 dataclasses.replace(self.opts, out=self.opts.out / "train" / name, progress=False),
-                                 name))
-        out = dict(zip(runs, self._map(jobs)))
+        return TrainRun(with_recipe(self.cfgs[arm.rollout], arm.model, lr=lr, seed=s, cpu_threads=1), arm.model,
+                        self.data_paths, dataclasses.replace(self.opts, out=self.opts.out / "train" / name,
+                                                             progress=False), name)
+
+    def _each(self, runs: list[tuple[Arm, float, int]]):
+        """(run, summary) as each comes back, the costliest model first."""
+        runs = longest_first(runs)
+        yield from zip(runs, self._map([self._job(*run) for run in runs]))
+
+    def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
+        out = dict(self._each(runs))
+        self.done.extend(out.values())
+        return out
+
+    def select(self, runs: list[tuple[Arm, float, int]]) -> dict:
+        """Selection runs: {run: {"best_val_loss", "seconds", ...}}, those the progress holds under the same
+        training key without training, the others recorded there as they finish."""
+        from hrmlab.experiments.grid.stages import train_key
+
+        out, pending = {}, []
+        for run in runs:
+            job = self._job(*run)
+            unit, key = job.name, train_key(job.cfg, job.model)
+            stored = self.progress.get(unit, key)
+            if stored is not None:
+                out[run] = stored
+            else:
+                pending.append((run, unit, key))
+        if out:
+            log.info("%d of %d selection runs come from the progress file", len(out), len(runs))
+        units = {run: (unit, key) for run, unit, key in pending}
+        for run, summary in self._each([run for run, _, _ in pending]):
+            out[run] = {k: summary.get(k) for k in ("best_val_loss", "seconds", "earlier_seconds", "resumed_from_step",
+                                                    "diverged") if summary.get(k) is not None}
+            self.progress.put(*units[run], out[run])
         self.done.extend(out.values())
         return out
 
@@ -120,7 +154,7 @@ def select_rates(arms: list[Arm], study: StudyConfig, trainer: Trainer) -> dict[
     pending = [(arm, lr, s) for arm in arms for lr in grids[arm.name] for s in seeds]
     chosen = {}
     for round_ in range(study.grid_extensions + 1):
-        for (arm, lr, s), summary in trainer.train(pending).items():
+        for (arm, lr, s), summary in trainer.select(pending).items():
             losses[arm.name].setdefault(lr, [math.inf] * len(seeds))[seeds.index(s)] = _val_loss(summary)
         chosen = {arm.name: choose_rate(arm.name, {lr: statistics.fmean(v) for lr, v in losses[arm.name].items()})
                   for arm in arms}
@@ -155,8 +189,8 @@ class LocalEngine:
         n = self.backend.workers
         self.label = f"local process pool, {n} worker{'s' if n > 1 else ''}" if n > 1 else "local, in process"
 
-    def run_world(self, world: str, study: StudyConfig, opts, overrides=(), smoke: bool = False):
-        return study_world(world, study, opts, overrides, smoke, self.backend, self.stack)
+    def run_world(self, world: str, study: StudyConfig, opts, overrides=(), smoke: bool = False, progress=None):
+        return study_world(world, study, opts, overrides, smoke, self.backend, self.stack, progress)
 
 
 class SlurmEngine(LocalEngine):
@@ -173,16 +207,17 @@ class SlurmEngine(LocalEngine):
 
 # ------------------------------------------------------------------------------------------ a world
 def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool = False,
-                backend=None, stack: str = "auto") -> tuple[dict, dict]:
+                backend=None, stack: str = "auto", progress=None) -> tuple[dict, dict]:
     """Select rates, train every evaluated seed, evaluate — all through the cached grid stages. Returns the
-    world's record (results file) and its per-episode outcomes (episodes file). stack: see `LocalEngine`."""
+    world's record (results file) and its per-episode outcomes (episodes file). stack: see `LocalEngine`;
+    progress: the world's `Progress`, which keeps finished selection runs (see `Trainer`)."""
     from hrmlab.experiments.grid.stages import stage_data, stage_evaluate
     from hrmlab.forecast.registry import ForecasterSpec
 
     cfgs = arm_configs(preset, study, overrides, smoke)
     arms = study.arms()
     base = cfgs[arms[0].rollout]  # every roll-out's config shares the world, data, planner and evaluation
-    trainer = Trainer(cfgs, stage_data(base, opts, backend), opts, backend, stack)
+    trainer = Trainer(cfgs, stage_data(base, opts, backend), opts, backend, stack, progress)
     selection = select_rates(arms, study, trainer)
     trained = trainer.train([(arm, selection[arm.name]["chosen"], s) for arm in arms for s in study.evaluated_seeds()])
     specs, keys = [], {}
@@ -531,6 +566,7 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
     clone recomputes every figure). A results file written by another study's settings (`settings_conflicts`)
     is not written into unless `force`."""
     from hrmlab.experiments.grid.stages import RunOptions
+    from hrmlab.experiments.study.progress import Progress, progress_dir
 
     check_study(study)
     stored = read_results(out_json)
@@ -566,14 +602,17 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
         opts.out.mkdir(parents=True, exist_ok=True)
         log.info("study %s: selecting rates, training %d seeds × %d arms, evaluating", world, study.seeds,
                  len(study.arms()))
+        # finished selection runs travel with the results (progress.py: commit the folder while a world is open)
+        units = Progress(progress_dir(out_json) / f"{world}.json", key)
         with WallLedger(opts.out / "wall.json", key) as wall:
-            record, episodes = engine.run_world(world, study, opts, overrides, smoke)
+            record, episodes = engine.run_world(world, study, opts, overrides, smoke, progress=units)
             wall.finish()
         record.setdefault("backend", engine.label)
         record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls)
         results[world] = kept[world] = {"key": key, **record}
         kept_episodes[world] = {"key": key, **episodes}
         _write_results(out_json, out_md, study, kept, kept_episodes, results, smoke, overrides)
+        units.remove()
     return _write_results(out_json, out_md, study, kept, kept_episodes, results, smoke, overrides,
                           write_files=not tabulate_only)
 
