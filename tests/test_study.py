@@ -440,6 +440,22 @@ def test_wall_ledger_sums_the_calls_of_an_interrupted_world_and_closes_when_it_f
         assert other.calls == 1 and other.earlier == [] and not other.finished
 
 
+def test_an_open_wall_ledger_travels_and_the_closed_one_stays_local(tmp_path):
+    """While a world runs its ledger lives beside the results (it moves with the world to another machine); once
+    the world finishes it is closed in the run folder and the travelling one is removed."""
+    open_, closed = tmp_path / "docs" / "w.wall.json", tmp_path / "runs" / "wall.json"
+    with pytest.raises(KeyboardInterrupt):
+        with WallLedger(open_, "k", closed=closed):
+            raise KeyboardInterrupt
+    assert open_.is_file() and not closed.exists()
+    with WallLedger(open_, "k", closed=closed) as wall:  # the next call, on any machine that has the file
+        wall.finish()
+    assert wall.calls == 2 and not open_.exists() and json.loads(closed.read_text())["finished"] is True
+    with WallLedger(open_, "k", closed=closed) as again:  # re-summarising: the closed total, nothing reopened
+        again.finish()
+    assert (again.calls, again.seconds) == (2, wall.seconds) and not open_.exists()
+
+
 def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):
     path = tmp_path / "wall.json"
     wall = WallLedger(path, "k", every=0.01).__enter__()  # never exited: as if the process were killed

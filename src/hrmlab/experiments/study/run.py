@@ -310,11 +310,18 @@ class WallLedger:
     A world interrupted (session end, kill) resumes from its stage cache, and the resuming call alone would
     understate what the world costs from an empty cache; the ledger keeps the earlier calls' seconds, the
     running call's rewritten every `every` s (a kill loses at most that). Once the world is finished the
-    ledger is closed: a later call that only re-summarises from the cache reports the closed total."""
+    ledger is closed: a later call that only re-summarises from the cache reports the closed total.
 
-    def __init__(self, path: Path, key: str, every: float = 30.0):
+    closed: where the closed ledger goes (the open one at `path` is removed then), so an open ledger can live
+    beside the results and travel with a world that moves machines while a finished one stays local."""
+
+    def __init__(self, path: Path, key: str, every: float = 30.0, closed: Path | None = None):
         self.path, self.key, self.every = Path(path), key, every
+        self.closed = Path(closed) if closed is not None else None
         stored = _read_json(self.path) or {}
+        done = (_read_json(self.closed) or {}) if self.closed is not None else {}
+        if done.get("key") == key and done.get("finished"):
+            stored = done
         same = stored.get("key") == key
         self.earlier = [float(x) for x in stored.get("calls", [])] if same else []
         self.finished = same and bool(stored.get("finished"))
@@ -363,8 +370,12 @@ class WallLedger:
             self._write()
 
     def _write(self) -> None:
-        write_json_atomic(self.path, {"key": self.key, "calls": [round(x, 3) for x in self._calls()],
-                                      "finished": self.finished})
+        data = {"key": self.key, "calls": [round(x, 3) for x in self._calls()], "finished": self.finished}
+        if self.finished and self.closed is not None:
+            write_json_atomic(self.closed, data)
+            self.path.unlink(missing_ok=True)
+        else:
+            write_json_atomic(self.path, data)
 
 
 def machine_label() -> str:
@@ -602,9 +613,10 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
         opts.out.mkdir(parents=True, exist_ok=True)
         log.info("study %s: selecting rates, training %d seeds × %d arms, evaluating", world, study.seeds,
                  len(study.arms()))
-        # finished selection runs travel with the results (progress.py: commit the folder while a world is open)
+        # finished selection runs and the open wall ledger travel with the results (progress.py: commit the folder
+        # while a world is open)
         units = Progress(progress_dir(out_json) / f"{world}.json", key)
-        with WallLedger(opts.out / "wall.json", key) as wall:
+        with WallLedger(progress_dir(out_json) / f"{world}.wall.json", key, closed=opts.out / "wall.json") as wall:
             record, episodes = engine.run_world(world, study, opts, overrides, smoke, progress=units)
             wall.finish()
         record.setdefault("backend", engine.label)
