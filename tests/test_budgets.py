@@ -227,7 +227,7 @@ def test_an_interrupted_world_resumes_on_a_fresh_cache_from_its_progress_file(tm
 
     def run(name, cache):
         return run_curves(study, curves, tmp_path / name / "c.md", tmp_path / name / "c.json", tmp_path / cache,
-                          tmp_path / "runs", smoke=True, workers=1, progress=False)
+                          tmp_path / name / "runs", smoke=True, workers=1, progress=False)
 
     run("whole", "cache-whole")
     whole = json.loads((tmp_path / "whole" / "c.json").read_text())["worlds"]["suite-clockwork"]

@@ -14,6 +14,7 @@ import pytest
 
 from hrmlab.cli import main
 from hrmlab.errors import UserError
+from hrmlab.fileio import write_json_atomic
 from hrmlab.experiments.study import StudyConfig, equal_recipes, study_command, study_document, tabulate, world_key
 from hrmlab.experiments.study.config import Arm, train_field
 from hrmlab.experiments.study.run import (WallLedger, choose_rate, episodes_text, extend_rate, longest_first,
@@ -288,8 +289,8 @@ def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tm
     whole = json.loads((tmp_path / "whole" / "study.json").read_text())["worlds"]["quick"]
     real = study_run.train_run
 
-    def cut_off(job):  # the session ends when the first evaluated seed starts
-        if job.name.endswith("-s1"):
+    def cut_off(job):  # the session ends while the second selection run trains
+        if job.name == "lstm-lr0.003-s0":
             raise KeyboardInterrupt
         return real(job)
 
@@ -297,10 +298,10 @@ def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tm
     assert main(_study_args(tmp_path / "moved", *extra)) == 130
     monkeypatch.setattr(study_run, "train_run", real)
     units = json.loads((tmp_path / "moved" / "study-progress" / "quick.json").read_text())["units"]
-    assert sorted(units) == ["lstm-lr0.001-s0", "lstm-lr0.003-s0"] and "/" not in json.dumps(units)
+    assert list(units) == ["lstm-lr0.001-s0"] and "/" not in json.dumps(units)  # stored as it finished
     shutil.rmtree(tmp_path / "moved" / "cache")  # another machine
     assert main(_study_args(tmp_path / "moved", *extra)) == 0
-    assert len(_models(tmp_path / "moved" / "cache")) == 2  # the evaluated seeds 1-2 alone
+    assert len(_models(tmp_path / "moved" / "cache")) == 1 + 2  # the cut-off selection run, the evaluated seeds
     assert not (tmp_path / "moved" / "study-progress").exists()
     moved = json.loads((tmp_path / "moved" / "study.json").read_text())["worlds"]["quick"]
     timing = ("train_seconds", "forecast_ms_per_step")  # measured, not computed
@@ -454,6 +455,27 @@ def test_an_open_wall_ledger_travels_and_the_closed_one_stays_local(tmp_path):
     with WallLedger(open_, "k", closed=closed) as again:  # re-summarising: the closed total, nothing reopened
         again.finish()
     assert (again.calls, again.seconds) == (2, wall.seconds) and not open_.exists()
+    # an open ledger where ledgers were kept before they travelled (the run folder) is carried on, not lost
+    write_json_atomic(closed, {"key": "k2", "calls": [60.0], "finished": False})
+    with WallLedger(open_, "k2", closed=closed) as moved:
+        moved.finish()
+    assert moved.calls == 2 and moved.seconds >= 60.0 and not open_.exists()
+
+
+def test_a_progress_file_of_another_version_or_damaged_is_one_clear_error_and_is_kept(tmp_path):
+    from hrmlab.experiments.study.progress import Progress
+
+    path = tmp_path / "w.json"
+    for text in ("{not json", '{"format": 99, "key": "k", "units": {}}', '{"format": 1, "key": "k", "units": {"a": 3}}'):
+        path.write_text(text)
+        with pytest.raises(UserError, match="progress file"):
+            Progress(path, "k")
+        assert path.read_text() == text
+    path.write_text('{"format": 1, "key": "other", "units": {"a": {"key": "x", "value": 1}}}')
+    mine = Progress(path, "k")  # another world key: its units are not this world's
+    assert mine.get("a", "x") is None
+    mine.put("b", "y", {"v": 2})
+    assert Progress(path, "k").get("b", "y") == {"v": 2} and Progress(path, "k").get("b", "z") is None
 
 
 def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):

@@ -214,6 +214,17 @@ def evaluate_snapshots(summary: dict, ev: CurveEvaluation, opts) -> dict:
     return {"rows": {lab: _row_outcomes(result.rows[lab]) for lab in ev.labels}, "eval_seconds": result.seconds}
 
 
+def evaluation_key(cfg, eval_cfg, names: list[str], rollout: str | None = None) -> str:
+    """What a unit's evaluated rows depend on besides the forecasters' weights, as the evaluation stage keys it:
+    the world, the planner, the evaluation (protocol, episodes), the rows, the roll-out and the result format (a
+    stored row is reused only where this code would evaluate the same thing)."""
+    from hrmlab.evaluate.result import RESULT_FORMAT
+    from hrmlab.stage_cache import stage_key
+
+    return stage_key({"world": cfg.world, "planner": cfg.planner, "eval": eval_cfg, "rows": list(names),
+                      "rollout": rollout}, RESULT_FORMAT)
+
+
 def portable(summary: dict) -> dict:
     """What a world's record needs of a run's summary, free of this machine's paths (it goes into the progress
     file, which travels): its key, time, size, snapshot losses, evaluated rows — or that it diverged."""
@@ -251,6 +262,9 @@ class CurveTrainer:
             ev = (evaluations or {}).get(run)
             name = f"{arm.name}-lr{lr:g}-s{s}-b{budgets[-1]}"
             unit, key = name + ("-evaluated" if ev else ""), curve_key(cfg, arm.model)
+            if ev is not None:  # its rows depend on the evaluation too
+                key = config_hash({"train": key, "evaluation": evaluation_key(ev.cfg, ev.eval_cfg, ev.labels,
+                                                                               ev.rollout)})
             stored = self.progress.get(unit, key)
             if stored is not None:
                 out[run] = stored
@@ -388,7 +402,7 @@ def physics_rows(base, eval_cfg, opts, backend, progress) -> dict:
     from hrmlab.forecast.registry import ForecasterSpec
 
     names = list(base.physics_forecasters)
-    key = config_hash({"world": base.world, "planner": base.planner, "eval": eval_cfg, "physics": names})
+    key = evaluation_key(base, eval_cfg, names)
     stored = progress.get("physics", key)
     if stored is not None:
         return stored
@@ -531,6 +545,7 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
             if record is not None and record.get("key") == keys[world] \
                     and kept_episodes.get(world, {}).get("key") == keys[world]:
                 log.info("curves %s: reusing the stored record (%s)", world, out_json)
+                Progress(progress_dir(out_json) / f"{world}.json", keys[world]).remove_if_held()
                 continue
             opts = RunOptions(out=runs_dir / f"curves-{world}" / ("smoke" if smoke else "full"), cache=cache,
                               smoke=smoke, workers=workers, progress=progress)
@@ -538,7 +553,8 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
             # the world's finished units and its wall time so far travel with the results (commit them): a rerun
             # on any machine resumes from them, and from its stage cache where it has one
             units = Progress(progress_dir(out_json) / f"{world}.json", keys[world])
-            with WallLedger(progress_dir(out_json) / f"{world}.wall.json", keys[world]) as wall:
+            with WallLedger(progress_dir(out_json) / f"{world}.wall.json", keys[world],
+                            closed=opts.out / "wall.json") as wall:
                 record, episodes = curve_world(world, study, curves, opts, overrides, smoke, backend, units)
                 wall.finish()
             label = backend.label() if callable(getattr(backend, "label", None)) else f"local, {backend.workers} workers"
@@ -547,7 +563,6 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
             kept[world] = {"key": keys[world], **record}
             kept_episodes[world] = {"key": keys[world], **episodes}
             _write_files(out_json, kept, kept_episodes, smoke)
-            wall.path.unlink(missing_ok=True)
             units.remove()
             write_document(kept, kept_episodes, out_md, out_json)
     missing = [w for w in kept if kept_episodes.get(w, {}).get("key") != kept[w].get("key")]

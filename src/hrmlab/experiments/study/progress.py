@@ -8,6 +8,10 @@ few kB per unit, in `<results stem>-progress/<world>.json`, rewritten atomically
 it with the results and a rerun anywhere trains and evaluates only the units it does not hold. Each unit is
 stored with the stage key it was produced under, and used only where this code computes the same key. The
 file is removed once the world's record is written (the record then holds everything).
+
+Units are recorded as the backend hands results back: a process pool's one by one, in submission order; a
+Slurm array's when the whole array has ended (there the shared stage cache is what resumes a cut-off array).
+One process writes a world's file: two calls working on the same world at once would drop each other's units.
 """
 
 from __future__ import annotations
@@ -40,15 +44,19 @@ class Progress:
         self.path, self.key = (Path(path) if path is not None else None), key
         self.units: dict[str, dict] = {}
         if self.path is not None and self.path.exists():
+            from hrmlab.errors import UserError
+
             try:
                 data = json.loads(self.path.read_text())
-                units = data["units"] if data.get("format") == PROGRESS_FORMAT else None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                from hrmlab.errors import UserError
-
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
                 raise UserError(f"{self.path} is not a progress file ({exc}); move it aside to start the world "
                                 "afresh") from None
-            if data.get("key") == key and isinstance(units, dict):
+            units = data.get("units") if isinstance(data, dict) else None
+            if not isinstance(units, dict) or data.get("format") != PROGRESS_FORMAT or not all(
+                    isinstance(e, dict) and isinstance(e.get("key"), str) and "value" in e for e in units.values()):
+                raise UserError(f"{self.path} is not a progress file of format {PROGRESS_FORMAT} (another version's, "
+                                "or damaged); move it aside to start the world afresh")
+            if data.get("key") == key:
                 self.units = units
                 log.info("%s: %d finished units of this world", self.path, len(units))
 
@@ -77,3 +85,8 @@ class Progress:
             self.path.parent.rmdir()
         except OSError:
             pass
+
+    def remove_if_held(self) -> None:
+        """Remove the file if it holds this world's units (a world finished elsewhere leaves no progress behind)."""
+        if self.units:
+            self.remove()

@@ -69,9 +69,12 @@ class Trainer:
                                                              progress=False), name)
 
     def _each(self, runs: list[tuple[Arm, float, int]]):
-        """(run, summary) as each comes back, the costliest model first."""
+        """(run, summary) as each comes back (the backend's order), the costliest model first."""
         runs = longest_first(runs)
-        yield from zip(runs, self._map([self._job(*run) for run in runs]))
+        jobs = [self._job(*run) for run in runs]
+        run_of = {id(job): run for job, run in zip(jobs, runs)}
+        for job, summary in self._map(jobs):
+            yield run_of[id(job)], summary
 
     def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
         out = dict(self._each(runs))
@@ -102,18 +105,19 @@ class Trainer:
         self.done.extend(out.values())
         return out
 
-    def _map(self, jobs: list[TrainRun]) -> list[dict]:
-        """Each job's summary. On a GPU (or with stack `on`) the jobs that share a model shape and data train
-        as one stacked ensemble per backend task (experiments/study/stacked.py), the rest as single runs."""
+    def _map(self, jobs: list[TrainRun]):
+        """(job, summary) as the backend hands them back. On a GPU (or with stack `on`) the jobs that share a
+        model shape and data train as one stacked ensemble per backend task (experiments/study/stacked.py), the
+        rest as single runs; a group's members come back together."""
         from hrmlab.experiments.study.stacked import can_stack, groups, train_stacked
 
         if not jobs or not can_stack(jobs[0].cfg.device, self.stack):
-            return list(self.backend.map(train_run, jobs))
+            yield from zip(jobs, self.backend.map(train_run, jobs))
+            return
         grouped = groups(jobs)
         log.info("training %d runs as %d stacked groups", len(jobs), len(grouped))
-        by_job = {id(job): summary for group, summaries in zip(grouped, self.backend.map(train_stacked, grouped))
-                  for job, summary in zip(group, summaries)}
-        return [by_job[id(job)] for job in jobs]
+        for group, summaries in zip(grouped, self.backend.map(train_stacked, grouped)):
+            yield from zip(group, summaries)
 
 
 def _val_loss(summary: dict) -> float:
@@ -320,8 +324,10 @@ class WallLedger:
         self.closed = Path(closed) if closed is not None else None
         stored = _read_json(self.path) or {}
         done = (_read_json(self.closed) or {}) if self.closed is not None else {}
-        if done.get("key") == key and done.get("finished"):
-            stored = done
+        if done.get("key") == key and (done.get("finished") or stored.get("key") != key):
+            stored = done  # closed; or an open ledger kept where ledgers were kept before they travelled
+            if done.get("finished"):
+                self.path.unlink(missing_ok=True)  # a stale open copy: the world is finished
         same = stored.get("key") == key
         self.earlier = [float(x) for x in stored.get("calls", [])] if same else []
         self.finished = same and bool(stored.get("finished"))
@@ -601,6 +607,8 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
             if episodes is not None and episodes.get("key") == key:
                 check_episodes(world, record, episodes)
                 log.info("study %s: reusing the stored record (%s)", world, out_json)
+                if not tabulate_only:  # the world was finished (perhaps elsewhere): its progress is done with
+                    Progress(progress_dir(out_json) / f"{world}.json", key).remove_if_held()
                 results[world] = record
                 continue
             if tabulate_only:
