@@ -278,10 +278,11 @@ def test_selection_seeds_are_never_evaluated_and_reuse_their_cached_runs(tmp_pat
     assert "--selection-seeds 2" in doc and "mean over training seeds 0–1" in doc and "seeds 2–3" in doc
 
 
-def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tmp_path, monkeypatch):
-    """A world cut off after its selection runs resumes on another machine (an empty stage cache) from the progress
-    file beside the results: the selection runs are not trained again, only the evaluated seeds; the file goes once
-    the world's record is written, and the world is the uninterrupted one."""
+def test_an_interrupted_world_resumes_on_a_fresh_cache_from_its_progress_file(tmp_path, monkeypatch):
+    """A world cut off on one machine resumes on another (an empty stage cache) from the progress file beside the
+    results: the physics rows, the selection runs and each evaluated run (trained and evaluated in its task) are
+    kept there as each finishes, so only the run that was cut off trains again; the file goes once the world's
+    record is written, and the world is the uninterrupted one."""
     from hrmlab.experiments.study import run as study_run
 
     extra = ("--models", "lstm", "--stateful-arms", "", "--grid-extensions", "0", "--compute-scales", "")
@@ -289,8 +290,8 @@ def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tm
     whole = json.loads((tmp_path / "whole" / "study.json").read_text())["worlds"]["quick"]
     real = study_run.train_run
 
-    def cut_off(job):  # the session ends while the second selection run trains
-        if job.name == "lstm-lr0.003-s0":
+    def cut_off(job):  # the session ends while the second evaluated seed trains
+        if job.name.endswith("-s2"):
             raise KeyboardInterrupt
         return real(job)
 
@@ -298,10 +299,14 @@ def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tm
     assert main(_study_args(tmp_path / "moved", *extra)) == 130
     monkeypatch.setattr(study_run, "train_run", real)
     units = json.loads((tmp_path / "moved" / "study-progress" / "quick.json").read_text())["units"]
-    assert list(units) == ["lstm-lr0.001-s0"] and "/" not in json.dumps(units)  # stored as it finished
+    chosen = f"{whole['arms']['lstm']['lr']:g}"
+    assert list(units) == ["physics", "lstm-lr0.001-s0", "lstm-lr0.003-s0", f"lstm-lr{chosen}-s1-evaluated"]
+    assert "/" not in json.dumps(units)  # nothing of this machine travels
     shutil.rmtree(tmp_path / "moved" / "cache")  # another machine
     assert main(_study_args(tmp_path / "moved", *extra)) == 0
-    assert len(_models(tmp_path / "moved" / "cache")) == 1 + 2  # the cut-off selection run, the evaluated seeds
+    fresh = tmp_path / "moved" / "cache"
+    assert len(_models(fresh)) == 1 and set(_models(fresh)) <= set(_models(tmp_path / "whole" / "cache"))  # seed 2
+    assert len(list((fresh / "evals").glob("*.json"))) == 1  # its row; the physics rows travelled
     assert not (tmp_path / "moved" / "study-progress").exists()
     moved = json.loads((tmp_path / "moved" / "study.json").read_text())["worlds"]["quick"]
     timing = ("train_seconds", "forecast_ms_per_step")  # measured, not computed
@@ -310,6 +315,7 @@ def test_finished_selection_runs_travel_in_the_progress_file_to_a_fresh_cache(tm
     assert runs[0] == runs[1] and moved["arms"]["lstm"]["selection"] == whole["arms"]["lstm"]["selection"]
     assert (json.loads((tmp_path / "moved" / "study-episodes.json").read_text())["worlds"]["quick"]["rows"]
             == json.loads((tmp_path / "whole" / "study-episodes.json").read_text())["worlds"]["quick"]["rows"])
+    assert moved["calls"] == 2  # the open wall ledger travelled too
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -29,7 +29,8 @@ from pathlib import Path
 from hrmlab.config import changed_dict, config_hash
 from hrmlab.errors import UserError
 from hrmlab.experiments.study.config import Arm, StudyConfig, arm_configs, with_recipe
-from hrmlab.experiments.study.run import (WallLedger, check_study, encode_outcomes, episodes_path, episodes_text,
+from hrmlab.experiments.study.evaluation import RunEvaluation, physics_rows, row_record
+from hrmlab.experiments.study.run import (WallLedger, check_study, episodes_path, episodes_text,
                                           longest_first, machine_label, read_episodes, read_results, select_rates)
 from hrmlab.fileio import write_json_atomic, write_text_atomic
 
@@ -160,17 +161,6 @@ def stage_curve_train(cfg, model: str, data_paths, opts) -> dict:
 
 
 @dataclass
-class CurveEvaluation:
-    """How a long run's task evaluates its snapshots after training: the world's config (world, planner), the
-    evaluation (protocol, episodes) and each snapshot's row label, in budget order."""
-
-    cfg: object
-    eval_cfg: object
-    labels: list[str]
-    rollout: str
-
-
-@dataclass
 class CurveRun:
     """One long (or budget-1) training run, and the evaluation of its snapshots (picklable: it runs in a worker
     process, a Slurm task)."""
@@ -180,61 +170,22 @@ class CurveRun:
     data_paths: object
     opts: object
     name: str = ""
-    evaluation: CurveEvaluation | None = None
+    evaluation: RunEvaluation | None = None
+    """Its snapshots' rows (checkpoint: the snapshot's index), evaluated in the task once trained."""
 
 
 def curve_run(run: CurveRun) -> dict:
     """One run (its summary, plus the evaluated rows of its snapshots when `run.evaluation`); divergence comes
     back as a result, so a candidate rate that blows up loses the selection."""
     from hrmlab.errors import TrainingDiverged
+    from hrmlab.experiments.study.evaluation import with_evaluation
 
     try:
         summary = stage_curve_train(run.cfg, run.model, run.data_paths, run.opts)
     except TrainingDiverged as exc:
         log.warning("%s diverged: %s", run.name, exc)
         return {"diverged": str(exc), "best_val_loss": None}
-    if run.evaluation is not None:
-        summary.update(evaluate_snapshots(summary, run.evaluation, run.opts))
-    return summary
-
-
-def evaluate_snapshots(summary: dict, ev: CurveEvaluation, opts) -> dict:
-    """Every snapshot of a trained run, closed loop on the test episodes, in this process (the run's task is the
-    unit of parallel work): {"rows": label → row record with its per-episode outcomes, "eval_seconds"}."""
-    from hrmlab.backends.local import SerialBackend
-    from hrmlab.experiments.grid.stages import stage_evaluate
-    from hrmlab.forecast.registry import ForecasterSpec
-
-    snaps = summary["snapshots"]
-    if len(snaps) != len(ev.labels):
-        raise RuntimeError(f"{len(snaps)} snapshots for {len(ev.labels)} budget points")
-    specs = [ForecasterSpec(lab, s["checkpoint"], rollout=ev.rollout) for lab, s in zip(ev.labels, snaps)]
-    keys = {lab: f"{summary['key']}@{s['step']}" for lab, s in zip(ev.labels, snaps)}
-    result = stage_evaluate(ev.cfg, ev.eval_cfg, ev.cfg.planner, specs, keys, opts, SerialBackend())
-    return {"rows": {lab: _row_outcomes(result.rows[lab]) for lab in ev.labels}, "eval_seconds": result.seconds}
-
-
-def evaluation_key(cfg, eval_cfg, names: list[str], rollout: str | None = None) -> str:
-    """What a unit's evaluated rows depend on besides the forecasters' weights, as the evaluation stage keys it:
-    the world, the planner, the evaluation (protocol, episodes), the rows, the roll-out and the result format (a
-    stored row is reused only where this code would evaluate the same thing)."""
-    from hrmlab.evaluate.result import RESULT_FORMAT
-    from hrmlab.stage_cache import stage_key
-
-    return stage_key({"world": cfg.world, "planner": cfg.planner, "eval": eval_cfg, "rows": list(names),
-                      "rollout": rollout}, RESULT_FORMAT)
-
-
-def portable(summary: dict) -> dict:
-    """What a world's record needs of a run's summary, free of this machine's paths (it goes into the progress
-    file, which travels): its key, time, size, snapshot losses, evaluated rows — or that it diverged."""
-    if "diverged" in summary:
-        return {"diverged": summary["diverged"], "best_val_loss": None}
-    out = {k: summary.get(k) for k in ("key", "seconds", "parameters")}
-    out["snapshots"] = [{k: s.get(k) for k in ("step", "val_loss", "seconds")} for s in summary["snapshots"]]
-    if "rows" in summary:
-        out.update(rows=summary["rows"], eval_seconds=summary.get("eval_seconds"))
-    return out
+    return with_evaluation(summary, run.evaluation, run.opts)
 
 
 class CurveTrainer:
@@ -253,7 +204,7 @@ class CurveTrainer:
         self.done: list[dict] = []
 
     def train_to(self, runs: list[tuple[Arm, float, int]], budgets: list[int], evaluations: dict | None = None) -> dict:
-        """Each run's portable summary; `evaluations` maps a run to the `CurveEvaluation` its task does after
+        """Each run's portable summary; `evaluations` maps a run to the `RunEvaluation` its task does after
         training (the long runs)."""
         out, pending, jobs = {}, [], []
         for run in longest_first(runs):
@@ -263,8 +214,7 @@ class CurveTrainer:
             name = f"{arm.name}-lr{lr:g}-s{s}-b{budgets[-1]}"
             unit, key = name + ("-evaluated" if ev else ""), curve_key(cfg, arm.model)
             if ev is not None:  # its rows depend on the evaluation too
-                key = config_hash({"train": key, "evaluation": evaluation_key(ev.cfg, ev.eval_cfg, ev.labels,
-                                                                               ev.rollout)})
+                key = config_hash({"train": key, "evaluation": ev.key()})
             stored = self.progress.get(unit, key)
             if stored is not None:
                 out[run] = stored
@@ -274,6 +224,8 @@ class CurveTrainer:
                                  ev))
         if len(out):
             log.info("%d of %d runs come from the progress file", len(out), len(out) + len(jobs))
+        from hrmlab.experiments.study.progress import portable
+
         for (run, unit, key), summary in zip(pending, self.backend.map(curve_run, jobs)):
             out[run] = portable(summary)
             self.progress.put(unit, key, out[run])
@@ -386,7 +338,7 @@ def curve_world(preset: str, study: StudyConfig, curves: CurveConfig, opts, over
                               "budget": curves.capacity_budget}
         rows.update(wide_rows)
     record["episodes"] = physics["episodes"]
-    record["physics"] = {name: _row_record(row) for name, row in physics["rows"].items()}
+    record["physics"] = {name: row_record(row) for name, row in physics["rows"].items()}
     seconds = (physics["seconds"] or 0) + sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0)
                                               for r in trainer.done)
     record.update(compute_minutes=round(seconds / 60, 1), machine=machine_label())
@@ -395,33 +347,13 @@ def curve_world(preset: str, study: StudyConfig, curves: CurveConfig, opts, over
     return record, episodes
 
 
-def physics_rows(base, eval_cfg, opts, backend, progress) -> dict:
-    """The physics rules and the oracle on the test episodes (through the backend's chunks; a unit of the
-    world's progress): {"rows", "episodes", "indices", "seconds"}."""
-    from hrmlab.experiments.grid.stages import stage_evaluate
-    from hrmlab.forecast.registry import ForecasterSpec
-
-    names = list(base.physics_forecasters)
-    key = evaluation_key(base, eval_cfg, names)
-    stored = progress.get("physics", key)
-    if stored is not None:
-        return stored
-    evaluation = stage_evaluate(base, eval_cfg, base.planner, [ForecasterSpec(n) for n in names], {}, opts, backend)
-    indices = evaluation.indices
-    consecutive = indices == list(range(indices[0], indices[0] + len(indices))) if indices else False
-    value = {"rows": {n: _row_outcomes(evaluation.rows[n]) for n in names}, "episodes": evaluation.episodes.count,
-             "indices": {"start": indices[0], "count": len(indices)} if consecutive else list(indices),
-             "seconds": evaluation.seconds}
-    progress.put("physics", key, value)
-    return value
-
-
 def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths):
     """Rate selection, then the long runs, each evaluated at every budget in its task, for `arms`:
     (arm records, evaluated rows by label)."""
     selection = select_rates(arms, study, trainer)
     runs = [(arm, selection[arm.name]["chosen"], s) for arm in arms for s in study.evaluated_seeds()]
-    evaluations = {run: CurveEvaluation(base, eval_cfg, [label(run[0], run[2], b) for b in budgets], run[0].rollout)
+    evaluations = {run: RunEvaluation(base, eval_cfg, run[0].rollout,
+                                      [(label(run[0], run[2], b), i, 1.0) for i, b in enumerate(budgets)])
                    for run in runs}
     trained = trainer.train_to(runs, budgets, evaluations)
     for (arm, lr, seed), summary in trained.items():
@@ -439,7 +371,7 @@ def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths):
                 row = summary["rows"][label(arm, seed, budget)]
                 rows[label(arm, seed, budget)] = row
                 points[str(budget)] = {"step": snap["step"], "val_loss": snap["val_loss"], "seconds": snap["seconds"],
-                                       **_row_record(row)}
+                                       **row_record(row)}
             runs[arm.label(seed)] = {"seed": seed, "key": summary["key"], "train_seconds": summary.get("seconds"),
                                      "parameters": summary.get("parameters"), "points": points}
         records[arm.name] = {"model": arm.model, "rollout": arm.rollout, "width": 1, "lr": sel["chosen"],
@@ -448,19 +380,6 @@ def _curves(arms, cfgs, budgets, study, trainer, base, eval_cfg, data_paths):
                              "batch_size": cfg.train_config(arm.model).batch_size,
                              "flops_per_step": training_flops(cfg, arm.model, data_paths), "runs": runs}
     return records, rows
-
-
-def _row_outcomes(row) -> dict:
-    """An evaluation row as a unit of progress keeps it: its figures plus per-episode outcome codes and end steps."""
-    return {**_row_record(row), "outcomes": encode_outcomes(row.per_episode), "steps": row.steps}
-
-
-def _row_record(row) -> dict:
-    """The figures a record keeps of a row (an EvaluationResult row or a stored row record)."""
-    if isinstance(row, dict):
-        return {k: row[k] for k in ("successes", "ade", "fde", "forecast_ms_per_step")}
-    return {"successes": row.successes, "ade": row.forecast_ade, "fde": row.forecast_fde,
-            "forecast_ms_per_step": row.forecast_ms_per_step}
 
 
 def _mean_successes(arm_record: dict, budget: int) -> float:

@@ -90,3 +90,19 @@ class Progress:
         """Remove the file if it holds this world's units (a world finished elsewhere leaves no progress behind)."""
         if self.units:
             self.remove()
+
+
+PORTABLE_FIELDS = ("key", "best_val_loss", "seconds", "earlier_seconds", "resumed_from_step", "parameters", "rows",
+                   "eval_seconds")
+"""What a world's record uses of a training task's result (its stage summary plus evaluated rows)."""
+
+
+def portable(summary: dict) -> dict:
+    """A training task's result as a unit keeps it: `PORTABLE_FIELDS` and the snapshots' step, loss and time —
+    nothing of this machine (no checkpoint paths) — or that it diverged."""
+    if "diverged" in summary:
+        return {"diverged": summary["diverged"], "best_val_loss": None}
+    out = {k: summary[k] for k in PORTABLE_FIELDS if summary.get(k) is not None}
+    if "snapshots" in summary:
+        out["snapshots"] = [{k: s.get(k) for k in ("step", "val_loss", "seconds")} for s in summary["snapshots"]]
+    return out

@@ -48,11 +48,11 @@ def longest_first(runs: list[tuple]) -> list[tuple]:
 class Trainer:
     """Trains (arm, lr, seed) runs of one world through the backend (a process pool, Modal containers, Slurm
     array tasks): independent cached stages, one torch thread each, costliest first; remembers every run's
-    summary (for the world's compute time).
+    result (for the world's compute time).
 
-    progress: the world's `Progress` (progress.py). A selection run is used for its validation loss alone, so a
-    finished one is kept there and not trained again, on this machine or another; an evaluated run's checkpoint
-    lives in the stage cache."""
+    Each run is a unit of the world's `progress` (progress.py): a selection run is used for its validation loss
+    alone, an evaluated run for the rows its task evaluates once trained (evaluation.py), so a finished run is
+    kept there as it comes back and not run again, on this machine or another."""
 
     def __init__(self, cfgs: dict, data_paths, opts, backend, stack: str = "auto", progress=None):
         from hrmlab.experiments.study.progress import Progress
@@ -61,49 +61,45 @@ class Trainer:
         self.progress = progress if progress is not None else Progress(None, "")
         self.done: list[dict] = []
 
-    def _job(self, arm: Arm, lr: float, s: int) -> TrainRun:
+    def _job(self, arm: Arm, lr: float, s: int, evaluation=None) -> TrainRun:
         name = f"{arm.name}-lr{lr:g}-s{s}"
         # cpu_threads=1: what a pool worker uses; stated, so it is part of each run's cache key
         return TrainRun(with_recipe(self.cfgs[arm.rollout], arm.model, lr=lr, seed=s, cpu_threads=1), arm.model,
                         self.data_paths, dataclasses.replace(self.opts, out=self.opts.out / "train" / name,
-                                                             progress=False), name)
+                                                             progress=False), name, evaluation)
 
-    def _each(self, runs: list[tuple[Arm, float, int]]):
-        """(run, summary) as each comes back (the backend's order), the costliest model first."""
-        runs = longest_first(runs)
-        jobs = [self._job(*run) for run in runs]
-        run_of = {id(job): run for job, run in zip(jobs, runs)}
-        for job, summary in self._map(jobs):
-            yield run_of[id(job)], summary
-
-    def train(self, runs: list[tuple[Arm, float, int]]) -> dict:
-        out = dict(self._each(runs))
-        self.done.extend(out.values())
-        return out
-
-    def select(self, runs: list[tuple[Arm, float, int]]) -> dict:
-        """Selection runs: {run: {"best_val_loss", "seconds", ...}}, those the progress holds under the same
-        training key without training, the others recorded there as they finish."""
+    def train(self, runs: list[tuple[Arm, float, int]], evaluations: dict | None = None) -> dict:
+        """{run: its portable result (progress.portable)}: the runs the progress holds under the same keys are not
+        run; the others are recorded there as each comes back. evaluations: run → the `RunEvaluation` its task
+        does once trained."""
+        from hrmlab.config import config_hash
         from hrmlab.experiments.grid.stages import train_key
+        from hrmlab.experiments.study.progress import portable
 
         out, pending = {}, []
-        for run in runs:
-            job = self._job(*run)
+        for run in longest_first(runs):
+            job = self._job(*run, (evaluations or {}).get(run))
             unit, key = job.name, train_key(job.cfg, job.model)
+            if job.evaluation is not None:
+                unit, key = unit + "-evaluated", config_hash({"train": key, "evaluation": job.evaluation.key()})
             stored = self.progress.get(unit, key)
             if stored is not None:
                 out[run] = stored
             else:
-                pending.append((run, unit, key))
+                pending.append((run, job, unit, key))
         if out:
-            log.info("%d of %d selection runs come from the progress file", len(out), len(runs))
-        units = {run: (unit, key) for run, unit, key in pending}
-        for run, summary in self._each([run for run, _, _ in pending]):
-            out[run] = {k: summary.get(k) for k in ("best_val_loss", "seconds", "earlier_seconds", "resumed_from_step",
-                                                    "diverged") if summary.get(k) is not None}
-            self.progress.put(*units[run], out[run])
+            log.info("%d of %d training runs come from the progress file", len(out), len(runs))
+        units = {id(job): (run, unit, key) for run, job, unit, key in pending}
+        for job, summary in self._map([job for _, job, _, _ in pending]):
+            run, unit, key = units[id(job)]
+            out[run] = portable(summary)
+            self.progress.put(unit, key, out[run])
         self.done.extend(out.values())
         return out
+
+    def select(self, runs: list[tuple[Arm, float, int]]) -> dict:
+        """Selection runs (`select_rates`): {run: result with its "best_val_loss"}."""
+        return self.train(runs)
 
     def _map(self, jobs: list[TrainRun]):
         """(job, summary) as the backend hands them back. On a GPU (or with stack `on`) the jobs that share a
@@ -212,50 +208,39 @@ class SlurmEngine(LocalEngine):
 # ------------------------------------------------------------------------------------------ a world
 def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool = False,
                 backend=None, stack: str = "auto", progress=None) -> tuple[dict, dict]:
-    """Select rates, train every evaluated seed, evaluate — all through the cached grid stages. Returns the
-    world's record (results file) and its per-episode outcomes (episodes file). stack: see `LocalEngine`;
-    progress: the world's `Progress`, which keeps finished selection runs (see `Trainer`)."""
-    from hrmlab.experiments.grid.stages import stage_data, stage_evaluate
-    from hrmlab.forecast.registry import ForecasterSpec
+    """Evaluate the physics rules, select rates, train every evaluated seed and evaluate it in its task — all
+    through the cached grid stages. Returns the world's record (results file) and its per-episode outcomes
+    (episodes file). stack: see `LocalEngine`; progress: the world's `Progress`, which keeps every finished unit
+    (see `Trainer`)."""
+    from hrmlab.experiments.grid.stages import stage_data
+    from hrmlab.experiments.study.evaluation import RunEvaluation, physics_rows, row_record
 
     cfgs = arm_configs(preset, study, overrides, smoke)
     arms = study.arms()
     base = cfgs[arms[0].rollout]  # every roll-out's config shares the world, data, planner and evaluation
     trainer = Trainer(cfgs, stage_data(base, opts, backend), opts, backend, stack, progress)
+    eval_cfg = dataclasses.replace(base.eval, episodes=study.episodes if not smoke else base.eval.episodes)
+    physics = physics_rows(base, eval_cfg, opts, backend, trainer.progress)
     selection = select_rates(arms, study, trainer)
-    trained = trainer.train([(arm, selection[arm.name]["chosen"], s) for arm in arms for s in study.evaluated_seeds()])
-    specs, keys = [], {}
+    scales = [x for x in study.scales_for(preset) if x != 1.0]
+    scaled_arms = [arm for arm in arms if arm.model in RECURSIVE_MODELS] if scales else []
+    evaluations = {}
     for arm in arms:
         for seed in study.evaluated_seeds():
-            summary = trained[(arm, selection[arm.name]["chosen"], seed)]
-            if "diverged" in summary:
-                raise UserError(f"study {preset}: {arm.name} seed {seed} diverged at the chosen learning rate "
-                                f"{selection[arm.name]['chosen']:g} ({summary['diverged']})")
-            specs.append(ForecasterSpec(arm.label(seed), summary["checkpoint"], rollout=arm.rollout))
-            keys[arm.label(seed)] = summary["key"]
-    learned = list(specs)
-    specs += [ForecasterSpec(name) for name in base.physics_forecasters]
-    eval_cfg = dataclasses.replace(base.eval, episodes=study.episodes if not smoke else base.eval.episodes)
-    evaluation = stage_evaluate(base, eval_cfg, base.planner, specs, keys, opts, backend)
-    rows = dict(evaluation.rows)
-    scaled_arms = [arm for arm in arms if arm.model in RECURSIVE_MODELS]
-    scales = [x for x in study.scales_for(preset) if x != 1.0]
-    scaled = None
-    if scaled_arms and scales:  # a stage of its own: the main evaluation is cached before this extra cost
-        ttc = [dataclasses.replace(spec, name=arm.label(seed, x), compute_scale=x)
-               for arm in scaled_arms for seed in study.evaluated_seeds() for x in scales
-               for spec in learned if spec.name == arm.label(seed)]
-        ttc_keys = {spec.name: keys[spec.name.split("*")[0]] for spec in ttc}
-        scaled = stage_evaluate(base, eval_cfg, base.planner, ttc, ttc_keys, opts, backend)
-        rows.update(scaled.rows)
-
-    def row_record(label: str) -> dict:
-        row = rows[label]
-        return {"successes": row.successes, "ade": row.forecast_ade, "fde": row.forecast_fde,
-                "forecast_ms_per_step": row.forecast_ms_per_step}
+            rows = [(arm.label(seed), "best", 1.0)]
+            rows += [(arm.label(seed, x), "best", x) for x in scales] if arm in scaled_arms else []
+            evaluations[(arm, selection[arm.name]["chosen"], seed)] = RunEvaluation(base, eval_cfg, arm.rollout, rows)
+    trained = trainer.train(list(evaluations), evaluations)
+    rows = dict(physics["rows"])
+    for (arm, lr, seed), summary in trained.items():
+        if "diverged" in summary:
+            raise UserError(f"study {preset}: {arm.name} seed {seed} diverged at the chosen learning rate {lr:g} "
+                            f"({summary['diverged']})")
+    for run in evaluations:  # the rows in the order of the arms and seeds
+        rows.update(trained[run]["rows"])
 
     record = {"format": STUDY_FORMAT, "preset": preset, "protocol": eval_cfg.protocol,
-              "episodes": evaluation.episodes.count, "selection_seeds": study.selection_seeds,
+              "episodes": physics["episodes"], "selection_seeds": study.selection_seeds,
               "seeds": study.evaluated_seeds(), "arms": {}, "physics": {}}
     for arm in arms:
         sel = selection[arm.name]
@@ -265,41 +250,25 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
             runs[arm.label(seed)] = {"seed": seed, "val_loss": summary.get("best_val_loss"),
                                      "parameters": summary.get("parameters"), "train_seconds": summary.get("seconds"),
                                      **({"seconds_partial": True} if partly_timed(summary) else {}),
-                                     **row_record(arm.label(seed))}
+                                     **row_record(rows[arm.label(seed)])}
         flags = outlier_ratios({lab: run["val_loss"] for lab, run in runs.items()})
         record["arms"][arm.name] = {"model": arm.model, "rollout": arm.rollout, "lr": sel["chosen"],
                                     "selection": {k: sel[k] for k in ("seeds", "val_loss", "extended")},
                                     "runs": runs, "outliers": {lab: round(r, 1) for lab, r in flags.items()}}
-    record["physics"] = {name: row_record(name) for name in base.physics_forecasters}
-    if scaled is not None:
+    record["physics"] = {name: row_record(rows[name]) for name in base.physics_forecasters}
+    if scaled_arms:
         record["test_time_compute"] = {
-            arm.name: {f"{x:g}": {arm.label(s, x): row_record(arm.label(s, x)) for s in study.evaluated_seeds()}
+            arm.name: {f"{x:g}": {arm.label(s, x): row_record(rows[arm.label(s, x)]) for s in study.evaluated_seeds()}
                        for x in scales} for arm in scaled_arms}
-    seconds = sum(r.get("seconds") or 0 for r in trainer.done) + (evaluation.seconds or 0)
-    seconds += (scaled.seconds or 0) if scaled is not None else 0
+    seconds = (physics["seconds"] or 0) + sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0)
+                                              for r in trainer.done)
     record.update(compute_minutes=round(seconds / 60, 1), machine=machine_label())
     untimed = sum(map(partly_timed, trainer.done))
     if untimed:  # their time before the interruption is unknown: compute-minutes are a lower bound
         record["untimed_runs"] = untimed
-    episodes = {"indices": _indices(evaluation.indices),
-                "rows": {label: {"outcomes": encode_outcomes(row.per_episode), "steps": row.steps}
-                         for label, row in rows.items()}}
+    episodes = {"indices": physics["indices"],
+                "rows": {label: {"outcomes": row["outcomes"], "steps": row["steps"]} for label, row in rows.items()}}
     return record, episodes
-
-
-def encode_outcomes(labels: list[str]) -> str:
-    """Per-episode outcome labels → one string of one-letter codes (`OUTCOME_CODES`)."""
-    try:
-        return "".join(OUTCOME_CODES[o] for o in labels)
-    except KeyError as exc:
-        raise ValueError(f"outcome {exc.args[0]!r} has no code in the episodes file's table") from None
-
-
-def _indices(indices: list[int]) -> dict | list[int]:
-    """The evaluation's episode indices: {start, count} when consecutive (always, for the study's protocols)."""
-    if indices and indices == list(range(indices[0], indices[0] + len(indices))):
-        return {"start": indices[0], "count": len(indices)}
-    return list(indices)
 
 
 def partly_timed(train_summary: dict) -> bool:

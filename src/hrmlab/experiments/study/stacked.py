@@ -268,9 +268,13 @@ def train_stacked(runs: list, max_members: int | None = None) -> list[dict]:
         if len(group) > 1:
             for i, summary in zip(group, _train_group([prepared[i] for i in group])):
                 results[i] = summary
+    from hrmlab.experiments.study.evaluation import with_evaluation
+
     for i, run in enumerate(runs):  # single runs, and members the group handed back (cache hits by now, or not)
         if results[i] is None:
-            results[i] = train_run(run)
+            results[i] = train_run(run)  # evaluated there
+        else:
+            results[i] = with_evaluation(results[i], run.evaluation, run.opts)
     return results
 
 
