@@ -1,8 +1,10 @@
 """Running `hrmlab study`: per world, select each arm's learning rate on validation (selection seeds only,
 extending the grid at an edge), train fresh evaluated seeds at the chosen rate, evaluate every trained copy and
 physics rule on the same test episodes, and store the world's record (results file) and its per-episode
-outcomes (episodes file). Every stage is the grid pipeline's (cached by config, resumable); a wall ledger
-keeps a world's time over interrupted calls.
+outcomes (episodes file). Every stage is the grid pipeline's (cached by config, resumable); each finished unit
+of a world (physics rows, selection run, evaluated run) is also kept in its progress file beside the results
+(progress.py), so a world resumes on a machine without the cache; a wall ledger keeps a world's time over
+interrupted calls.
 """
 
 from __future__ import annotations
