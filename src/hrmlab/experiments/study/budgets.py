@@ -206,7 +206,9 @@ class CurveTrainer:
     def train_to(self, runs: list[tuple[Arm, float, int]], budgets: list[int], evaluations: dict | None = None) -> dict:
         """Each run's portable summary; `evaluations` maps a run to the `RunEvaluation` its task does after
         training (the long runs)."""
-        out, pending, jobs = {}, [], []
+        from hrmlab.experiments.study.progress import run_units
+
+        tasks = []
         for run in longest_first(runs):
             arm, lr, s = run
             cfg = curve_recipe(self.cfgs[arm.name], arm.model, self.steps[arm.name], budgets, lr, s, self.ema)
@@ -215,20 +217,9 @@ class CurveTrainer:
             unit, key = name + ("-evaluated" if ev else ""), curve_key(cfg, arm.model)
             if ev is not None:  # its rows depend on the evaluation too
                 key = config_hash({"train": key, "evaluation": ev.key()})
-            stored = self.progress.get(unit, key)
-            if stored is not None:
-                out[run] = stored
-                continue
-            pending.append((run, unit, key))
-            jobs.append(CurveRun(cfg, arm.model, self.data_paths, dataclasses.replace(self.opts, progress=False), name,
-                                 ev))
-        if len(out):
-            log.info("%d of %d runs come from the progress file", len(out), len(out) + len(jobs))
-        from hrmlab.experiments.study.progress import portable
-
-        for (run, unit, key), summary in zip(pending, self.backend.map(curve_run, jobs)):
-            out[run] = portable(summary)
-            self.progress.put(unit, key, out[run])
+            job = CurveRun(cfg, arm.model, self.data_paths, dataclasses.replace(self.opts, progress=False), name, ev)
+            tasks.append((run, unit, key, job))
+        out = run_units(self.progress, tasks, lambda jobs: zip(jobs, self.backend.map(curve_run, jobs)))
         self.done.extend(out.values())
         return out
 

@@ -106,3 +106,23 @@ def portable(summary: dict) -> dict:
     if "snapshots" in summary:
         out["snapshots"] = [{k: s.get(k) for k in ("step", "val_loss", "seconds")} for s in summary["snapshots"]]
     return out
+
+
+def run_units(progress: Progress, tasks: list[tuple], run) -> dict:
+    """{item: value} for tasks (item, unit, key, job): the value `progress` holds for the unit under `key`, else
+    the job's result — `run(jobs)` yields (job, result) as each finishes — made `portable` and recorded as it
+    comes back (an interruption loses only the unfinished jobs)."""
+    out, pending = {}, {}
+    for item, unit, key, job in tasks:
+        stored = progress.get(unit, key)
+        if stored is not None:
+            out[item] = stored
+        else:
+            pending[id(job)] = (item, unit, key, job)
+    if out:
+        log.info("%d of %d runs come from the progress file", len(out), len(tasks))
+    for job, result in run([task[3] for task in pending.values()]):
+        item, unit, key, _ = pending[id(job)]
+        out[item] = portable(result)
+        progress.put(unit, key, out[item])
+    return out

@@ -76,26 +76,16 @@ class Trainer:
         does once trained."""
         from hrmlab.config import config_hash
         from hrmlab.experiments.grid.stages import train_key
-        from hrmlab.experiments.study.progress import portable
+        from hrmlab.experiments.study.progress import run_units
 
-        out, pending = {}, []
+        tasks = []
         for run in longest_first(runs):
             job = self._job(*run, (evaluations or {}).get(run))
             unit, key = job.name, train_key(job.cfg, job.model)
-            if job.evaluation is not None:
+            if job.evaluation is not None:  # its rows depend on the evaluation too
                 unit, key = unit + "-evaluated", config_hash({"train": key, "evaluation": job.evaluation.key()})
-            stored = self.progress.get(unit, key)
-            if stored is not None:
-                out[run] = stored
-            else:
-                pending.append((run, job, unit, key))
-        if out:
-            log.info("%d of %d training runs come from the progress file", len(out), len(runs))
-        units = {id(job): (run, unit, key) for run, job, unit, key in pending}
-        for job, summary in self._map([job for _, job, _, _ in pending]):
-            run, unit, key = units[id(job)]
-            out[run] = portable(summary)
-            self.progress.put(unit, key, out[run])
+            tasks.append((run, unit, key, job))
+        out = run_units(self.progress, tasks, self._map)
         self.done.extend(out.values())
         return out
 
