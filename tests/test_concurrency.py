@@ -60,3 +60,22 @@ def test_a_study_beside_a_run_on_one_cache(tmp_path):
     stored = json.loads((tmp_path / "study.json").read_text())
     assert list(stored["worlds"]) == ["quick"]
     assert "lstm" in (tmp_path / "study.md").read_text()
+
+
+def test_map_unordered_hands_a_short_item_back_before_a_long_one():
+    """A study's training runs are recorded as each finishes (progress.run_units): a long run submitted first must
+    not hold back the short ones behind it. time.sleep: a picklable builtin that costs no CPU."""
+    import time
+
+    from hrmlab.backends import as_completed
+    from hrmlab.backends.local import ProcessPoolBackend, SerialBackend
+
+    assert [i for i, _ in ProcessPoolBackend(2).map_unordered(time.sleep, [5.0, 0.0])] == [1, 0]
+    assert list(SerialBackend().map_unordered(abs, [-2, 3])) == [(0, 2), (1, 3)]
+    assert list(as_completed(SerialBackend(), abs, [-2, 3])) == [(-2, 2), (3, 3)]
+
+    class OrderedOnly:  # a backend with `map` alone (the Modal router, Slurm): results in order
+        def map(self, fn, items):
+            return [fn(x) for x in items]
+
+    assert list(as_completed(OrderedOnly(), abs, [-2, 3])) == [(-2, 2), (3, 3)]

@@ -21,6 +21,12 @@ def _init_worker() -> None:
         torch.set_num_threads(1)
 
 
+def _indexed(task: tuple) -> tuple:
+    """(index, fn(item)) for a (index, fn, item) task: what `map_unordered` sends to a worker."""
+    i, fn, item = task
+    return i, fn(item)
+
+
 class SerialBackend:
     """Runs every item in this process, in order."""
 
@@ -30,6 +36,10 @@ class SerialBackend:
     def map(self, fn: Callable, items: Iterable) -> Iterator:
         for item in items:
             yield fn(item)
+
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        """(index, result) as each finishes: in order, here."""
+        yield from enumerate(self.map(fn, items))
 
 
 class ProcessPoolBackend:
@@ -48,6 +58,16 @@ class ProcessPoolBackend:
         ctx = mp.get_context("spawn")
         with ctx.Pool(min(self.workers, len(items)), initializer=_init_worker) as pool:
             yield from pool.imap(fn, items)
+
+    def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
+        """(index, result) as each finishes, whatever the order (a short item is not held behind a long one)."""
+        items = list(items)
+        if self.workers == 1 or len(items) <= 1:
+            yield from SerialBackend().map_unordered(fn, items)
+            return
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(min(self.workers, len(items)), initializer=_init_worker) as pool:
+            yield from pool.imap_unordered(_indexed, [(i, fn, item) for i, item in enumerate(items)])
 
 
 def make_backend(workers: int | None) -> SerialBackend | ProcessPoolBackend:

@@ -206,6 +206,7 @@ class CurveTrainer:
     def train_to(self, runs: list[tuple[Arm, float, int]], budgets: list[int], evaluations: dict | None = None) -> dict:
         """Each run's portable summary; `evaluations` maps a run to the `RunEvaluation` its task does after
         training (the long runs)."""
+        from hrmlab.backends import as_completed
         from hrmlab.experiments.study.progress import run_units
 
         tasks = []
@@ -219,7 +220,7 @@ class CurveTrainer:
                 key = config_hash({"train": key, "evaluation": ev.key()})
             job = CurveRun(cfg, arm.model, self.data_paths, dataclasses.replace(self.opts, progress=False), name, ev)
             tasks.append((run, unit, key, job))
-        out = run_units(self.progress, tasks, lambda jobs: zip(jobs, self.backend.map(curve_run, jobs)))
+        out = run_units(self.progress, tasks, lambda jobs: as_completed(self.backend, curve_run, jobs))
         self.done.extend(out.values())
         return out
 

@@ -94,13 +94,14 @@ class Trainer:
         return self.train(runs)
 
     def _map(self, jobs: list[TrainRun]):
-        """(job, summary) as the backend hands them back. On a GPU (or with stack `on`) the jobs that share a
+        """(job, summary) as each finishes (where the backend can say). On a GPU (or with stack `on`) the jobs that share a
         model shape and data train as one stacked ensemble per backend task (experiments/study/stacked.py), the
         rest as single runs; a group's members come back together."""
+        from hrmlab.backends import as_completed
         from hrmlab.experiments.study.stacked import can_stack, groups, train_stacked
 
         if not jobs or not can_stack(jobs[0].cfg.device, self.stack):
-            yield from zip(jobs, self.backend.map(train_run, jobs))
+            yield from as_completed(self.backend, train_run, jobs)
             return
         grouped = groups(jobs)
         log.info("training %d runs as %d stacked groups", len(jobs), len(grouped))
