@@ -51,23 +51,24 @@ class ProcessPoolBackend:
         self.workers = max(1, workers or os.cpu_count() or 1)
 
     def map(self, fn: Callable, items: Iterable) -> Iterator:
-        items = list(items)
-        if self.workers == 1 or len(items) <= 1:
-            yield from SerialBackend().map(fn, items)
-            return
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(self.workers, len(items)), initializer=_init_worker) as pool:
-            yield from pool.imap(fn, items)
+        yield from self._pooled(fn, list(items), ordered=True)
 
     def map_unordered(self, fn: Callable, items: Iterable) -> Iterator:
         """(index, result) as each finishes, whatever the order (a short item is not held behind a long one)."""
-        items = list(items)
+        yield from self._pooled(fn, list(items), ordered=False)
+
+    def _pooled(self, fn: Callable, items: list, ordered: bool) -> Iterator:
+        """One pool for either map: results in item order, or (index, result) pairs as each finishes."""
         if self.workers == 1 or len(items) <= 1:
-            yield from SerialBackend().map_unordered(fn, items)
+            serial = SerialBackend()
+            yield from serial.map(fn, items) if ordered else serial.map_unordered(fn, items)
             return
         ctx = mp.get_context("spawn")
         with ctx.Pool(min(self.workers, len(items)), initializer=_init_worker) as pool:
-            yield from pool.imap_unordered(_indexed, [(i, fn, item) for i, item in enumerate(items)])
+            if ordered:
+                yield from pool.imap(fn, items)
+            else:
+                yield from pool.imap_unordered(_indexed, [(i, fn, item) for i, item in enumerate(items)])
 
 
 def make_backend(workers: int | None) -> SerialBackend | ProcessPoolBackend:
