@@ -484,6 +484,33 @@ def test_a_progress_file_of_another_version_or_damaged_is_one_clear_error_and_is
     assert Progress(path, "k").get("b", "y") == {"v": 2} and Progress(path, "k").get("b", "z") is None
 
 
+def test_run_units_skips_stored_units_records_each_result_and_logs_it(tmp_path, caplog):
+    """A background world's log says which unit finished and how many are done (one line per unit)."""
+    from hrmlab.experiments.study.progress import Progress, run_units
+
+    path = tmp_path / "w.json"
+    progress = Progress(path, "k")
+    progress.put("a", "ka", {"seconds": 30.0})
+    tasks = [("A", "a", "ka", 1), ("B", "b", "kb", 2), ("C", "c", "kc", 3)]
+    ran = []
+
+    def run(jobs):
+        ran.extend(jobs)
+        yield 3, {"diverged": "nan loss"}
+        yield 2, {"seconds": 90.0, "eval_seconds": 30.0, "checkpoint": "/here/best.pt"}
+
+    with caplog.at_level("INFO", logger="hrmlab.study.progress"):
+        out = run_units(progress, tasks, run)
+    assert ran == [2, 3]  # the stored unit is not run again
+    assert out == {"A": {"seconds": 30.0}, "B": {"seconds": 90.0, "eval_seconds": 30.0},
+                   "C": {"diverged": "nan loss", "best_val_loss": None}}
+    assert Progress(path, "k").get("b", "kb") == {"seconds": 90.0, "eval_seconds": 30.0}  # no machine path kept
+    lines = [r.getMessage() for r in caplog.records]
+    assert "1 of 3 runs come from the progress file" in lines
+    assert "c finished (diverged) (2 of 3 runs done)" in lines
+    assert "b finished in 2.0 min (3 of 3 runs done)" in lines
+
+
 def test_wall_ledger_heartbeat_keeps_a_killed_call_s_time(tmp_path):
     path = tmp_path / "wall.json"
     wall = WallLedger(path, "k", every=0.01).__enter__()  # never exited: as if the process were killed

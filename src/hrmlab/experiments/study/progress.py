@@ -125,4 +125,7 @@ def run_units(progress: Progress, tasks: list[tuple], run) -> dict:
         item, unit, key, _ = pending[id(job)]
         out[item] = portable(result)
         progress.put(unit, key, out[item])
+        spent = (out[item].get("seconds") or 0) + (out[item].get("eval_seconds") or 0)
+        log.info("%s finished%s (%d of %d runs done)", unit,
+                 " (diverged)" if "diverged" in out[item] else f" in {spent / 60:.1f} min", len(out), len(tasks))
     return out
