@@ -507,7 +507,7 @@ def test_run_units_skips_stored_units_records_each_result_and_logs_it(tmp_path, 
     assert Progress(path, "k").get("b", "kb") == {"seconds": 90.0, "eval_seconds": 30.0}  # no machine path kept
     lines = [r.getMessage() for r in caplog.records]
     assert "1 of 3 runs come from the progress file" in lines
-    assert "c finished (diverged) (2 of 3 runs done)" in lines
+    assert "c diverged (2 of 3 runs done)" in lines
     assert "b finished in 2.0 min (3 of 3 runs done)" in lines
 
 

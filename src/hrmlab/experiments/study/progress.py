@@ -126,6 +126,6 @@ def run_units(progress: Progress, tasks: list[tuple], run) -> dict:
         out[item] = portable(result)
         progress.put(unit, key, out[item])
         spent = (out[item].get("seconds") or 0) + (out[item].get("eval_seconds") or 0)
-        log.info("%s finished%s (%d of %d runs done)", unit,
-                 " (diverged)" if "diverged" in out[item] else f" in {spent / 60:.1f} min", len(out), len(tasks))
+        log.info("%s %s (%d of %d runs done)", unit,
+                 "diverged" if "diverged" in out[item] else f"finished in {spent / 60:.1f} min", len(out), len(tasks))
     return out
