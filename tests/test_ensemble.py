@@ -7,10 +7,15 @@ agree to rounding, not bit for bit:
 * gradients: ‖g_ens − g‖ / ‖g‖ ≤ 1e-5 per parameter tensor (observed ≤ 1e-6);
 * one optimiser step (clip + AdamW, per-member rates, OneCycle, the trainer's weight decay 0.01): atol 1e-6 on every
   parameter and buffer (observed ≤ 5e-8: Adam's first step is lr·g/(|g|+eps), insensitive to rounding);
-* five steps: rounding differences grow through training at a rate set by the model, not by the ensemble — torch's
-  own fused and foreach AdamW drift apart as much (trm: ~2e-3 max abs after 5 steps at lr 1e-2). So the test asks
-  that the ensemble stay as close to a float64 copy of the run as the trainer's float32 run is:
-  max|ens − f64| ≤ 2·max|trainer − f64| + 1e-6.
+* five steps: rounding differences grow through training at a rate set by the model, not by the ensemble. The
+  largest element-wise difference is a poor yardstick: an element whose gradient is ~0 gets an Adam step of ±lr on
+  the sign of a rounding error, so the max over elements is heavy-tailed (max|ens − f64| / max|trainer − f64|
+  observed up to 9× across data seeds and CPUs; torch's own fused and foreach AdamW up to 2.3× apart). The mean over
+  all elements averages thousands of them and is stable (ensemble / torch ratio ≤ 1.07 over 6 data seeds × 3 members
+  × 5 kinds). So the test asks that the ensemble stay, on average, as close to a float64 copy of the run as torch's
+  float32 runs are: mean|ens − f64| ≤ 2·max(mean|fused − f64|, mean|foreach − f64|) + 1e-7. A moment bug is
+  far outside it: AdamW with β2 = 0.99 instead of 0.999 lands 10× to 3·10^5× the envelope away (every member, lstm,
+  trm, hrm-act+act).
 """
 
 from __future__ import annotations
@@ -106,6 +111,12 @@ def max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in b if b[k].is_floating_point())
 
 
+def mean_diff(a: dict, b: dict) -> float:
+    """Mean absolute difference over every floating-point element of two state dicts."""
+    diffs = [(a[k].double() - b[k].double()).abs().flatten() for k in b if b[k].is_floating_point()]
+    return torch.cat(diffs).mean().item()
+
+
 # ------------------------------------------------------------------------------------------- LSTM
 
 
@@ -169,12 +180,13 @@ def test_gradients_equal_separate_models(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_optimiser_steps_equal_separate_runs(kind):
-    """(c) One step: atol 1e-6. Five steps: as close to a float64 run as the trainer's own float32 run is."""
+    """(c) One step: atol 1e-6. Five steps: on average as close to a float64 run as torch's own float32 runs are."""
     models = members(kind)
     cfgs = member_cfgs()
     ens = StackedEnsemble(models)
     step = EnsembleStep(ens, cfgs, TOTAL_STEPS)
     trainer_runs = [Separate(m, c) for m, c in zip(models, cfgs)]
+    foreach_runs = [Separate(m, c, fused=False) for m, c in zip(models, cfgs)]
     exact_runs = [Separate(m, c, dtype=torch.float64, fused=False) for m, c in zip(models, cfgs)]
     data = batches(5)
     for s, (x, y) in enumerate(data):
@@ -183,6 +195,7 @@ def test_optimiser_steps_equal_separate_runs(kind):
         for i in range(M):
             assert result.lr[i].item() == pytest.approx(trainer_runs[i].optimizer.param_groups[0]["lr"], rel=1e-6)
             trainer_runs[i].step(x[i], y[i])
+            foreach_runs[i].step(x[i], y[i])
             exact_runs[i].step(x[i], y[i])
         for i in range(M):
             ours, theirs = ens.member_state_dict(i), trainer_runs[i].model.state_dict()
@@ -194,8 +207,9 @@ def test_optimiser_steps_equal_separate_runs(kind):
                     assert torch.equal(ours[key], theirs[key]), key  # TRM's EMA update count
     for i in range(M):
         exact = exact_runs[i].model.state_dict()
-        ours, theirs = ens.member_state_dict(i), trainer_runs[i].model.state_dict()
-        assert max_diff(ours, exact) <= 2 * max_diff(theirs, exact) + 1e-6
+        torch_runs = [trainer_runs[i].model.state_dict(), foreach_runs[i].model.state_dict()]
+        envelope = max(mean_diff(run, exact) for run in torch_runs)
+        assert mean_diff(ens.member_state_dict(i), exact) <= 2 * envelope + 1e-7, (i, envelope)
     assert step.optimizer.steps.tolist() == [5.0] * M
 
 
