@@ -109,3 +109,34 @@ def test_the_contention_bench_children_and_busy_processes_are_real():
     with BusyCores(2) as busy:
         assert all(p.poll() is None for p in busy.procs)
     assert all(p.poll() is not None for p in busy.procs)
+
+
+SUBNORMAL_PROBE = """
+import numpy as np, torch
+from hrmlab.data.base import ArraySource
+from hrmlab.forecast.lstm import LSTMConfig
+from hrmlab.forecast.models import build_model
+from hrmlab.train.trainer import TrainConfig, train
+
+def product():  # 1e-20 * 1e-20 = 1e-40 is subnormal in float32; flushed, it is 0
+    return (torch.tensor([1e-20]) * torch.tensor([1e-20])).item()
+
+before = product()
+rng = np.random.default_rng(0)
+x, y = rng.random((256, 10, 2), dtype=np.float32), rng.random((256, 2), dtype=np.float32)
+train(build_model(LSTMConfig(hidden=8), seed=0), ArraySource(x, y), None,
+      TrainConfig(epochs=1, batch_size=128, checkpoint_every_steps=0, seed=0), run_dir={run_dir!r}, progress=False)
+print(before, product())
+"""
+
+
+def test_a_cpu_training_run_flushes_subnormals(tmp_path):
+    """Subnormal Adam moments made a long LSTM run 15x slower per step; a CPU training run flushes them to zero
+    (in a fresh process: the setting is per process and this one must not depend on test order)."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("FTZ/DAZ are x86 bits")
+    out = subprocess.run([sys.executable, "-c", SUBNORMAL_PROBE.format(run_dir=str(tmp_path / "run"))],
+                         capture_output=True, text=True, timeout=300, check=True).stdout.split()
+    before, after = float(out[-2]), float(out[-1])
+    assert before > 0.0  # a fresh process keeps subnormals (1e-40 is representable, barely)
+    assert after == 0.0

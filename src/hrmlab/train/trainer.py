@@ -45,7 +45,7 @@ from hrmlab.train import distributed as dist_utils
 from hrmlab.train.checkpoint import load_checkpoint, save_checkpoint, unwrap_model
 from hrmlab.train.optim import make_optimizer, make_scheduler
 from hrmlab.train.precision import Precision, make_precision
-from hrmlab.threads import use_cpu_threads
+from hrmlab.threads import flush_subnormals, use_cpu_threads
 
 log = logging.getLogger(__name__)
 
@@ -430,8 +430,10 @@ class _Trainer:
         self.train_source, self.val_source = train_source, val_source
         self.info = dist_utils.init_distributed(cfg.device)
         self.device = self.info.device
-        if self.device.type == "cpu" and not self.info.distributed:
-            use_cpu_threads(cfg.cpu_threads)
+        if self.device.type == "cpu":
+            flush_subnormals()
+            if not self.info.distributed:
+                use_cpu_threads(cfg.cpu_threads)
         if self.info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
         dist_utils.barrier()

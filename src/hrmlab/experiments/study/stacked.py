@@ -384,7 +384,7 @@ class _StackedRun:
         from hrmlab.forecast.learned import check_rollout
         from hrmlab.forecast.loading import model_metadata
         from hrmlab.forecast.models import build_model
-        from hrmlab.threads import use_cpu_threads
+        from hrmlab.threads import flush_subnormals, use_cpu_threads
         from hrmlab.train.distributed import pick_device
         from hrmlab.train.ensemble import EnsembleStep, StackedEnsemble
         from hrmlab.train.trainer import ShardedBatchSampler, _MetricsWriter, _Progress, _Window
@@ -397,6 +397,7 @@ class _StackedRun:
                             f"per call, it needs {first.future}")
         self.device = device = pick_device(first.train_cfg.device)
         if device.type == "cpu":
+            flush_subnormals()
             use_cpu_threads(first.train_cfg.cpu_threads)
         self.train_source, self.val_source = open_sources(str(first.run.data_paths.root), cfg.data.history,
                                                           first.has_val, future=first.future)
