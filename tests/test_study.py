@@ -18,7 +18,7 @@ from hrmlab.fileio import write_json_atomic
 from hrmlab.experiments.study import StudyConfig, equal_recipes, study_command, study_document, tabulate, world_key
 from hrmlab.experiments.study.config import Arm, train_field
 from hrmlab.experiments.study.run import (WallLedger, choose_rate, episodes_text, extend_rate, longest_first,
-                                          next_rate, partly_timed, read_episodes, read_results, select_rates)
+                                          machine_label, next_rate, partly_timed, read_episodes, read_results, select_rates)
 from hrmlab.experiments.study.summary import OUTLIER_FACTOR, outlier_ratios, summarize_world
 from hrmlab.presets import resolve
 
@@ -445,6 +445,25 @@ def test_wall_ledger_sums_the_calls_of_an_interrupted_world_and_closes_when_it_f
     assert (again.calls, again.seconds) == (2, wall.seconds)
     with WallLedger(path, "k2") as other:  # other settings: a new ledger, the old calls are not carried over
         assert other.calls == 1 and other.earlier == [] and not other.finished
+
+
+def test_the_wall_ledger_names_every_machine_a_world_ran_on(tmp_path):
+    """A world resumed on another machine reports both machines beside its summed wall time; calls stored before
+    machines were kept are counted and said to be on an unrecorded machine."""
+    here = machine_label()
+    path = tmp_path / "w.wall.json"
+    write_json_atomic(path, {"key": "k", "calls": [60.0], "machines": ["Other CPU, 2 cores"], "finished": False})
+    with WallLedger(path, "k") as wall:
+        assert json.loads(path.read_text())["machines"] == ["Other CPU, 2 cores", here]  # the open call is named
+        wall.finish()
+    assert wall.calls == 2 and wall.machine == f"Other CPU, 2 cores; {here}"
+    assert json.loads(path.read_text())["machines"] == ["Other CPU, 2 cores", here]
+    old = tmp_path / "old.wall.json"
+    write_json_atomic(old, {"key": "k", "calls": [60.0, 30.0], "finished": False})
+    with WallLedger(old, "k") as resumed:
+        resumed.finish()
+    assert resumed.calls == 3
+    assert resumed.machine == f"{here} (and 2 earlier calls on an unrecorded machine)"
 
 
 def test_an_open_wall_ledger_travels_and_the_closed_one_stays_local(tmp_path):

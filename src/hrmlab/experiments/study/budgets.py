@@ -469,7 +469,8 @@ def run_curves(study: StudyConfig, curves: CurveConfig, out_md: Path, out_json: 
                 record, episodes = curve_world(world, study, curves, opts, overrides, smoke, backend, units)
                 wall.finish()
             label = backend.label() if callable(getattr(backend, "label", None)) else f"local, {backend.workers} workers"
-            record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls, backend=label,
+            record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls, machine=wall.machine,
+                          backend=label,
                           command=curve_command(dataclasses.replace(study, worlds=[world]), curves, smoke, overrides))
             kept[world] = {"key": keys[world], **record}
             kept_episodes[world] = {"key": keys[world], **episodes}

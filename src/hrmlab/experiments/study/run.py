@@ -292,6 +292,10 @@ class WallLedger:
                 self.path.unlink(missing_ok=True)  # a stale open copy: the world is finished
         same = stored.get("key") == key
         self.earlier = [float(x) for x in stored.get("calls", [])] if same else []
+        machines = list(stored.get("machines", [])) if same else []  # ledgers written before machines were kept
+        self.earlier_machines = [None] * (len(self.earlier) - len(machines)) + machines[-len(self.earlier):] \
+            if self.earlier else []
+        self.this_machine = machine_label()
         self.finished = same and bool(stored.get("finished"))
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
@@ -301,9 +305,23 @@ class WallLedger:
         """Seconds per call; the running call's so far unless the world is finished."""
         return self.earlier if self.finished else self.earlier + [time.perf_counter() - self.t0]
 
+    def _machines(self) -> list[str | None]:
+        """The machine of each call (None: a call recorded before machines were kept)."""
+        return self.earlier_machines if self.finished else self.earlier_machines + [self.this_machine]
+
     @property
     def calls(self) -> int:
         return len(self._calls())
+
+    @property
+    def machine(self) -> str:
+        """Every machine the world's calls ran on, in order of first use: a world resumed on another machine
+        names both, so its wall time is never credited to one machine alone."""
+        known = list(dict.fromkeys(m for m in self._machines() if m))
+        unknown = sum(m is None for m in self._machines())
+        label = "; ".join(known) or "unrecorded"
+        return label + (f" (and {unknown} earlier call{'s' if unknown > 1 else ''} on an unrecorded machine)"
+                        if unknown and known else "")
 
     @property
     def seconds(self) -> float:
@@ -325,6 +343,7 @@ class WallLedger:
         if not self.finished:
             self._stop_heartbeat()
             self.earlier.append(round(time.perf_counter() - self.t0, 3))  # as stored: a reread sums the same
+            self.earlier_machines.append(self.this_machine)
             self.finished = True
             self._write()
 
@@ -338,7 +357,8 @@ class WallLedger:
             self._write()
 
     def _write(self) -> None:
-        data = {"key": self.key, "calls": [round(x, 3) for x in self._calls()], "finished": self.finished}
+        data = {"key": self.key, "calls": [round(x, 3) for x in self._calls()], "machines": self._machines(),
+                "finished": self.finished}
         if self.finished and self.closed is not None:
             write_json_atomic(self.closed, data)
             self.path.unlink(missing_ok=True)
@@ -590,7 +610,7 @@ def run_study(study: StudyConfig, out_md: Path, out_json: Path, cache: Path, run
             record, episodes = engine.run_world(world, study, opts, overrides, smoke, progress=units)
             wall.finish()
         record.setdefault("backend", engine.label)
-        record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls)
+        record.update(minutes=round(wall.seconds / 60, 1), calls=wall.calls, machine=wall.machine)
         results[world] = kept[world] = {"key": key, **record}
         kept_episodes[world] = {"key": key, **episodes}
         _write_results(out_json, out_md, study, kept, kept_episodes, results, smoke, overrides)
