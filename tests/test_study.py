@@ -18,7 +18,8 @@ from hrmlab.fileio import write_json_atomic
 from hrmlab.experiments.study import StudyConfig, equal_recipes, study_command, study_document, tabulate, world_key
 from hrmlab.experiments.study.config import Arm, train_field
 from hrmlab.experiments.study.run import (WallLedger, choose_rate, episodes_text, extend_rate, longest_first,
-                                          machine_label, next_rate, partly_timed, read_episodes, read_results, select_rates)
+                                          machine_label, next_rate, partly_timed, read_episodes, read_results,
+                                          select_rates)
 from hrmlab.experiments.study.summary import OUTLIER_FACTOR, outlier_ratios, summarize_world
 from hrmlab.presets import resolve
 

@@ -131,7 +131,7 @@ print(before, product())
 
 
 def test_a_cpu_training_run_flushes_subnormals(tmp_path):
-    """Subnormal Adam moments made a long LSTM run 15x slower per step; a CPU training run flushes them to zero
+    """Subnormal Adam moments made a long LSTM run 16-20x slower per step; a CPU training run flushes them to zero
     (in a fresh process: the setting is per process and this one must not depend on test order)."""
     if os.uname().machine != "x86_64":
         pytest.skip("FTZ/DAZ are x86 bits")

@@ -75,9 +75,13 @@ def flush_subnormals() -> bool:
     where every x86 operation on them takes a slow microcode path. A patrol LSTM run at lr 3e-2 went from
     115 to 1,700 ms per step after step ~1,000, with both cores busy and nothing else running
     (docs/benchmarks.md, "Subnormal numbers"). Flushing changes values only below 1.2e-38, whose effect on an
-    update (lr·m/(√v + 1e-8)) is below 1e-30. Threads created after this call inherit the setting, so a
-    training run calls it before its first parallel region."""
+    update (lr·m/(√v + 1e-8)) is below 1e-30.
+
+    The setting is per thread and stays for the rest of the process (evaluation after training included).
+    Threads created after the call inherit it; torch's pool threads that already exist do not (checked: with
+    a 2-thread pool created first, half of a subnormal product stays unflushed). So a run calls it before it
+    sets its thread count; the study's runs use one thread, and a multi-threaded run in a process that already
+    ran parallel torch work flushes only on its calling thread."""
     import torch
 
     return bool(torch.set_flush_denormal(True))
-

@@ -31,7 +31,7 @@ from hrmlab.errors import UserError
 from hrmlab.experiments.study.config import Arm, StudyConfig, arm_configs, with_recipe
 from hrmlab.experiments.study.evaluation import RunEvaluation, physics_rows, row_record
 from hrmlab.experiments.study.run import (WallLedger, check_study, episodes_path, episodes_text,
-                                          longest_first, machine_label, read_episodes, read_results, select_rates)
+                                          longest_first, read_episodes, read_results, select_rates)
 from hrmlab.fileio import write_json_atomic, write_text_atomic
 
 log = logging.getLogger("hrmlab.study.budgets")
@@ -333,7 +333,7 @@ def curve_world(preset: str, study: StudyConfig, curves: CurveConfig, opts, over
     record["physics"] = {name: row_record(row) for name, row in physics["rows"].items()}
     seconds = (physics["seconds"] or 0) + sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0)
                                               for r in trainer.done)
-    record.update(compute_minutes=round(seconds / 60, 1), machine=machine_label())
+    record.update(compute_minutes=round(seconds / 60, 1))  # wall time and machines: the world's WallLedger
     episodes = {"indices": physics["indices"],
                 "rows": {lab: {"outcomes": row["outcomes"], "steps": row["steps"]} for lab, row in rows.items()}}
     return record, episodes

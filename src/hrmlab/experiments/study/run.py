@@ -255,7 +255,7 @@ def study_world(preset: str, study: StudyConfig, opts, overrides=(), smoke: bool
                        for x in scales} for arm in scaled_arms}
     seconds = (physics["seconds"] or 0) + sum((r.get("seconds") or 0) + (r.get("eval_seconds") or 0)
                                               for r in trainer.done)
-    record.update(compute_minutes=round(seconds / 60, 1), machine=machine_label())
+    record.update(compute_minutes=round(seconds / 60, 1))  # wall time and machines: the world's WallLedger
     untimed = sum(map(partly_timed, trainer.done))
     if untimed:  # their time before the interruption is unknown: compute-minutes are a lower bound
         record["untimed_runs"] = untimed
@@ -292,9 +292,9 @@ class WallLedger:
                 self.path.unlink(missing_ok=True)  # a stale open copy: the world is finished
         same = stored.get("key") == key
         self.earlier = [float(x) for x in stored.get("calls", [])] if same else []
-        machines = list(stored.get("machines", [])) if same else []  # ledgers written before machines were kept
-        self.earlier_machines = [None] * (len(self.earlier) - len(machines)) + machines[-len(self.earlier):] \
-            if self.earlier else []
+        machines = list(stored.get("machines", [])) if same else []
+        # a ledger written before machines were kept: its calls' machines are unknown (None)
+        self.earlier_machines = machines if len(machines) == len(self.earlier) else [None] * len(self.earlier)
         self.this_machine = machine_label()
         self.finished = same and bool(stored.get("finished"))
         self.t0 = time.perf_counter()
