@@ -79,7 +79,7 @@ class STExperimentConfig:
     description: str = ""
     """One line for `hrmlab presets`."""
     provenance: str = ""
-    """What the preset is (issue 17; no seed counterpart)."""
+    """What the preset is (no seed counterpart)."""
     published: dict = field(default_factory=dict)
     """Reference numbers quoted in reports."""
     family: Literal["diffusion-st"] = "diffusion-st"

@@ -278,7 +278,7 @@ def world_section(world: str, s: dict, out_md: Path) -> list[str]:
 
 def document(worlds: dict, out_md: Path, out_json: Path) -> str:
     ema = next((s.get("snapshot_ema") for s in worlds.values()), None)
-    lines = ["# Learning curves: does more training close the gap? (issue 30)", ""]
+    lines = ["# Learning curves: does more training close the gap?", ""]
     lines += [answer(world, s) for world, s in worlds.items()] or ["No world measured yet."]
     lines += ["", "## How it was measured", "",
               "A budget b is b × S optimiser steps, S the optimiser steps of the study's equal recipe in the world "
