@@ -386,7 +386,9 @@ def study_document(study: StudyConfig, worlds: dict, previous: dict | None = Non
     if shown:
         wall = sum(s["minutes"] for s in shown.values())
         before = [f"`{w}`" for w, s in shown.items() if s.get("calls") is None]
-        note = f"; {', '.join(before)} predate the ledger and give the call that finished them" if before else ""
+        what = ("predates the ledger and gives the call that finished it" if len(before) == 1
+                else "predate the ledger and give the call that finished them")
+        note = f"; {', '.join(before)} {what}" if before else ""
         parts.append("## Overview\n\nSuccess in % (mean ± sd over the evaluated training seeds). The best arm's "
                      "difference from the best physics rule in points with its 95% interval; better / worse: the "
                      "arms whose verdict against it is significant after Holm's correction over the world's arms"
